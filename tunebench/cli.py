@@ -1,0 +1,218 @@
+"""The `tunebench` command: a thin layer over tunebench's modules.
+
+Bad input ends with one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from tunebench.errors import UserError
+
+# flag -> config key: the common settings, so most runs need no YAML at all
+SHORTCUTS = {
+    "model": "model",
+    "max_train_samples": "data.max_train_samples",
+    "max_eval_samples": "data.max_eval_samples",
+    "max_length": "data.max_length",
+    "epochs": "train.epochs",
+    "max_steps": "train.max_steps",
+    "batch_size": "train.batch_size",
+    "lr": "train.lr",
+    "seed": "seed",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, like every other bad input
+        raise UserError(f"{self.prog}: {message}")
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", help="full | lora | qlora | head (default: lora)")
+    p.add_argument("--task", help="a registered task, a task YAML, a data file, or a hub dataset id")
+    p.add_argument("--model", help="an embedded model (minilm, smollm2-135m, mpnet-base), a folder, or a hub id")
+    p.add_argument("--config", help="YAML file layered over the defaults, method and task")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config key, e.g. --set train.lr=1e-4 (repeatable)",
+    )
+    for flag in ("max_train_samples", "max_eval_samples", "max_length", "epochs", "max_steps", "batch_size"):
+        p.add_argument(f"--{flag.replace('_', '-')}", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out", help="run folder (default runs/<task>-<method>-<model>-<time>)")
+    p.add_argument("--result", help="where to write the result JSON (default RUN_DIR/result.json)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="tunebench", description="Measure which fine-tuning method fits your model, task and GPU.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    _add_train_args(sub.add_parser("train", help="train one run"))
+
+    p = sub.add_parser("eval", help="reload a run's saved weights and evaluate")
+    p.add_argument("run_dir")
+    p.add_argument("--task", help="evaluate on another task with the same labels")
+    p.add_argument("--split", default="test", choices=("validation", "test"))
+
+    sub.add_parser("tasks", help="list registered tasks and whether their data is installed")
+    p = sub.add_parser("models", help="list embedded models and whether they are installed")
+    p.add_argument("--prepare", metavar="NAME", help="convert an embedded model once into the cache")
+
+    p = sub.add_parser("bench", help="run a method-comparison suite")
+    p.add_argument("suite")
+    p.add_argument("--out", help="results folder (default results/<suite name>)")
+    p.add_argument("--shard", help="i/n: run only the i-th of n shards (1-based)")
+    p.add_argument("--dry-run", action="store_true", help="list the runs, run nothing")
+    p.add_argument("--force", action="store_true", help="rerun finished runs too")
+
+    p = sub.add_parser("report", help="write a comparison report from result folders")
+    p.add_argument("results", nargs="+")
+    p.add_argument("-o", "--out", required=True)
+
+    p = sub.add_parser("plan", help="predict memory and speed per method for a GPU budget")
+    from tunebench.planner import add_arguments
+
+    add_arguments(p)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> dict:
+    from tunebench.config import build_config, parse_set
+
+    overrides = parse_set(args.set)
+    for flag, key in SHORTCUTS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            node = overrides
+            *parents, leaf = key.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+    if args.out:
+        overrides["out"] = args.out
+    return build_config(args.method, args.task, args.config, overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tunebench.loop import train
+
+    cfg = config_from_args(args)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = cfg["out"] or f"runs/{Path(cfg['task']).stem}-{cfg['method']}-{Path(cfg['model']).name}-{stamp}"
+    result = train(cfg, run_dir, args.result)
+    if result["status"] != "ok":
+        print(f"tunebench: run {result['status']}: {result['error']}", file=sys.stderr)
+        return 1
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(
+            f"{cfg['method']} on {result['task']['name']}: test accuracy {result['test_accuracy']:.4f}, "
+            f"macro-F1 {result['test_f1']:.4f}, {result['trainable_params']:,} trainable params, "
+            f"train {result['train_seconds']:.1f} s ({result['samples_per_second']:.1f} samples/s); "
+            f"run folder {run_dir}"
+        )
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from tunebench.evaluation import evaluate_run
+
+    report = evaluate_run(args.run_dir, args.task, args.split)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from tunebench.tasks import get_task, registered_tasks
+
+    for name in registered_tasks():
+        spec = get_task(name)
+        state = "installed" if spec.installed() else f"missing (needs {spec.package})"
+        print(f"{name:18} {state:12} {spec.description}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from tunebench.models import describe_models, embedded_path
+
+    if args.prepare:
+        from tunebench.models import EMBEDDED
+
+        if args.prepare not in EMBEDDED:
+            from tunebench.errors import unknown_choice
+
+            raise unknown_choice("model", args.prepare, list(EMBEDDED))
+        print(embedded_path(args.prepare))
+        return 0
+    for row in describe_models():
+        state = (
+            ("ready" if row["prepared"] else "installed, needs --prepare")
+            if row["installed"]
+            else f"missing ({row['install']})"
+        )
+        print(f"{row['name']:14} {state:28} {row['description']}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from tunebench.benchmarks.harness import run_suite
+
+    return run_suite(args.suite, out=args.out, shard=args.shard, dry_run=args.dry_run, force=args.force)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from tunebench.report import write_report
+
+    write_report(args.results, args.out)
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from tunebench.planner import run_plan
+
+    return run_plan(args)
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "tasks": cmd_tasks,
+    "models": cmd_models,
+    "bench": cmd_bench,
+    "report": cmd_report,
+    "plan": cmd_plan,
+}
+
+
+def _interrupt_on_sigterm() -> None:
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    _interrupt_on_sigterm()
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except UserError as exc:
+        print(f"tunebench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tunebench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

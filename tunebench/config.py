@@ -1,0 +1,142 @@
+"""Layered YAML configuration.
+
+defaults.yaml -> method DEFAULTS -> task `config:` -> user file -> --set overrides.
+Every key a later layer names must exist in the layers below it, so a typo fails loudly.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tunebench import CONFIG_DIR
+from tunebench.errors import UserError
+
+Config = dict[str, Any]
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
+    return data
+
+
+def _coerce(value: Any, like: Any, key: str) -> Any:
+    """Give a leaf the type of its default: YAML reads 5e-5 as a string, for one."""
+    if value is None or like is None or isinstance(like, (dict, list)):
+        return value
+    if isinstance(like, bool):
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"config key {key!r} must be true or false, got {value!r}")
+    if isinstance(like, (int, float)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise UserError(f"config key {key!r} must be a number, got {value!r}") from None
+        if isinstance(like, int) and number.is_integer() and not isinstance(value, float):
+            return int(number)
+        return number if isinstance(like, float) or not number.is_integer() else int(number)
+    return value
+
+
+def merge(base: Config, layer: dict, where: str, prefix: str = "") -> Config:
+    """Return base updated by layer; unknown keys raise. A None or {} default is a free-form leaf."""
+    out = copy.deepcopy(base)
+    for key, value in layer.items():
+        dotted = f"{prefix}{key}"
+        if key not in out:
+            valid = ", ".join(sorted(out)) or "(none)"
+            raise UserError(f"unknown config key {dotted!r} in {where}; valid keys here: {valid}")
+        default = out[key]
+        if isinstance(default, dict) and default and isinstance(value, dict):
+            out[key] = merge(default, value, where, prefix=f"{dotted}.")
+        elif isinstance(default, dict) and default and value is not None:
+            raise UserError(f"config key {dotted!r} in {where} must be a mapping")
+        else:
+            out[key] = _coerce(value, default, dotted)
+    return out
+
+
+def parse_set(items: list[str]) -> dict:
+    """Turn ['train.lr=1e-4', 'method_options.r=8'] into a nested dict."""
+    nested: dict = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set takes key=value (for example train.lr=1e-4), got {item!r}")
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw) if raw else None
+    return nested
+
+
+def build_config(
+    method: str | None = None,
+    task: str | None = None,
+    user_file: str | Path | None = None,
+    overrides: dict | None = None,
+) -> Config:
+    """Compose the effective config for one run.
+
+    method and task may also come from the user file or overrides; the explicit argument wins.
+    """
+    from tunebench.methods import get_method
+    from tunebench.tasks import get_task
+
+    cfg = read_yaml(CONFIG_DIR / "defaults.yaml")
+    user = read_yaml(user_file) if user_file else {}
+    overrides = overrides or {}
+    method = method or overrides.get("method") or user.get("method") or cfg["method"]
+    task = task or overrides.get("task") or user.get("task") or cfg["task"]
+
+    spec = get_method(method)
+    cfg["method"], cfg["task"] = method, task
+    cfg["method_options"] = copy.deepcopy(spec.DEFAULTS.get("method_options", {}))
+    method_layer = {k: v for k, v in spec.DEFAULTS.items() if k != "method_options"}
+    cfg = merge(cfg, method_layer, f"method {method!r} defaults")
+    cfg = merge(cfg, get_task(task).config, f"task {task!r}")
+    if user:
+        cfg = merge(cfg, user, str(user_file))
+    if overrides:
+        cfg = merge(cfg, overrides, "command-line overrides")
+    validate(cfg)
+    return cfg
+
+
+CHOICES = {
+    "train.scheduler": ("linear", "cosine", "constant"),
+    "train.mixed_precision": ("no", "bf16", "fp16"),
+    "train.save": ("best_and_last", "best", "none"),
+}
+
+
+def validate(cfg: Config) -> None:
+    for dotted, choices in CHOICES.items():
+        section, key = dotted.split(".")
+        if cfg[section][key] not in choices:
+            raise UserError(f"{dotted} must be one of {', '.join(choices)}, got {cfg[section][key]!r}")
+    for dotted in ("train.epochs", "train.batch_size", "train.grad_accum", "data.max_length"):
+        section, key = dotted.split(".")
+        if not isinstance(cfg[section][key], int) or cfg[section][key] < 1:
+            raise UserError(f"{dotted} must be a positive integer, got {cfg[section][key]!r}")
+    if cfg["train"]["lr"] <= 0:
+        raise UserError(f"train.lr must be positive, got {cfg['train']['lr']!r}")
+
+
+def dump(cfg: Config) -> str:
+    return yaml.safe_dump(cfg, sort_keys=False)

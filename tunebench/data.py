@@ -1,0 +1,110 @@
+"""Tokenization and batching: dynamic padding, length-grouped batches."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from datasets import Dataset, DatasetDict
+from torch.utils.data import DataLoader, Sampler
+from transformers import DataCollatorWithPadding
+
+
+def tokenize(splits: DatasetDict, tokenizer, max_length: int) -> DatasetDict:
+    """input_ids/attention_mask per example, unpadded; `length` for grouping, `index` for re-ordering."""
+
+    def encode(batch: dict) -> dict:
+        pair = batch.get("text_pair")
+        out = tokenizer(batch["text"], pair, truncation=True, max_length=max_length)
+        out["length"] = [len(ids) for ids in out["input_ids"]]
+        return out
+
+    encoded = DatasetDict()
+    for name, split in splits.items():
+        split = split.add_column("index", list(range(len(split))))
+        drop = [c for c in ("text", "text_pair") if c in split.column_names]
+        encoded[name] = split.map(encode, batched=True, remove_columns=drop, desc=f"tokenize {name}")
+    return encoded
+
+
+class LengthGroupedBatches(Sampler[list[int]]):
+    """Shuffled mega-batches, each sorted by length and cut into batches: little padding, random order.
+
+    The batch with the longest examples goes first, so an out-of-memory shows up at step one and
+    the memory tracker sees the largest shape early. A new seed per epoch (set_epoch) reshuffles.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, mega: int = 50):
+        self.lengths, self.batch_size, self.seed, self.mega, self.epoch = lengths, batch_size, seed, mega, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        rng = random.Random(self.seed + self.epoch)
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        size = self.batch_size * self.mega
+        batches = []
+        for start in range(0, len(order), size):
+            group = sorted(order[start : start + size], key=lambda i: -self.lengths[i])
+            batches += [group[i : i + self.batch_size] for i in range(0, len(group), self.batch_size)]
+        longest = max(range(len(batches)), key=lambda b: max(self.lengths[i] for i in batches[b]))
+        first = batches.pop(longest)
+        rng.shuffle(batches)
+        return iter([first, *batches])
+
+    def __len__(self) -> int:
+        return -(-len(self.lengths) // self.batch_size)
+
+
+class ShuffledBatches(Sampler[list[int]]):
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.n, generator=generator).tolist()
+        return iter([order[i : i + self.batch_size] for i in range(0, self.n, self.batch_size)])
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size)
+
+
+def _collator(tokenizer):
+    pad = DataCollatorWithPadding(tokenizer)  # also renames label -> labels
+
+    def collate(examples: list[dict]) -> dict:
+        return pad([{k: v for k, v in e.items() if k != "length"} for e in examples])
+
+    return collate
+
+
+def train_loader(split: Dataset, tokenizer, batch_size: int, seed: int, group_by_length: bool) -> DataLoader:
+    if group_by_length:
+        sampler = LengthGroupedBatches(split["length"], batch_size, seed)
+    else:
+        sampler = ShuffledBatches(len(split), batch_size, seed)
+    return DataLoader(split, batch_sampler=sampler, collate_fn=_collator(tokenizer))
+
+
+def eval_loader(split: Dataset, tokenizer, batch_size: int) -> DataLoader:
+    """Sorted by length (fast, no shuffle); examples carry `index` to restore dataset order."""
+    lengths = split["length"]
+    order = sorted(range(len(split)), key=lambda i: -lengths[i])
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return DataLoader(split, batch_sampler=batches, collate_fn=_collator(tokenizer))
+
+
+def feature_loader(features: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int | None) -> DataLoader:
+    """Batches of cached features for the head method; seed None means fixed order (evaluation)."""
+    data = [{"features": f, "labels": y, "index": i} for i, (f, y) in enumerate(zip(features, labels, strict=True))]
+    sampler = (
+        ShuffledBatches(len(data), batch_size, seed)
+        if seed is not None
+        else [list(range(i, min(i + batch_size, len(data)))) for i in range(0, len(data), batch_size)]
+    )
+    return DataLoader(data, batch_sampler=sampler, collate_fn=torch.utils.data.default_collate)

@@ -1,0 +1,5 @@
+"""Placeholder until the planner lands."""
+
+
+def add_arguments(parser) -> None:
+    pass

@@ -1,0 +1,49 @@
+"""Result files: one self-describing JSON per run, written atomically, read back strictly."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+STATUSES = ("ok", "oom", "failed", "interrupted", "running")
+FINAL = ("ok", "oom", "failed")  # a rerun of the suite skips these; `interrupted`/`running` run again
+REQUIRED = ("schema", "status", "config", "started_at")
+
+
+def write_json_atomic(path: str | Path, data: dict) -> None:
+    """Write to a temporary file beside the target, fsync, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2, default=str)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_result(path: str | Path) -> dict | None:
+    """The result at path, or None if it is missing, truncated, corrupt or not a tunebench result."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or any(k not in data for k in REQUIRED):
+        return None
+    if data["schema"] != SCHEMA_VERSION or data["status"] not in STATUSES:
+        return None
+    if data["status"] == "ok" and data.get("test_accuracy") is None:
+        return None
+    return data
+
+
+def is_complete(path: str | Path) -> bool:
+    result = read_result(path)
+    return result is not None and result["status"] in FINAL

@@ -1,0 +1,215 @@
+"""Task registry (configs/tasks/*.yaml) and loading of labelled text into datasets.
+
+A task is a name in configs/tasks/, a path to such a YAML file, a local data file
+(csv, tsv, json, jsonl, parquet) or a hub dataset id (needs internet).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from datasets import Dataset, DatasetDict
+
+from tunebench import CONFIG_DIR
+from tunebench.config import read_yaml
+from tunebench.errors import UserError, unknown_choice
+
+TASK_DIR = CONFIG_DIR / "tasks"
+DATA_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass
+class TaskSpec:
+    name: str
+    description: str = ""
+    files: dict[str, str] = field(default_factory=dict)  # split -> path (absolute once resolved)
+    package: str | None = None
+    where: dict = field(default_factory=dict)  # keep rows whose column equals value
+    label_names: list[str] | None = None
+    make_splits: dict | None = None
+    hub_id: str | None = None
+    config: dict = field(default_factory=dict)  # config layer the task contributes
+
+    def installed(self) -> bool:
+        if self.package:
+            return importlib.util.find_spec(self.package) is not None
+        return all(Path(p).exists() for p in self.files.values())
+
+
+def registered_tasks() -> list[str]:
+    return sorted(p.stem for p in TASK_DIR.glob("*.yaml"))
+
+
+def _package_dir(package: str) -> Path:
+    # find_spec does not import the package: some data packages import heavy extras.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"the data package {package!r} is not installed; run `make setup`")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _from_yaml(path: Path, name: str) -> TaskSpec:
+    raw = read_yaml(path)
+    known = {"description", "source", "label_names", "make_splits", "config"}
+    unknown = set(raw) - known
+    if unknown:
+        raise UserError(f"unknown key(s) {sorted(unknown)} in task file {path}; valid: {sorted(known)}")
+    source = raw.get("source") or {}
+    spec = TaskSpec(
+        name=name,
+        description=raw.get("description", ""),
+        package=source.get("package"),
+        files=dict(source.get("files") or {}),
+        where=dict(source.get("where") or {}),
+        hub_id=source.get("hub_id"),
+        label_names=raw.get("label_names"),
+        make_splits=raw.get("make_splits"),
+        config=raw.get("config") or {},
+    )
+    base = path.parent
+    if spec.package and spec.installed():
+        base = _package_dir(spec.package)
+    spec.files = {split: str((base / f).resolve()) for split, f in spec.files.items()}
+    bad = set(spec.files) - set(SPLITS)
+    if bad:
+        raise UserError(f"task {name!r} names unknown split(s) {sorted(bad)}; valid: {', '.join(SPLITS)}")
+    return spec
+
+
+def get_task(name: str) -> TaskSpec:
+    path = Path(name)
+    if (TASK_DIR / f"{name}.yaml").exists():
+        return _from_yaml(TASK_DIR / f"{name}.yaml", name)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return _from_yaml(path, path.stem)
+    if path.suffix in DATA_SUFFIXES:
+        if not path.exists():
+            raise UserError(f"data file not found: {path}")
+        return TaskSpec(
+            name=path.stem,
+            files={"train": str(path.resolve())},
+            make_splits={"validation": 0.1, "test": 0.1, "seed": 0},
+        )
+    if "/" in name and not path.exists():
+        return TaskSpec(name=name, hub_id=name)
+    raise unknown_choice(
+        "task", name, registered_tasks() + ["<file.csv|.tsv|.json|.jsonl|.parquet>", "<task.yaml>", "<hub-id>"]
+    )
+
+
+def _read_file(path: str) -> pd.DataFrame:
+    suffix = Path(path).suffix
+    try:
+        if suffix in (".csv", ".tsv"):
+            return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+        if suffix == ".jsonl":
+            return pd.read_json(path, lines=True)
+        if suffix == ".json":
+            return pd.read_json(path)
+        if suffix == ".parquet":
+            return pd.read_parquet(path)
+    except FileNotFoundError:
+        raise UserError(f"data file not found: {path}") from None
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
+        raise UserError(f"cannot read data file {path}: {str(exc).splitlines()[0]}") from None
+    raise UserError(f"unsupported data file {path}; use one of {', '.join(DATA_SUFFIXES)}")
+
+
+def _load_hub(hub_id: str) -> dict[str, pd.DataFrame]:
+    from datasets import load_dataset
+
+    try:
+        loaded = load_dataset(hub_id)
+    except Exception as exc:  # datasets raises many types when offline or the id is wrong
+        offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
+        raise UserError(f"cannot load hub dataset {hub_id!r}{offline}: {str(exc).splitlines()[0]}") from None
+    return {("validation" if s == "dev" else s): loaded[s].to_pandas() for s in loaded}
+
+
+def _stratified_splits(df: pd.DataFrame, label: str, make: dict, have: set[str]) -> dict[str, pd.DataFrame]:
+    from sklearn.model_selection import train_test_split
+
+    out = {"train": df}
+    for split in ("test", "validation"):
+        if split in have:
+            continue
+        fraction = make.get(split, 0.1)
+        # fraction of the whole data, whatever was carved off before
+        size = round(fraction * len(df))
+        out["train"], out[split] = train_test_split(
+            out["train"], test_size=size, stratify=out["train"][label], random_state=make.get("seed", 0)
+        )
+    return out
+
+
+@dataclass
+class TaskData:
+    name: str
+    splits: DatasetDict  # columns: text, [text_pair], label (int)
+    label_names: list[str]
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+
+def load_task(spec: TaskSpec, data_cfg: dict) -> TaskData:
+    """Read the task's files, check them, and return train/validation/test with integer labels."""
+    if spec.package and not spec.installed():
+        raise UserError(f"task {spec.name!r} needs the package {spec.package!r}; run `make setup`")
+    frames = _load_hub(spec.hub_id) if spec.hub_id else {s: _read_file(p) for s, p in spec.files.items()}
+    if "train" not in frames:
+        raise UserError(f"task {spec.name!r} has no train split")
+    text, pair, label = data_cfg["text_column"], data_cfg["text_pair_column"], data_cfg["label_column"]
+    needed = [c for c in (text, pair, label) if c]
+    for split, df in frames.items():
+        missing = [c for c in needed if c not in df.columns]
+        if missing:
+            raise UserError(
+                f"task {spec.name!r} {split} split lacks column(s) {missing}; it has "
+                f"{list(df.columns)} (set data.text_column / data.label_column)"
+            )
+        for column, value in spec.where.items():
+            df = df[df[column] == value]
+        frames[split] = df.dropna(subset=needed).reset_index(drop=True)
+
+    if set(frames) != set(SPLITS):
+        frames.update(_stratified_splits(frames["train"], label, spec.make_splits or {}, set(frames)))
+    for split in SPLITS:
+        if len(frames[split]) == 0:
+            raise UserError(f"task {spec.name!r} has an empty {split} split")
+
+    label_names, frames = _encode_labels(spec, frames, label)
+    columns = {text: "text", label: "label"} | ({pair: "text_pair"} if pair else {})
+    splits = DatasetDict(
+        {s: Dataset.from_pandas(frames[s][list(columns)].rename(columns=columns), preserve_index=False) for s in SPLITS}
+    )
+    return TaskData(spec.name, splits, label_names)
+
+
+def _encode_labels(spec: TaskSpec, frames: dict[str, pd.DataFrame], label: str):
+    train_labels = frames["train"][label]
+    if pd.api.types.is_integer_dtype(train_labels):
+        count = len(spec.label_names) if spec.label_names else int(train_labels.max()) + 1
+        names = spec.label_names or [str(i) for i in range(count)]
+        for split, df in frames.items():
+            bad = df[(df[label] < 0) | (df[label] >= count)][label]
+            if len(bad):
+                raise UserError(
+                    f"task {spec.name!r} {split} split has label {int(bad.iloc[0])} out of range 0..{count - 1}"
+                )
+        return names, frames
+    names = spec.label_names or sorted(str(v) for v in train_labels.unique())
+    ids = {name: i for i, name in enumerate(names)}
+    out = {}
+    for split, df in frames.items():
+        unknown = set(df[label].astype(str)) - set(ids)
+        if unknown:
+            raise UserError(f"task {spec.name!r} {split} split has label(s) not in train: {sorted(unknown)[:5]}")
+        out[split] = df.assign(**{label: df[label].astype(str).map(ids).astype("int64")})
+    return names, out
