@@ -52,6 +52,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--out", help="run folder (default runs/<task>-<method>-<model>-<time>)")
     p.add_argument("--result", help="where to write the result JSON (default RUN_DIR/result.json)")
+    p.add_argument("--run-meta", type=json.loads, default=None, help=argparse.SUPPRESS)  # set by `bench`
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", help="i/n: run only the i-th of n shards (1-based)")
     p.add_argument("--dry-run", action="store_true", help="list the runs, run nothing")
     p.add_argument("--force", action="store_true", help="rerun finished runs too")
+    p.add_argument("--no-tracking", action="store_true", help="turn off the tensor-memory tracker in every run")
 
     p = sub.add_parser("report", help="write a comparison report from result folders")
     p.add_argument("results", nargs="+")
@@ -110,7 +112,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = cfg["out"] or f"runs/{Path(cfg['task']).stem}-{cfg['method']}-{Path(cfg['model']).name}-{stamp}"
-    result = train(cfg, run_dir, args.result)
+    result = train(cfg, run_dir, args.result, meta=args.run_meta)
     if result["status"] != "ok":
         print(f"tunebench: run {result['status']}: {result['error']}", file=sys.stderr)
         return 1
@@ -167,7 +169,14 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from tunebench.benchmarks.harness import run_suite
 
-    return run_suite(args.suite, out=args.out, shard=args.shard, dry_run=args.dry_run, force=args.force)
+    return run_suite(
+        args.suite,
+        out=args.out,
+        shard=args.shard,
+        dry_run=args.dry_run,
+        force=args.force,
+        track_memory=not args.no_tracking,
+    )
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -39,11 +39,12 @@ log = logging.getLogger("tunebench")
 OOM_HINT = "out of memory: try a smaller --batch-size or --max-length, or a lighter method (lora, qlora, head)"
 
 
-def train(cfg: Config, run_dir: str | Path, result_path: str | Path | None = None) -> dict:
+def train(cfg: Config, run_dir: str | Path, result_path: str | Path | None = None, meta: dict | None = None) -> dict:
     """Train one run as cfg says, write run_dir/{config.yaml,result.json,best/,last/,logs/}.
 
     The result is written when the run starts (status running) and again when it ends, whatever
-    the end: ok, oom, failed or interrupted. Returns the result.
+    the end: ok, oom, failed or interrupted. meta (the harness's run_id, suite, grid) goes into the
+    result as it is. Returns the result.
     """
     run_dir = Path(run_dir)
     result_path = Path(result_path or run_dir / "result.json")
@@ -63,16 +64,18 @@ def train(cfg: Config, run_dir: str | Path, result_path: str | Path | None = Non
         "config": cfg,
         "run_dir": str(run_dir),
         "environment": environment(accelerator.num_processes),
+        **(meta or {}),
     }
 
     def save_result() -> None:
         if main:
             write_json_atomic(result_path, result)
 
+    log_file = None
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(dump(cfg))
-        _log_to_file(run_dir / "train.log")
+        log_file = _log_to_file(run_dir / "train.log")
     save_result()
     try:
         _run(cfg, run_dir, accelerator, result)
@@ -93,6 +96,9 @@ def train(cfg: Config, run_dir: str | Path, result_path: str | Path | None = Non
         result["finished_at"] = _now()
         save_result()
         accelerator.end_training()
+        if log_file is not None:
+            log.removeHandler(log_file)
+            log_file.close()
     return result
 
 
@@ -159,7 +165,6 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
             name: batching.feature_loader(features[name], labels[name], eval_batch_size, None)
             for name in ("validation", "test")
         }
-        result["feature_cache_seconds"] = cache_seconds
     else:
         train_loader = batching.train_loader(
             encoded["train"], tokenizer, batch_size, cfg["seed"], cfg["data"]["group_by_length"]
@@ -280,8 +285,8 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
     if main:
         (run_dir / "test_predictions.json").write_text(json.dumps(predictions.tolist()))
 
+    meter.setup_seconds = cache_seconds  # the backbone pass over train is part of the head method's training
     speed = meter.summary()
-    speed["train_seconds"] += cache_seconds  # the backbone pass over train is the head method's training
     memory = {
         "peak_rss_bytes": speed.pop("peak_rss_bytes"),
         "tensor": tracker.summary() if tracker else None,
@@ -369,11 +374,12 @@ def _flat(cfg: dict, prefix: str = "") -> dict:
     return out
 
 
-def _log_to_file(path: Path) -> None:
+def _log_to_file(path: Path) -> logging.Handler:
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
+    return handler
 
 
 def _now() -> str:

@@ -42,7 +42,7 @@ class TensorTracker(TorchDispatchMode):
         self.current = dict.fromkeys(CATEGORIES, 0)
         self.peak_bytes = 0
         self.peak_breakdown = dict(self.current)
-        self.max_activations = 0
+        self.max_by_category = dict(self.current)  # each category's own maximum, whenever it happened
         self._stack: ExitStack | None = None
         for param in model.parameters():
             self._register(param, "weights")
@@ -64,6 +64,7 @@ class TensorTracker(TorchDispatchMode):
                 self.current[entry[1]] -= entry[0]
                 self.current[category] += entry[0]
                 entry[1] = category
+                self._update_peak()
             return
         nbytes = storage.nbytes()
         self._live[key] = [nbytes, category]
@@ -78,7 +79,9 @@ class TensorTracker(TorchDispatchMode):
 
     def _update_peak(self) -> None:
         total = sum(self.current.values())
-        self.max_activations = max(self.max_activations, self.current["activations"])
+        for category, nbytes in self.current.items():
+            if nbytes > self.max_by_category[category]:
+                self.max_by_category[category] = nbytes
         if total >= self.peak_bytes:  # >=: a later step with the same peak has every state classified
             self.peak_bytes = total
             self.peak_breakdown = dict(self.current)
@@ -127,7 +130,7 @@ class TensorTracker(TorchDispatchMode):
             "peak_bytes": self.peak_bytes,
             "at_peak": dict(self.peak_breakdown),
             "weights_bytes": weights,
-            "max_activations_bytes": self.max_activations,
+            "max_by_category": dict(self.max_by_category),
         }
 
 
@@ -167,6 +170,7 @@ class StepMeter:
             self.baseline_allocated = torch.cuda.memory_allocated(device)
             self.baseline_reserved = torch.cuda.memory_reserved(device)
         self._start = 0.0
+        self.setup_seconds = 0.0  # training work outside the steps, e.g. the head method's feature cache
 
     def start(self) -> None:
         self._start = time.perf_counter()
@@ -181,10 +185,11 @@ class StepMeter:
         self.tokens += tokens
 
     def summary(self) -> dict:
-        seconds = sum(self.step_seconds)
+        seconds = sum(self.step_seconds) + self.setup_seconds
         steps = sorted(self.step_seconds)
         out = {
             "train_seconds": seconds,
+            "setup_seconds": self.setup_seconds,
             "steps": len(steps),
             "samples_per_second": self.samples / seconds if seconds else None,
             "tokens_per_second": self.tokens / seconds if seconds else None,

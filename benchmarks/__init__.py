@@ -1,0 +1,1 @@
+"""Benchmark harness and measurement scripts (importable as tunebench.benchmarks)."""

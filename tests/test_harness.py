@@ -1,0 +1,241 @@
+"""The benchmark harness: suite expansion, ids, shards, the result schema, resume, OOM, breakdowns."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tunebench.benchmarks.harness import load_suite, run_id, select_shard
+from tunebench.config import build_config
+from tunebench.errors import UserError
+from tunebench.results import read_result
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = {
+    "data": {"max_train_samples": 64, "max_eval_samples": 32, "max_length": 32},
+    "train": {"max_steps": 3, "trackers": [], "save": "best", "eval_batch_size": 32, "batch_size": 16},
+}
+
+
+def write_suite(path: Path, methods: list[str], seeds: list[int], **extra) -> Path:
+    suite = {
+        "name": path.stem,
+        "config": TINY,
+        "grid": {"model": ["minilm"], "task": ["rotten_tomatoes"], "method": methods, "seed": seeds},
+        **extra,
+    }
+    path.write_text(yaml.safe_dump(suite))
+    return path
+
+
+def bench(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "tunebench.cli", "bench", *args], capture_output=True, text=True, cwd=REPO, **kwargs
+    )
+
+
+def test_run_id_is_stable_and_follows_the_config():
+    cfg = build_config("lora", "rotten_tomatoes")
+    again = build_config("lora", "rotten_tomatoes")
+    assert run_id(cfg) == run_id(again)
+    assert run_id(cfg) == run_id({**cfg, "out": "/somewhere/else"})  # where results go is not the run
+    assert run_id(dict(reversed(list(cfg.items())))) == run_id(cfg)  # key order does not matter
+    changed = build_config("lora", "rotten_tomatoes", overrides={"train": {"lr": 2e-4}})
+    assert run_id(changed) != run_id(cfg)
+    assert run_id(cfg).startswith("rotten_tomatoes-lora-minilm-s42-")
+
+
+def test_shards_cover_every_run_exactly_once():
+    _, runs = load_suite(REPO / "configs" / "suites" / "standard.yaml")
+    shards = [select_shard(runs, f"{i}/5") for i in range(1, 6)]
+    ids = [r.run_id for s in shards for r in s]
+    assert sorted(ids) == sorted(r.run_id for r in runs)
+    assert len(ids) == len(set(ids)) == 36
+    for bad in ("0/3", "4/3", "x", "1-3"):
+        with pytest.raises(UserError, match="i/n"):
+            select_shard(runs, bad)
+
+
+def test_suite_grid_layers_method_and_task_overrides():
+    _, runs = load_suite(REPO / "configs" / "suites" / "quick.yaml")
+    assert len(runs) == 8
+    by_key = {(r.grid["task"], r.grid["method"]): r.config for r in runs}
+    assert by_key[("rotten_tomatoes", "head")]["train"]["epochs"] == 10
+    assert by_key[("banking77", "full")]["data"]["max_train_samples"] == 3000
+    assert by_key[("banking77", "lora")]["train"]["lr"] == 1e-3  # the method's own default stays
+
+
+def test_bad_suite_is_a_usage_error(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"grid": {"task": ["rotten_tomatoes"], "method": ["lora"], "layers": [1]}}))
+    out = bench(str(path), "--dry-run")
+    assert out.returncode == 2
+    assert "unknown grid axis ['layers']" in out.stderr and "batch_size" in out.stderr
+    path.write_text(
+        yaml.safe_dump({"grid": {"task": ["rotten_tomatoes"], "method": ["lora"]}, "config": {"train": {"lrate": 1}}})
+    )
+    out = bench(str(path), "--dry-run")
+    assert out.returncode == 2 and "unknown config key 'train.lrate'" in out.stderr
+
+
+@pytest.fixture(scope="module")
+def suite_results(tmp_path_factory) -> dict[str, dict]:
+    """One real suite: full, lora and head, each a few steps on MiniLM, in fresh processes."""
+    tmp = tmp_path_factory.mktemp("suite")
+    suite = write_suite(
+        tmp / "tiny.yaml",
+        ["full", "lora", "head"],
+        [1],
+        methods={"head": {"method_options": {"cache_features": False}}},
+    )
+    out = bench(str(suite), "--out", str(tmp / "results"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    results = {}
+    for path in (tmp / "results").glob("*.json"):
+        result = read_result(path)
+        results[result["grid"]["method"]] = result
+    return results
+
+
+def test_result_schema(suite_results):
+    assert set(suite_results) == {"full", "lora", "head"}
+    for method, result in suite_results.items():
+        assert result["status"] == "ok" and result["error"] is None
+        assert result["run_id"].startswith(f"rotten_tomatoes-{method}-minilm-s1-")
+        assert result["suite"] == "results" and result["grid"]["method"] == method
+        assert result["config"]["method"] == method
+        for key in (
+            "test_accuracy",
+            "test_f1",
+            "best_validation_accuracy",
+            "best_step",
+            "trainable_params",
+            "total_params",
+            "train_seconds",
+            "samples_per_second",
+            "tokens_per_second",
+            "step_seconds_median",
+            "step_seconds_p10",
+            "step_seconds_p90",
+            "checkpoint_bytes",
+            "peak_memory_bytes",
+            "started_at",
+            "finished_at",
+        ):
+            assert result[key] is not None, key
+        assert 0 <= result["test_accuracy"] <= 1
+        assert result["test"]["accuracy"] == result["test_accuracy"]
+        assert result["step_seconds_p10"] <= result["step_seconds_median"] <= result["step_seconds_p90"]
+        # tokens/s counts non-padding tokens only: fewer than batch x padded length
+        assert result["tokens_per_second"] < result["samples_per_second"] * 32
+        assert len(result["curves"]["train_loss"]) == 3 and result["curves"]["validation"]
+        memory = result["memory"]
+        assert memory["peak_rss_bytes"] > 0 and memory["cuda"] is None
+        assert set(memory["tensor"]["at_peak"]) == {"weights", "gradients", "optimizer_state", "activations", "other"}
+        assert sum(memory["tensor"]["at_peak"].values()) == memory["tensor"]["peak_bytes"]
+        env = result["environment"]
+        assert env["versions"]["torch"] and env["cpu"] and env["world_size"] == 1
+        assert "commit" in env["git"] and "dirty" in env["git"]
+        assert result["checkpoint_bytes"] == sum(
+            f.stat().st_size for f in (Path(result["run_dir"]) / "best").rglob("*") if f.is_file()
+        )
+
+
+def test_breakdown_sanity(suite_results):
+    full, lora, head = (suite_results[m]["memory"]["tensor"] for m in ("full", "lora", "head"))
+    # weights are exactly the parameter bytes (MiniLM: fp32, plus the task head)
+    assert full["weights_bytes"] == full["at_peak"]["weights"] == 4 * suite_results["full"]["total_params"]
+    # AdamW keeps two fp32 moments per trainable parameter
+    assert full["max_by_category"]["optimizer_state"] == 2 * 4 * suite_results["full"]["trainable_params"]
+    assert lora["max_by_category"]["optimizer_state"] == 2 * 4 * suite_results["lora"]["trainable_params"]
+    # gradients exist for trainable parameters only
+    assert full["max_by_category"]["gradients"] == 4 * suite_results["full"]["trainable_params"]
+    assert lora["max_by_category"]["gradients"] == 4 * suite_results["lora"]["trainable_params"]
+    assert lora["max_by_category"]["gradients"] < 0.05 * full["max_by_category"]["gradients"]
+    # a frozen backbone saves nothing for backward: only the head's input and dropout mask remain
+    assert head["max_by_category"]["activations"] < 0.01 * full["max_by_category"]["activations"]
+
+
+def test_oom_is_recorded_and_the_suite_goes_on(tmp_path):
+    suite = write_suite(
+        tmp_path / "oom.yaml", ["full", "head"], [1], methods={"full": {"measure": {"memory_cap": 150_000_000}}}
+    )
+    out = bench(str(suite), "--out", str(tmp_path / "results"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    results = {r["grid"]["method"]: r for r in map(read_result, (tmp_path / "results").glob("*.json"))}
+    assert results["full"]["status"] == "oom"
+    assert "out of memory" in results["full"]["error"] and "--batch-size" in results["full"]["error"]
+    assert results["head"]["status"] == "ok"
+    assert "oom" in out.stdout
+
+
+def test_kill_and_resume_runs_only_what_is_missing(tmp_path):
+    suite = write_suite(
+        tmp_path / "resume.yaml", ["head"], [1, 2, 3], methods={"head": {"method_options": {"cache_features": False}}}
+    )
+    results = tmp_path / "results"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tunebench.cli", "bench", str(suite), "--out", str(results)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    finished: list[Path] = []
+    while time.monotonic() < deadline and not finished:
+        time.sleep(0.5)
+        finished = [p for p in results.glob("*.json") if (read_result(p) or {}).get("status") == "ok"]
+    assert finished, "the first run did not finish in time"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    time.sleep(2)  # the run in flight dies with its parent (PR_SET_PDEATHSIG)
+    first = {p.name: p.read_text() for p in finished}
+    in_flight = [p for p in results.glob("*.json") if p not in finished]
+    assert all((read_result(p) or {}).get("status") in (None, "running") for p in in_flight)
+
+    (results / "corrupt.json").write_text("{not json")  # not a result: ignored, never read as one
+    out = bench(str(suite), "--out", str(results))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"3 runs, {len(finished)} done, {3 - len(finished)} to run" in out.stdout
+    done = [read_result(p) for p in results.glob("*.json") if p.name != "corrupt.json"]
+    assert sorted(r["grid"]["seed"] for r in done) == [1, 2, 3]
+    assert all(r["status"] == "ok" for r in done)
+    assert {p.name: p.read_text() for p in finished} == first  # finished runs were not redone
+    assert not list(results.glob(".*.tmp"))
+
+
+def test_partial_result_file_is_rerun(tmp_path):
+    suite = write_suite(tmp_path / "partial.yaml", ["head"], [1])
+    _, [run] = load_suite(suite)
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / f"{run.run_id}.json").write_text('{"schema": 1, "status": "ok", "config": {')  # truncated
+    out = bench(str(suite), "--out", str(results), "--dry-run")
+    assert "1 runs, 0 done, 1 to run" in out.stdout
+    good = {"schema": 1, "status": "ok", "config": run.config, "started_at": "x", "test_accuracy": 0.5}
+    (results / f"{run.run_id}.json").write_text(json.dumps(good))
+    out = bench(str(suite), "--out", str(results), "--dry-run")
+    assert "1 runs, 1 done, 0 to run" in out.stdout
+    out = bench(str(suite), "--out", str(results), "--dry-run", "--force")
+    assert "0 to run" not in out.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="exercises the CPU (gloo) multi-process path")
+def test_two_processes_write_one_result_with_every_rank(tmp_path):
+    suite = write_suite(tmp_path / "ddp.yaml", ["lora"], [1], processes=2)
+    out = bench(str(suite), "--out", str(tmp_path / "results"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    [result] = [read_result(p) for p in (tmp_path / "results").glob("*.json")]
+    assert result["status"] == "ok"
+    assert result["environment"]["world_size"] == 2
+    assert [r["rank"] for r in result["memory"]["per_rank"]] == [0, 1]
+    assert all(r["peak_rss_bytes"] > 0 for r in result["memory"]["per_rank"])
