@@ -19,7 +19,7 @@ from tunebench.errors import UserError
 from tunebench.models import default_pooling, hub_error, load_config
 
 DEFAULTS = {
-    "train": {"lr": 2.0e-3, "weight_decay": 0.0},
+    "train": {"lr": 1.0e-2, "weight_decay": 0.0},  # a linear probe on fixed features takes a large step
     "method_options": {
         "pooling": None,  # mean | cls | last; None: what the checkpoint was trained with
         "cache_features": True,  # embed once, then train the head on cached features

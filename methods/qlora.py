@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from tunebench.methods import lora
 
+from tunebench.methods import lora
 from tunebench.modeling import UNQUANTIZED, load_classifier
 
 DEFAULTS = {

