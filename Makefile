@@ -32,6 +32,11 @@ demo: setup
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/pytest -q
 
+# Render a report in headless Chromium (Debian: apt-get install chromium); fails if the page shows no figures.
+REPORT ?= reports/quick
+report-check: setup
+	$(BIN)/python tests/render_check.py $(REPORT)/index.html --png runs/render-check.png
+
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

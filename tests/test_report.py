@@ -1,0 +1,290 @@
+"""tunebench report: statistics, Pareto fronts, the generated files, and the page in a real browser.
+
+The fixtures in tests/fixtures/results/ come from real CPU runs (minilm on rotten_tomatoes, 128 training
+examples, the harness keys added): cpu-len64 holds 4 methods x 2 seeds, a real out-of-memory run
+(measure.memory_cap) and a run stopped with SIGTERM; cpu-len32 the 4 methods at max_length 32.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from scipy import stats
+
+from tunebench.cli import main
+from tunebench.errors import UserError
+from tunebench.report import fmt_ratio, mean_ci, pareto_front, write_report
+
+FIXTURES = Path(__file__).parent / "fixtures" / "results"
+LEN64, LEN32 = FIXTURES / "cpu-len64", FIXTURES / "cpu-len32"
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("reports") / "fixtures"
+    write_report([str(LEN64), str(LEN32)], str(out))
+    return out
+
+
+def _results(folder: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+
+
+# -- statistics ---------------------------------------------------------------------------------------
+
+
+def test_confidence_interval_matches_scipy() -> None:
+    values = [0.81, 0.84, 0.79, 0.83]
+    mean, half = mean_ci(values)
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=sum(values) / 4, scale=stats.sem(values))
+    assert mean == pytest.approx((low + high) / 2)
+    assert half == pytest.approx((high - low) / 2)
+
+
+def test_confidence_interval_by_hand() -> None:
+    # n=2: sd = 0.1*sqrt(2), sem = 0.1, t(0.975, df=1) = 12.7062
+    mean, half = mean_ci([0.5, 0.7])
+    assert mean == pytest.approx(0.6)
+    assert half == pytest.approx(12.7062 * 0.1, rel=1e-4)
+    assert mean_ci([0.42]) == (0.42, None)
+
+
+def test_pareto_front_minimizing_memory() -> None:
+    points = [
+        (100, 90),  # most accurate: on the front
+        (50, 85),  # on the front
+        (60, 80),  # dominated by (50, 85)
+        (20, 70),  # cheapest: on the front
+        (20, 70),  # a tie is not domination
+        (200, 90),  # as accurate as (100, 90) at twice the memory: dominated
+    ]
+    assert pareto_front(points, minimize_x=True) == [True, True, False, True, True, False]
+
+
+def test_pareto_front_maximizing_throughput() -> None:
+    points = [(100, 90), (300, 85), (200, 80), (300, 84), (1000, 70)]
+    assert pareto_front(points, minimize_x=False) == [True, True, False, False, True]
+
+
+# -- reports from real result files ---------------------------------------------------------------------
+
+
+def test_report_files(report: Path) -> None:
+    names = {p.name for p in report.iterdir()}
+    assert {"report.md", "index.html", "results.csv"} <= names
+    figures = {n for n in names if n.endswith(".svg")}
+    assert {f"{kind}-cpu-len64-rotten-tomatoes.svg" for kind in ("pareto", "memory", "curves")} <= figures
+    markdown = (report / "report.md").read_text()
+    for figure in figures:
+        assert f"({figure})" in markdown
+
+
+def test_summary_table_aggregates_seeds(report: Path) -> None:
+    markdown = (report / "report.md").read_text()
+    ok = [r for r in _results(LEN64) if r["status"] == "ok"]
+    for method in ("full", "lora", "qlora", "head"):
+        accuracies = [r["test_accuracy"] for r in ok if r["config"]["method"] == method]
+        assert len(accuracies) == 2
+        mean, half = mean_ci(accuracies)
+        assert f"| **{method}** | " in markdown
+        assert f"{100 * mean:.1f} ± {100 * half:.1f}" in markdown
+    assert "(1 seed)" in markdown  # cpu-len32 has one seed per method
+
+
+def test_failed_and_incomplete_runs_are_listed_not_averaged(report: Path) -> None:
+    markdown = (report / "report.md").read_text()
+    oom = next(r for r in _results(LEN64) if r["status"] == "oom")
+    interrupted = next(r for r in _results(LEN64) if r["status"] == "interrupted")
+    failed_section = markdown.split("## Failed runs")[1].split("\n## ")[0]
+    assert oom["run_id"] in failed_section and "out of memory" in failed_section
+    incomplete_section = markdown.split("## Incomplete runs")[1].split("\n## ")[0]
+    assert interrupted["run_id"] in incomplete_section and "interrupted" in incomplete_section
+
+
+def test_recommendation_and_flags_come_from_the_data(report: Path) -> None:
+    markdown = (report / "report.md").read_text()
+    advice = markdown.split("## What to use")[1].split("\n## ")[0]
+    ok = [r for r in _results(LEN64) if r["status"] == "ok"]
+    by_method = {m: [r for r in ok if r["config"]["method"] == m] for m in ("full", "lora", "qlora", "head")}
+    best = max(by_method, key=lambda m: sum(r["test_accuracy"] for r in by_method[m]))
+    assert f"**{best}** is the most accurate" in advice
+    full_memory = sum(r["peak_memory_bytes"] for r in by_method["full"]) / 2
+    head_memory = sum(r["peak_memory_bytes"] for r in by_method["head"]) / 2
+    share = head_memory / full_memory
+    assert (
+        f"at {100 * share:.2g}% of its peak memory" in advice or f"at {100 * share:.0f}% of its peak memory" in advice
+    )
+    # The out-of-memory run (memory_cap) and the interrupted one (max_train_samples) are not compared.
+    assert "`measure.memory_cap`" not in markdown and "`data.max_train_samples`" not in markdown
+
+
+def test_side_by_side_ratios(report: Path) -> None:
+    markdown = (report / "report.md").read_text()
+    section = markdown.split("## Side by side")[1].split("\n## ")[0]
+    assert "cpu-len32 against cpu-len64" in section
+    long = [r for r in _results(LEN64) if r["status"] == "ok" and r["config"]["method"] == "lora"]
+    short = [r for r in _results(LEN32) if r["config"]["method"] == "lora"]
+    ratio = short[0]["tokens_per_second"] / (sum(r["tokens_per_second"] for r in long) / len(long))
+    row = next(line for line in section.splitlines() if line.startswith("| **lora**"))
+    assert fmt_ratio(ratio) in row
+
+
+def test_csv_has_one_flat_row_per_run(report: Path) -> None:
+    rows = list(csv.DictReader((report / "results.csv").open()))
+    assert len(rows) == len(list(LEN64.glob("*.json"))) + len(list(LEN32.glob("*.json")))
+    assert {"set", "run_id", "status", "config.train.batch_size", "memory.tensor.at_peak.activations"} <= set(rows[0])
+    assert not any(key.startswith("curves") for key in rows[0])
+    statuses = {row["run_id"]: row["status"] for row in rows}
+    assert sorted(statuses.values()).count("oom") == 1
+
+
+def test_html_is_well_formed_and_self_contained(report: Path) -> None:
+    page = (report / "index.html").read_text()
+    assert page.startswith("<!DOCTYPE html>")
+    root = ET.fromstring(page.removeprefix("<!DOCTYPE html>"))  # the page is also well-formed XML
+    tags = {el.tag for el in root.iter()}
+    assert "svg" in tags and {"script", "link", "img", "iframe", "object", "embed"}.isdisjoint(tags)
+    # What a browser would fetch: src/href-like attributes and CSS url(); only in-page #anchors are allowed.
+    for el in root.iter():
+        for name, value in el.attrib.items():
+            if name.split("}")[-1] in ("src", "href", "srcset", "action", "data", "poster"):
+                assert value.startswith("#"), (el.tag, name, value)
+    styles = " ".join(el.text or "" for el in root.iter("style")) + " ".join(el.get("style", "") for el in root.iter())
+    assert all(u.startswith("#") for u in re.findall(r"url\(\s*['\"]?([^'\")]*)", styles))
+    assert "@import" not in styles
+    # Stricter still: no URL text at all (matplotlib's xmlns and DTD URLs are stripped).
+    assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/", page, re.I)
+
+
+def test_regenerating_replaces_the_whole_folder(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    write_report([str(LEN32)], str(out))
+    (out / "pareto-stale.svg").write_text("<svg/>")
+    first = (out / "report.md").read_text()
+    write_report([str(LEN32)], str(out))
+    assert not (out / "pareto-stale.svg").exists()
+    assert (out / "report.md").read_text() == first  # same results, same report
+    assert "(1 seed)" in first and "Side by side" not in first
+
+
+# -- hand-made results: the advice must follow the numbers -------------------------------------------------
+
+
+def _write_results(
+    folder: Path, rows: list[tuple[str, int, float, float, float, float]], train: dict | None = None, **fields
+) -> None:
+    """Result files from a real one, with method, seed, accuracy, peak memory, tokens/s and train seconds set;
+    train: per-method config.train overrides; fields: top-level keys set in every result."""
+    template = json.loads((LEN32 / "full-s1.json").read_text())
+    folder.mkdir(parents=True)
+    for method, seed, accuracy, memory, tokens_per_second, seconds in rows:
+        result = copy.deepcopy(template)
+        result["config"].update(method=method, seed=seed)
+        result["config"]["train"].update((train or {}).get(method, {}))
+        result["grid"] = {"model": "minilm", "task": "rotten_tomatoes", "method": method, "seed": seed}
+        result.update(
+            run_id=f"{method}-s{seed}",
+            test_accuracy=accuracy,
+            test_f1=accuracy,
+            peak_memory_bytes=memory,
+            tokens_per_second=tokens_per_second,
+            train_seconds=seconds,
+            **fields,
+        )
+        (folder / f"{method}-s{seed}.json").write_text(json.dumps(result))
+
+
+def test_recommendation_follows_hand_made_numbers(tmp_path: Path) -> None:
+    rows = [
+        ("full", 1, 0.900, 1000e6, 100.0, 120.0),
+        ("full", 2, 0.902, 1000e6, 100.0, 120.0),
+        ("lora", 1, 0.895, 410e6, 160.0, 80.0),
+        ("lora", 2, 0.893, 410e6, 160.0, 80.0),
+        ("head", 1, 0.850, 100e6, 1200.0, 10.0),
+        ("head", 2, 0.852, 100e6, 1200.0, 10.0),
+    ]
+    _write_results(tmp_path / "set", rows, train={"head": {"batch_size": 64}})
+    write_report([str(tmp_path / "set")], str(tmp_path / "out"))
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    advice = markdown.split("## What to use")[1].split("\n## ")[0]
+    assert "**full** is the most accurate at 90.1" in advice
+    assert "**Use lora** unless the last 0.7 points matter" in advice
+    assert "at 41% of its peak memory, training 1.5× faster" in advice
+    assert "lora reaches 99% of full fine-tuning's accuracy (-0.7 points) at 41% of its peak memory" in advice
+    assert "head reaches 94% of full fine-tuning's accuracy (-5.0 points) at 10% of its peak memory" in advice
+    assert "with 12× its throughput" in advice
+    assert "On the tightest memory budget, **head**" in advice
+    pareto = re.search(r"\| \*\*head\*\* \|.*\| (memory, speed) \|", markdown)
+    assert pareto, "head is the cheapest and fastest: on both fronts"
+    flags = markdown.split("### Flags")[1]
+    assert "`train.batch_size`" in flags and "64 for head" in flags
+
+    # Make lora the most accurate: the advice changes with the numbers.
+    flipped = [(m, s, 0.95 if m == "lora" else a, mem, tps, sec) for m, s, a, mem, tps, sec in rows]
+    _write_results(tmp_path / "flipped", flipped)
+    write_report([str(tmp_path / "flipped")], str(tmp_path / "out2"))
+    advice = (tmp_path / "out2" / "report.md").read_text().split("## What to use")[1].split("\n## ")[0]
+    assert "**lora** is the most accurate" in advice and "**Use lora**: no method within 1 point" in advice
+
+
+def test_cpu_against_gpu_side_by_side(tmp_path: Path) -> None:
+    cpu = [("full", 1, 0.90, 1000e6, 100.0, 120.0), ("lora", 1, 0.89, 400e6, 150.0, 90.0)]
+    gpu = [("full", 1, 0.90, 1200e6, 5000.0, 3.0), ("lora", 1, 0.89, 500e6, 6000.0, 2.5)]
+    _write_results(tmp_path / "cpu", cpu)
+    environment = json.loads((LEN32 / "full-s1.json").read_text())["environment"]
+    environment["gpu"] = {
+        "name": "NVIDIA H100",
+        "memory_bytes": 80 * 2**30,
+        "cuda": "12.8",
+        "driver": "570",
+        "count": 1,
+    }
+    _write_results(tmp_path / "gpu", gpu, peak_memory_source="cuda_max_allocated", environment=environment)
+    write_report([str(tmp_path / "cpu"), str(tmp_path / "gpu")], str(tmp_path / "out"))
+    section = (tmp_path / "out" / "report.md").read_text().split("## Side by side")[1].split("\n## ")[0]
+    assert "**gpu**: NVIDIA H100" in section and "**cpu**: CPU:" in section
+    full = next(line for line in section.splitlines() if line.startswith("| **full**"))
+    assert full.endswith("| 1.2× | 50× | 0.025× |")  # memory 1200/1000, tokens/s 5000/100, time 3/120
+    assert "tensor-tracker peak in cpu but CUDA max allocated in gpu" in section
+
+
+# -- errors -----------------------------------------------------------------------------------------------
+
+
+def test_bad_input_is_a_user_error(tmp_path: Path, capsys) -> None:
+    with pytest.raises(UserError, match="results folder not found"):
+        write_report([str(tmp_path / "missing")], str(tmp_path / "out"))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.json").write_text('{"not": "a result"}')
+    with pytest.raises(UserError, match="no tunebench result files"):
+        write_report([str(tmp_path / "empty")], str(tmp_path / "out"))
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "thesis.tex").write_text("...")
+    assert main(["report", str(LEN32), "-o", str(tmp_path / "precious")]) == 2
+    assert "not a tunebench report" in capsys.readouterr().err
+    assert (tmp_path / "precious" / "thesis.tex").exists()
+
+
+# -- the page in a real browser ----------------------------------------------------------------------------
+
+
+def test_page_renders_in_headless_chromium(report: Path, tmp_path: Path) -> None:
+    from render_check import find_chromium, looks_rendered, pixel_stats, screenshot
+
+    if find_chromium() is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium); `make report-check` needs it too")
+    png = tmp_path / "page.png"
+    screenshot(report / "index.html", png)
+    stats_ = pixel_stats(png)
+    assert looks_rendered(stats_), stats_
+    # A page without its figures is the control: the same check must call it blank of colour.
+    bare = tmp_path / "bare.html"
+    bare.write_text(re.sub(r"<svg.*?</svg>", "", (report / "index.html").read_text(), flags=re.S))
+    screenshot(bare, tmp_path / "bare.png")
+    assert not looks_rendered(pixel_stats(tmp_path / "bare.png"))
