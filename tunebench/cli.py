@@ -205,6 +205,9 @@ COMMANDS = {
 
 def _interrupt_on_sigterm() -> None:
     def handler(signum, frame):
+        loop = sys.modules.get("tunebench.loop")
+        if loop is not None:
+            loop.stop_requested.set()
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)

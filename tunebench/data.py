@@ -30,8 +30,9 @@ def tokenize(splits: DatasetDict, tokenizer, max_length: int) -> DatasetDict:
 class LengthGroupedBatches(Sampler[list[int]]):
     """Shuffled mega-batches, each sorted by length and cut into batches: little padding, random order.
 
-    The batch with the longest examples goes first, so an out-of-memory shows up at step one and
-    the memory tracker sees the largest shape early. A new seed per epoch (set_epoch) reshuffles.
+    The batch with the longest examples goes second: step one creates the optimizer state, so step
+    two meets the largest activations with every persistent tensor alive. An out-of-memory shows up
+    at once and the memory tracker sees the true peak early. A new seed per epoch reshuffles.
     """
 
     def __init__(self, lengths: list[int], batch_size: int, seed: int, mega: int = 50):
@@ -50,9 +51,9 @@ class LengthGroupedBatches(Sampler[list[int]]):
             group = sorted(order[start : start + size], key=lambda i: -self.lengths[i])
             batches += [group[i : i + self.batch_size] for i in range(0, len(group), self.batch_size)]
         longest = max(range(len(batches)), key=lambda b: max(self.lengths[i] for i in batches[b]))
-        first = batches.pop(longest)
+        largest = batches.pop(longest)
         rng.shuffle(batches)
-        return iter([first, *batches])
+        return iter([*batches[:1], largest, *batches[1:]])
 
     def __len__(self) -> int:
         return -(-len(self.lengths) // self.batch_size)

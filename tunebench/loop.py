@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import shutil
+import threading
 import time
 from contextlib import nullcontext
 from datetime import datetime, timezone
@@ -35,6 +36,10 @@ from tunebench.results import SCHEMA_VERSION, write_json_atomic
 from tunebench.tasks import get_task, load_task
 
 log = logging.getLogger("tunebench")
+
+# Set by the CLI's SIGTERM handler. Its KeyboardInterrupt can be lost (Python drops exceptions raised
+# inside a __del__ during garbage collection), so the loop also checks this each step.
+stop_requested = threading.Event()
 
 OOM_HINT = "out of memory: try a smaller --batch-size or --max-length, or a lighter method (lora, qlora, head)"
 
@@ -222,6 +227,8 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
         for batch in train_loader:
+            if stop_requested.is_set():
+                raise KeyboardInterrupt
             index = batch.pop("index")
             # non-padding tokens; a cached-feature batch stands for the tokens its examples had
             tokens = (
