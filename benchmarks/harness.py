@@ -233,9 +233,14 @@ def run_suite(
         return 0
     started = time.monotonic()
     for number, run in enumerate(todo, 1):
+        finished = len(done) + number - 1
         elapsed = time.monotonic() - started
         eta = f", ETA {_duration(elapsed / (number - 1) * (len(todo) - number + 1))}" if number > 1 else ""
-        print(f"\n[suite {number}/{len(todo)}, {len(todo) - number + 1} left{eta}] {run.run_id}", flush=True)
+        bar = "#" * round(20 * finished / len(runs))
+        print(
+            f"\nsuite [{bar:<20}] {finished}/{len(runs)} done, {len(runs) - finished} left{eta} -> {run.label}",
+            flush=True,
+        )
         path = out_dir / f"{run.run_id}.json"
         code = launch(run, out_dir, processes)
         if code == 130:
