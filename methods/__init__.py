@@ -6,6 +6,7 @@ A method module provides:
   save(model, folder)            writes what the method keeps (adapter, head, or the whole model)
   load(folder, model_path, task, tokenizer, cfg, device) -> model   inverse of save
 and optionally
+  check_options(method_options)  rejects bad options when the config is built, before anything loads
   cache_features(model, loader, device) -> tensor    backbone run once, head trained on the result
 """
 

@@ -75,17 +75,24 @@ def _layers(backbone: nn.Module) -> nn.ModuleList:
     raise UserError("method_options.unfreeze_top: cannot find the transformer layers of this model")
 
 
+def check_options(options: dict) -> None:
+    """Called when the config is built, before any data or model loads."""
+    if options["pooling"] not in (None, *POOLINGS):
+        raise UserError(f"method_options.pooling must be one of {', '.join(POOLINGS)}, got {options['pooling']!r}")
+    top = options["unfreeze_top"]
+    if not isinstance(top, int) or isinstance(top, bool) or top < 0:
+        raise UserError(f"method_options.unfreeze_top must be a whole number >= 0, got {top!r}")
+    if top and options["cache_features"]:
+        raise UserError("method_options.cache_features needs a fully frozen backbone; set unfreeze_top=0")
+
+
 def _build(model_path: str, task, cfg: dict) -> HeadClassifier:
     from transformers import AutoModel
 
     options = cfg["method_options"]
     config = load_config(model_path)
     pooling = options["pooling"] or default_pooling(model_path, config)
-    if pooling not in POOLINGS:
-        raise UserError(f"method_options.pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
     top = options["unfreeze_top"]
-    if top and options["cache_features"]:
-        raise UserError("method_options.cache_features needs a fully frozen backbone; set unfreeze_top=0")
     try:
         backbone = AutoModel.from_pretrained(model_path)
     except OSError as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tunebench.errors import UserError
 from tunebench.methods import lora
 from tunebench.modeling import UNQUANTIZED, load_classifier
 
@@ -17,13 +18,15 @@ DEFAULTS = {
 }
 
 
+def check_options(options: dict) -> None:
+    """Called when the config is built, before any data or model loads."""
+    if options["bits"] not in (4, 8):
+        raise UserError(f"method_options.bits must be 4 or 8, got {options['bits']!r}")
+
+
 def quantization_config(bits: int, device: torch.device):
     from transformers import BitsAndBytesConfig
 
-    from tunebench.errors import UserError
-
-    if bits not in (4, 8):
-        raise UserError(f"method_options.bits must be 4 or 8, got {bits!r}")
     if bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(UNQUANTIZED))
     compute = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -46,6 +49,12 @@ def _quantized_base(model_path: str, task, tokenizer, cfg: dict, device) -> nn.M
         quantization_config=quantization_config(cfg["method_options"]["bits"], device),
         device_map={"": device},  # bitsandbytes quantizes as the weights land on the device
     )
+    # On a CPU with AVX512-BF16, bitsandbytes repacks a 4-bit weight in place on its first forward in eval mode,
+    # for an inference-only kernel; every later training step (after the first validation) then runs that kernel,
+    # which has no autograd support: a RuntimeError or silently wrong gradients. Keep the trainable layout.
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg["train"]["gradient_checkpointing"])
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -215,6 +216,9 @@ def _interrupt_on_sigterm() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     _interrupt_on_sigterm()
+    # bitsandbytes warns at import that it cannot fetch an optional CPU kernel from the hub; offline that is
+    # expected, and tunebench's qlora does not use that (inference-only) kernel anyway.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)

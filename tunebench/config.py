@@ -114,7 +114,12 @@ def build_config(
         cfg = merge(cfg, user, str(user_file))
     if overrides:
         cfg = merge(cfg, overrides, "command-line overrides")
+    # the layers above were chosen for this method and task: a `method:` or `task:` in a later layer must not
+    # replace them (it would run one method with another's options)
+    cfg["method"], cfg["task"] = method, task
     validate(cfg)
+    if hasattr(spec, "check_options"):
+        spec.check_options(cfg["method_options"])
     return cfg
 
 
@@ -136,6 +141,20 @@ def validate(cfg: Config) -> None:
             raise UserError(f"{dotted} must be a positive integer, got {cfg[section][key]!r}")
     if cfg["train"]["lr"] <= 0:
         raise UserError(f"train.lr must be positive, got {cfg['train']['lr']!r}")
+    # null defaults get no type from _coerce: without these checks a bad value fails mid-run, not here
+    for dotted in ("data.max_train_samples", "data.max_eval_samples", "train.max_steps"):
+        section, key = dotted.split(".")
+        value = cfg[section][key]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UserError(f"{dotted} must be a positive integer or null, got {value!r}")
+    cap = cfg["measure"]["memory_cap"]
+    if isinstance(cap, str):  # YAML 1.1 reads 1e9 (no dot) as a string
+        try:
+            cap = cfg["measure"]["memory_cap"] = float(cap)
+        except ValueError:
+            pass
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or cap <= 0):
+        raise UserError(f"measure.memory_cap must be a positive number of bytes or null, got {cap!r}")
 
 
 def dump(cfg: Config) -> str:

@@ -53,6 +53,7 @@ def train(cfg: Config, run_dir: str | Path, result_path: str | Path | None = Non
     """
     run_dir = Path(run_dir)
     result_path = Path(result_path or run_dir / "result.json")
+    stop_requested.clear()
     accelerator = Accelerator(
         mixed_precision=cfg["train"]["mixed_precision"],
         gradient_accumulation_steps=cfg["train"]["grad_accum"],
@@ -220,63 +221,62 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
             best.update(accuracy=metrics["accuracy"], step=at_step, state=_trainable_state(model, accelerator))
         log.info("step %d validation %s", at_step, metrics)
 
-    progress = tqdm(total=total_steps, disable=not main, desc=f"{cfg['method']} {task.name}", unit="step")
     model.train()
     wall_start = time.perf_counter()
-    for epoch in range(cfg["train"]["epochs"]):
-        if hasattr(train_loader, "set_epoch"):
-            train_loader.set_epoch(epoch)
-        for batch in train_loader:
-            if stop_requested.is_set():
-                raise KeyboardInterrupt
-            index = batch.pop("index")
-            # non-padding tokens; a cached-feature batch stands for the tokens its examples had
-            tokens = (
-                int(batch["attention_mask"].sum())
-                if "attention_mask" in batch
-                else int(train_lengths[index.cpu()].sum())
-            )
-            shape = batch["input_ids"].numel() if "input_ids" in batch else batch["features"].numel()
-            # Memory is a function of the batch shape: trace the first two steps (the optimizer state
-            # appears in step one) and every batch larger than any traced before; or all, under a cap.
-            track = tracker is not None and (step < 2 or shape > largest_tracked or tracker.cap_bytes)
-            largest_tracked = max(largest_tracked, shape) if track else largest_tracked
-            meter.start()
-            with accelerator.accumulate(model), tracker if track else nullcontext():
-                loss = model(**batch).loss
-                accelerator.backward(loss)
-                if track:
-                    tracker.classify_state()
-                if accelerator.sync_gradients and cfg["train"]["max_grad_norm"]:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg["train"]["max_grad_norm"])
-                optimizer.step()
-                scheduler.step()
-                if track:
-                    tracker.classify_state()
-                optimizer.zero_grad(set_to_none=True)
-            meter.stop(len(batch["labels"]) * accelerator.num_processes, tokens * accelerator.num_processes)
-            if not accelerator.sync_gradients:
-                continue
-            step += 1
-            loss_value = loss.item()
-            curves["train_loss"].append({"step": step, "loss": loss_value})
-            if step % cfg["train"]["log_every"] == 0 or step == 1:
-                accelerator.log({"train/loss": loss_value, "train/lr": scheduler.get_last_lr()[0]}, step=step)
-            progress.update(1)
-            progress.set_postfix(
-                loss=f"{loss_value:.4f}", samples_s=f"{meter.samples / max(sum(meter.step_seconds), 1e-9):.1f}"
-            )
-            if cfg["train"]["eval_every"] and step % cfg["train"]["eval_every"] == 0:
+    with tqdm(total=total_steps, disable=not main, desc=f"{cfg['method']} {task.name}", unit="step") as progress:
+        for epoch in range(cfg["train"]["epochs"]):
+            if hasattr(train_loader, "set_epoch"):
+                train_loader.set_epoch(epoch)
+            for batch in train_loader:
+                if stop_requested.is_set():
+                    raise KeyboardInterrupt
+                index = batch.pop("index")
+                # non-padding tokens; a cached-feature batch stands for the tokens its examples had
+                tokens = (
+                    int(batch["attention_mask"].sum())
+                    if "attention_mask" in batch
+                    else int(train_lengths[index.cpu()].sum())
+                )
+                shape = batch["input_ids"].numel() if "input_ids" in batch else batch["features"].numel()
+                # Memory is a function of the batch shape: trace the first two steps (the optimizer state
+                # appears in step one) and every batch larger than any traced before; or all, under a cap.
+                track = tracker is not None and (step < 2 or shape > largest_tracked or tracker.cap_bytes)
+                largest_tracked = max(largest_tracked, shape) if track else largest_tracked
+                meter.start()
+                with accelerator.accumulate(model), tracker if track else nullcontext():
+                    loss = model(**batch).loss
+                    accelerator.backward(loss)
+                    if track:
+                        tracker.classify_state()
+                    if accelerator.sync_gradients and cfg["train"]["max_grad_norm"]:
+                        accelerator.clip_grad_norm_(model.parameters(), cfg["train"]["max_grad_norm"])
+                    optimizer.step()
+                    scheduler.step()
+                    if track:
+                        tracker.classify_state()
+                    optimizer.zero_grad(set_to_none=True)
+                meter.stop(len(batch["labels"]) * accelerator.num_processes, tokens * accelerator.num_processes)
+                if not accelerator.sync_gradients:
+                    continue
+                step += 1
+                loss_value = loss.item()
+                curves["train_loss"].append({"step": step, "loss": loss_value})
+                if step % cfg["train"]["log_every"] == 0 or step == 1:
+                    accelerator.log({"train/loss": loss_value, "train/lr": scheduler.get_last_lr()[0]}, step=step)
+                progress.update(1)
+                progress.set_postfix(
+                    loss=f"{loss_value:.4f}", samples_s=f"{meter.samples / max(sum(meter.step_seconds), 1e-9):.1f}"
+                )
+                if cfg["train"]["eval_every"] and step % cfg["train"]["eval_every"] == 0:
+                    run_eval(step)
+                    model.train()
+                if step >= total_steps:
+                    break
+            if not cfg["train"]["eval_every"] or step % cfg["train"]["eval_every"]:
                 run_eval(step)
                 model.train()
             if step >= total_steps:
                 break
-        if not cfg["train"]["eval_every"] or step % cfg["train"]["eval_every"]:
-            run_eval(step)
-            model.train()
-        if step >= total_steps:
-            break
-    progress.close()
     wall_seconds = time.perf_counter() - wall_start
 
     # -- save and test ---------------------------------------------------------------------------

@@ -140,7 +140,7 @@ def _stratified_splits(df: pd.DataFrame, label: str, make: dict, have: set[str])
             continue
         fraction = make.get(split, 0.1)
         # fraction of the whole data, whatever was carved off before
-        size = round(fraction * len(df))
+        size = max(1, round(fraction * len(df)))  # a small file still gets a split, or a clear error below
         out["train"], out[split] = train_test_split(
             out["train"], test_size=size, stratify=out["train"][label], random_state=make.get("seed", 0)
         )
@@ -166,7 +166,7 @@ def load_task(spec: TaskSpec, data_cfg: dict) -> TaskData:
     if "train" not in frames:
         raise UserError(f"task {spec.name!r} has no train split")
     text, pair, label = data_cfg["text_column"], data_cfg["text_pair_column"], data_cfg["label_column"]
-    needed = [c for c in (text, pair, label) if c]
+    needed = [c for c in (text, pair, label, *spec.where) if c]
     for split, df in frames.items():
         missing = [c for c in needed if c not in df.columns]
         if missing:
@@ -176,10 +176,22 @@ def load_task(spec: TaskSpec, data_cfg: dict) -> TaskData:
             )
         for column, value in spec.where.items():
             df = df[df[column] == value]
-        frames[split] = df.dropna(subset=needed).reset_index(drop=True)
+        df = df.dropna(subset=needed).reset_index(drop=True)
+        if pd.api.types.is_float_dtype(df[label]) and (df[label] % 1 == 0).all():
+            df = df.assign(**{label: df[label].astype("int64")})  # blank labels made pandas read floats
+        frames[split] = df
 
+    for split, df in frames.items():
+        if len(df) == 0:
+            raise UserError(f"task {spec.name!r} has an empty {split} split")
     if set(frames) != set(SPLITS):
-        frames.update(_stratified_splits(frames["train"], label, spec.make_splits or {}, set(frames)))
+        try:
+            frames.update(_stratified_splits(frames["train"], label, spec.make_splits or {}, set(frames)))
+        except ValueError as exc:  # too few examples, or a label with a single example
+            raise UserError(
+                f"task {spec.name!r}: cannot carve stratified validation/test splits from {len(frames['train'])} "
+                f"training examples ({str(exc).splitlines()[0]}); add examples or give the task its own split files"
+            ) from None
     for split in SPLITS:
         if len(frames[split]) == 0:
             raise UserError(f"task {spec.name!r} has an empty {split} split")
