@@ -1,0 +1,184 @@
+"""The `tunebench` command: listings, a real train and eval, and bad input -> one line on stderr, exit 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tunebench.cli import main
+from tunebench.models import EMBEDDED, describe_models
+from tunebench.results import read_result
+
+TINY_FLAGS = ["--max-train-samples", "32", "--max-eval-samples", "32", "--max-length", "32", "--batch-size", "16"]
+QUIET = ["--set", "train.trackers=[]"]
+
+
+@pytest.fixture(autouse=True)
+def keep_sigterm_handler():
+    """main() installs a SIGTERM handler; give pytest its own back."""
+    before = signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGTERM, before)
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(err: str) -> str:
+    """The error main() printed: one line, prefixed, last, no traceback (progress bars of the data and model
+    loading may come before it when the error shows up only then)."""
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("tunebench: error: "), err
+    assert sum("tunebench:" in line for line in lines) == 1 and "Traceback" not in err, err
+    return lines[-1]
+
+
+def test_tasks_lists_what_exists_and_whether_installed(capsys) -> None:
+    code, out, _ = run_cli(capsys, "tasks")
+    assert code == 0
+    rows = {line.split()[0]: line.split()[1] for line in out.strip().splitlines()}
+    assert rows == {"banking77": "installed", "imdb": "installed", "rotten_tomatoes": "installed"}
+
+
+def test_models_lists_what_exists_and_whether_installed(capsys) -> None:
+    code, out, _ = run_cli(capsys, "models")
+    assert code == 0
+    lines = {line.split()[0]: line for line in out.strip().splitlines()}
+    assert set(lines) == set(EMBEDDED)
+    assert lines["minilm"].split()[1] == "ready"
+    for row in describe_models():
+        state = lines[row["name"]].split(None, 1)[1]
+        if not row["installed"]:
+            assert state.startswith(f"missing ({row['install']})")
+        elif not row["prepared"]:
+            assert state.startswith("installed, needs --prepare")
+
+
+def test_train_then_eval_reproduces_predictions(capsys, tmp_path: Path) -> None:
+    run_dir = tmp_path / "head-run"
+    code, out, err = run_cli(capsys, "train", "--method", "head", *TINY_FLAGS, *QUIET, "--out", str(run_dir))
+    assert code == 0, err
+    assert out.startswith("head on rotten_tomatoes: test accuracy ")
+    assert read_result(run_dir / "result.json")["status"] == "ok"
+
+    code, out, err = run_cli(capsys, "eval", str(run_dir))
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["agreement_with_training"] == 1.0
+    assert report["accuracy"] == read_result(run_dir / "result.json")["test_accuracy"]
+
+    code, out, _ = run_cli(capsys, "eval", str(run_dir), "--split", "validation")
+    assert code == 0 and "agreement_with_training" not in json.loads(out)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["train", "--method", "lorra"], "unknown method 'lorra'; choose one of: full, head, lora, qlora"),
+        (["train", "--task", "rotten"], "<task.yaml>, banking77, imdb, rotten_tomatoes"),
+        (["train", "--set", "train.lrr=1"], "unknown config key 'train.lrr' in command-line overrides; valid keys"),
+        (["train", "--set", "method_options.pooling=max"], "unknown config key 'method_options.pooling'"),
+        (
+            ["train", "--method", "head", "--set", "method_options.pooling=max"],
+            "method_options.pooling must be one of mean, cls, last, got 'max'",
+        ),
+        (["train", "--method", "qlora", "--set", "method_options.bits=3"], "method_options.bits must be 4 or 8, got 3"),
+        (["train", "--set", "train.lr"], "--set takes key=value"),
+        (["train", "--epochs", "two"], "argument --epochs: invalid int value: 'two'"),
+        (["train", "--config", "/no/such.yaml"], "config file not found: /no/such.yaml"),
+        (["train", "--max-train-samples", "0"], "data.max_train_samples must be a positive integer or null, got 0"),
+        (["fly"], "argument command: invalid choice: 'fly'"),
+        ([], "the following arguments are required: command"),
+        (["eval", "/no/such/run"], "/no/such/run is not a run folder (no config.yaml)"),
+        (["models", "--prepare", "gpt5"], "unknown model 'gpt5'; choose one of: minilm, mpnet-base, smollm2-135m"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path: Path, argv: list[str], expected: str) -> None:
+    if argv and argv[0] == "train":
+        argv = [*argv, "--out", str(tmp_path / "run")]
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2
+    assert expected in one_line_error(err)
+    if argv and argv[0] == "train":
+        assert not (tmp_path / "run").exists()  # refused before a run folder exists
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (
+            ["--model", "bert-tiny"],
+            "unknown model 'bert-tiny'; choose one of: <hub id like org/name>, <local folder>, ",
+        ),
+        (["--model", "tunebench-tests/no-such-model"], "cannot load model 'tunebench-tests/no-such-model' from the "),
+        (["--task", "tunebench-tests/no-such-data"], "cannot load hub dataset 'tunebench-tests/no-such-data' ("),
+        (["--set", "metrics=[accuracy]"], "cannot load evaluate metric 'accuracy' (hub names need internet; a local"),
+    ],
+)
+def test_bad_model_task_or_metric_fails_before_training(capsys, tmp_path: Path, flags, expected) -> None:
+    run_dir = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "--method", "head", *TINY_FLAGS, *QUIET, *flags, "--out", str(run_dir))
+    assert code == 2
+    line = one_line_error(err)
+    assert expected in line
+    if "tunebench-tests/" in expected:
+        assert "HF_HUB_OFFLINE" in line
+    result = read_result(run_dir / "result.json")
+    assert result["status"] == "failed" and result["error"] in line
+    assert result.get("steps") is None and not (run_dir / "best").exists()
+
+
+def test_bad_data_fails_before_any_model_loads(capsys, tmp_path: Path, review_files: dict[str, Path]) -> None:
+    run_dir = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "--task", str(review_files["parquet"]), *QUIET, "--out", str(run_dir))
+    assert code == 2
+    assert "split lacks column(s) ['text', 'label']" in one_line_error(err)
+    result = read_result(run_dir / "result.json")
+    assert result["status"] == "failed" and "model" not in result
+
+
+def test_local_file_task_with_own_columns_from_the_command_line(capsys, tmp_path, review_files) -> None:
+    run_dir = tmp_path / "run"
+    columns = ["--set", "data.text_column=review", "--set", "data.label_column=sentiment"]
+    argv = ["train", "--method", "head", "--task", str(review_files["csv"]), *TINY_FLAGS, *QUIET, *columns]
+    code, out, err = run_cli(capsys, *argv, "--out", str(run_dir))
+    assert code == 0, err
+    result = read_result(run_dir / "result.json")
+    assert result["task"] == {"name": "reviews", "num_labels": 2, "sizes": {"train": 32, "validation": 20, "test": 20}}
+
+
+def test_eval_of_a_run_without_weights(capsys, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    code, _, err = run_cli(
+        capsys, "train", "--method", "head", *TINY_FLAGS, *QUIET, "--set", "train.save=none", "--out", str(run_dir)
+    )
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "eval", str(run_dir))
+    assert code == 2
+    assert "has no saved weights (best/); was it run with train.save=none?" in one_line_error(err)
+
+
+def test_console_script_bad_input(tmp_path: Path) -> None:
+    """The installed `tunebench` command itself: exit 2, the error as its last line, no traceback."""
+    tunebench = Path(sys.executable).with_name("tunebench")
+    done = subprocess.run(
+        [str(tunebench), "train", "--method", "sft", "--out", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        "tunebench: error: unknown method 'sft'; choose one of: full, head, lora, qlora"
+    )
+    assert "Traceback" not in done.stderr and done.stdout == ""
