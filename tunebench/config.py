@@ -157,5 +157,16 @@ def validate(cfg: Config) -> None:
         raise UserError(f"measure.memory_cap must be a positive number of bytes or null, got {cap!r}")
 
 
+def flatten(data: dict, prefix: str = "") -> dict:
+    """{'train': {'lr': 1}} -> {'train.lr': 1}; empty mappings stay as values."""
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def dump(cfg: Config) -> str:
     return yaml.safe_dump(cfg, sort_keys=False)

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from tunebench import data as batching
-from tunebench.config import Config, dump
+from tunebench.config import Config, dump, flatten
 from tunebench.errors import UserError
 from tunebench.measure import StepMeter, TensorTracker, environment
 from tunebench.methods import get_method
@@ -196,7 +196,9 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
     )
     eval_loaders = dict(zip(eval_loaders, eval_list, strict=True))
     extra_metrics = load_extra(cfg["metrics"])
-    accelerator.init_trackers("tunebench", config=_flat(cfg))
+    # trackers take flat scalar hyper-parameters
+    hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(cfg).items()}
+    accelerator.init_trackers("tunebench", config=hparams)
 
     # -- the loop --------------------------------------------------------------------------------
     tracker = (
@@ -368,17 +370,6 @@ def _per_rank_peaks(accelerator: Accelerator, memory: dict) -> list[dict]:
 
 def _folder_bytes(folder: Path) -> int | None:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.exists() else None
-
-
-def _flat(cfg: dict, prefix: str = "") -> dict:
-    """Trackers take flat scalar hyper-parameters."""
-    out = {}
-    for key, value in cfg.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
-    return out
 
 
 def _log_to_file(path: Path) -> logging.Handler:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunebench import plots
+from tunebench.config import flatten
 from tunebench.errors import UserError
 from tunebench.plots import MEMORY_PARTS
 from tunebench.results import read_result
@@ -544,7 +545,7 @@ def differing_settings(groups: list[Group]) -> dict[str, dict[str, list[str]]]:
     key -> {value as JSON: [method labels]}."""
     completed = [r for g in groups for r in g.runs]
     method_keys = _method_scoped_keys({r.grid["method"] for r in completed})
-    configs = {id(r): _flatten(r.result["config"]) for r in completed}
+    configs = {id(r): flatten(r.result["config"]) for r in completed}
     keys = sorted({k for c in configs.values() for k in c} - BOOKKEEPING_KEYS - method_keys)
     out = {}
     for key in (k for k in keys if not k.startswith("method_options.")):
@@ -590,18 +591,8 @@ def _method_scoped_keys(methods: set[str]) -> set[str]:
 
     keys: set[str] = set()
     for name in methods & set(METHODS):
-        keys |= set(_flatten(get_method(name).DEFAULTS))
+        keys |= set(flatten(get_method(name).DEFAULTS))
     return keys
-
-
-def _flatten(data: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and value:
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def _environment_summary(env: dict) -> dict[str, str]:
@@ -946,7 +937,7 @@ def results_csv(sets: Sequence[ResultSet]) -> str:
     rows = []
     for s in sets:
         for r in s.runs:
-            flat = {k: json.dumps(v) if isinstance(v, list) else v for k, v in _flatten(r.result).items()}
+            flat = {k: json.dumps(v) if isinstance(v, list) else v for k, v in flatten(r.result).items()}
             flat = {k: v for k, v in flat.items() if not k.startswith("curves.")}
             rows.append(
                 {
