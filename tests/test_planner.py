@@ -1,4 +1,5 @@
-"""The planner: fake-trace predictions against real CPU steps, breakdown identities, presets, recommendation, errors."""
+"""The planner: fake-trace predictions against real CPU steps, breakdown identities, depth extrapolation, presets,
+recommendation, errors. Traces are shared through module fixtures: each costs seconds on two cores."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ from tunebench.cli import main
 from tunebench.errors import UserError
 from tunebench.methods import get_method
 from tunebench.planner import GiB, MethodPlan, Shape
-from tunebench.tracing import affine_peak, quantized_bytes, trace_step
+from tunebench.tracing import (
+    affine_max_batch,
+    affine_peak,
+    extrapolation_depths,
+    quantized_bytes,
+    trace_step,
+    trace_step_extrapolated,
+)
 
 SMALL = Shape(batch_size=4, seq_len=32, num_labels=2)
 
@@ -20,29 +28,41 @@ def minilm():
     return planner.resolve_spec("minilm")
 
 
+def _kwargs(method: str, batch_size: int = SMALL.batch_size, precision: str = "fp32", pooling: str = "cls", **extra):
+    return {
+        "batch_size": batch_size,
+        "seq_len": SMALL.seq_len,
+        "num_labels": SMALL.num_labels,
+        "precision": precision,
+        "options": dict(get_method(method).DEFAULTS["method_options"]),
+        "pooling": pooling,
+        **extra,
+    }
+
+
 def _trace(spec, method: str, batch_size: int = SMALL.batch_size, **kwargs):
-    return trace_step(
-        spec.config,
-        method,
-        batch_size=batch_size,
-        seq_len=SMALL.seq_len,
-        num_labels=SMALL.num_labels,
-        precision=kwargs.pop("precision", "fp32"),
-        options=dict(get_method(method).DEFAULTS["method_options"]),
-        pooling=spec.pooling,
-        **kwargs,
-    )
+    return trace_step(spec.config, method, **_kwargs(method, batch_size, pooling=spec.pooling, **kwargs))
+
+
+@pytest.fixture(scope="module")
+def minilm_traces(minilm):
+    return {method: _trace(minilm, method) for method in ("full", "lora", "qlora")}
+
+
+@pytest.fixture(scope="module")
+def validation(minilm):
+    return {row["method"]: row for row in planner.validate("minilm", list(planner.METHODS), SMALL)}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["full", "lora", "qlora", "head"])
-def test_prediction_matches_real_cpu_steps(minilm, method):
-    [row] = planner.validate("minilm", [method], SMALL)
+def test_prediction_matches_real_cpu_steps(validation, method):
+    row = validation[method]
     assert abs(row["error_percent"]) <= 10, row
 
 
-def test_breakdown_identities(minilm):
-    full, lora = _trace(minilm, "full"), _trace(minilm, "lora")
+def test_breakdown_identities(minilm_traces):
+    full, lora = minilm_traces["full"], minilm_traces["lora"]
     param_bytes = 4 * full.total_params  # fp32
     assert full.total_params == pytest.approx(22.7e6, rel=0.01)
     assert full.state["weights"] == param_bytes  # every parameter once, fp32
@@ -54,25 +74,98 @@ def test_breakdown_identities(minilm):
     assert lora.trainable_params < full.trainable_params / 10
 
 
-def test_qlora_stores_quantized_base(minilm):
-    lora, qlora = _trace(minilm, "lora"), _trace(minilm, "qlora")
+def test_qlora_stores_quantized_base(minilm_traces):
+    lora, qlora = minilm_traces["lora"], minilm_traces["qlora"]
     assert quantized_bytes(4096, 4096, 4) == pytest.approx(4096 * 4096 * 0.516, rel=0.01)
     assert quantized_bytes(384, 384, 8) == 384 * 384 + 4 * 384
     assert qlora.state["weights"] < lora.state["weights"]
     assert qlora.total_params == lora.total_params  # a quantized weight counts the weights it stands for
 
 
-def test_two_traces_give_the_peak_at_any_batch(minilm):
-    small, large, direct = (_trace(minilm, "full", batch_size=b) for b in (2, 4, 7))
+def test_two_traces_give_the_peak_at_any_batch(minilm, minilm_traces):
+    small, direct = (_trace(minilm, "full", batch_size=b) for b in (2, 7))
+    large = minilm_traces["full"]  # batch 4
     peak, breakdown = affine_peak(small, large, 7)
     assert peak == direct.peak_bytes
     assert sum(breakdown.values()) == peak
 
 
+TINY_LLAMA = {  # 6 identical blocks, small enough that tracing all of them takes a second
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 172,
+    "num_hidden_layers": 6,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 512,
+    "pad_token_id": 0,
+}
+
+
+def _tiny_llama():
+    from transformers import AutoConfig
+
+    values = dict(TINY_LLAMA)
+    return AutoConfig.for_model(values.pop("model_type"), **values)
+
+
+@pytest.mark.parametrize(
+    ("model", "precision", "checkpointing", "methods"),
+    [
+        ("tiny-llama", "bf16", False, planner.METHODS),
+        ("minilm", "amp", False, planner.METHODS),
+        ("tiny-llama", "fp32", True, ("full", "lora")),  # next_steps' gradient checkpointing plans
+    ],
+)
+def test_depth_extrapolation_matches_every_layer_traced(model, precision, checkpointing, methods, request):
+    """Traces 2 and 3 blocks deep, extrapolated to 6, against all 6 traced."""
+    if model == "minilm":
+        config, pooling = request.getfixturevalue("minilm").config, "cls"
+    else:
+        config, pooling = _tiny_llama(), "last"
+    traces = {}
+    for method in methods:
+        kwargs = _kwargs(method, precision=precision, pooling=pooling, gradient_checkpointing=checkpointing)
+        full = trace_step(config, method, count_flops=True, **kwargs)
+        extrapolated = trace_step_extrapolated(config, method, (2, 3), count_flops=True, **kwargs)
+        traces[method] = full, extrapolated
+        assert extrapolated.depths == (2, 3), method
+        assert extrapolated.peak_bytes == pytest.approx(full.peak_bytes, rel=0.01), method
+        for category, value in full.at_peak.items():
+            assert extrapolated.at_peak[category] == pytest.approx(value, rel=0.01, abs=0.01 * full.peak_bytes), method
+        assert extrapolated.state == full.state, method
+        assert (extrapolated.trainable_params, extrapolated.total_params) == (full.trainable_params, full.total_params)
+        assert extrapolated.flops == pytest.approx(full.flops, rel=0.01), method
+    # the largest batch from traces at two batch sizes (lora's, as plan_method does): the same from both
+    full, extrapolated = traces["lora"]
+    kwargs = _kwargs("lora", 2 * SMALL.batch_size, precision, pooling, gradient_checkpointing=checkpointing)
+    full_2x = trace_step(config, "lora", **kwargs)
+    extrapolated_2x = trace_step_extrapolated(config, "lora", (2, 3), **kwargs)
+    limit = 3 * full.peak_bytes
+    expected = affine_max_batch(full, full_2x, limit, 4096)
+    assert SMALL.batch_size < expected < 4096
+    assert affine_max_batch(extrapolated, extrapolated_2x, limit, 4096) == expected
+
+
+def test_depth_extrapolation_choice():
+    assert extrapolation_depths(planner.resolve_spec("llama-3.1-8b").config) == (2, 3)
+    assert extrapolation_depths(planner.resolve_spec("gemma-2-9b").config) == (4, 6)  # sliding / global alternate
+    assert extrapolation_depths(planner.resolve_spec("gemma-3-1b").config) is None  # 5 + 1 does not tile 26 layers
+    assert extrapolation_depths(_tiny_llama()) is None  # 6 layers: tracing them all is as cheap
+
+
 def test_8b_preset_traces():
     spec = planner.resolve_spec("llama-3.1-8b")
-    step = trace_step(
-        spec.config, "full", batch_size=1, seq_len=128, num_labels=2, precision="bf16", options={}, count_flops=True
+    step = trace_step_extrapolated(
+        spec.config,
+        "full",
+        extrapolation_depths(spec.config),
+        batch_size=1,
+        seq_len=128,
+        num_labels=2,
+        precision="bf16",
+        options={},
+        count_flops=True,
     )
     assert step.total_params == pytest.approx(7.5e9, rel=0.01)  # 8.03B less the LM head a classifier drops
     assert step.state["weights"] == 2 * step.total_params  # bf16

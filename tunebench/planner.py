@@ -208,26 +208,36 @@ def plan_method(
     budget: int | None,
     options: dict,
     gradient_checkpointing: bool = False,
+    full_depth: bool = False,
 ) -> tuple[object, int | None]:
     """The trace at the requested batch (with FLOPs) and the largest batch that fits the budget.
 
     The largest batch comes from a second trace at twice the batch: the peak at any batch follows from the two.
+    A deep model is traced 2 and 3 repeats of its layer pattern deep and extrapolated to its depth in the same
+    way (tracing.extrapolate_depth), unless full_depth.
     """
-    from tunebench.tracing import affine_max_batch, trace_step
+    from tunebench.tracing import affine_max_batch, extrapolation_depths, trace_step, trace_step_extrapolated
+
+    depths = None if full_depth else extrapolation_depths(spec.config)
 
     def trace(batch: int, count_flops: bool):
-        return trace_step(
-            spec.config,
-            method,
-            batch_size=batch,
-            seq_len=shape.seq_len,
-            num_labels=shape.num_labels,
-            precision=precision,
-            options=options,
-            pooling=spec.pooling,
-            gradient_checkpointing=gradient_checkpointing,
-            count_flops=count_flops,
-        )
+        nonlocal depths
+        kwargs = {
+            "batch_size": batch,
+            "seq_len": shape.seq_len,
+            "num_labels": shape.num_labels,
+            "precision": precision,
+            "options": options,
+            "pooling": spec.pooling,
+            "gradient_checkpointing": gradient_checkpointing,
+            "count_flops": count_flops,
+        }
+        if depths:
+            step = trace_step_extrapolated(spec.config, method, depths, **kwargs)
+            if step is not None:
+                return step
+            depths = None  # the short stacks' steps did not line up: trace every layer from here on
+        return trace_step(spec.config, method, **kwargs)
 
     step = trace(shape.batch_size, True)
     max_batch = None
@@ -309,7 +319,14 @@ def recommend(plans: list[MethodPlan], budget: int | None) -> str:
 
 
 def next_steps(
-    spec: ModelSpec, shape: Shape, precision: str, device: Device, budget: int, options: dict, plans: list[MethodPlan]
+    spec: ModelSpec,
+    shape: Shape,
+    precision: str,
+    device: Device,
+    budget: int,
+    options: dict,
+    plans: list[MethodPlan],
+    full_depth: bool = False,
 ) -> list[str]:
     """When nothing fits: a smaller batch, gradient checkpointing (traced), 8-bit optimizer states (estimated)."""
     from tunebench.tracing import PRECISIONS
@@ -325,7 +342,9 @@ def next_steps(
     for plan in plans:
         if plan.method == "head":  # its backbone saves nothing for backward already
             continue
-        step, max_batch = plan_method(spec, plan.method, shape, precision, device, budget, options[plan.method], True)
+        step, max_batch = plan_method(
+            spec, plan.method, shape, precision, device, budget, options[plan.method], True, full_depth
+        )
         need = device.bytes_for(step.peak_bytes)
         steps.append(
             f"{plan.method} with gradient checkpointing (--set train.gradient_checkpointing=true) "
@@ -371,6 +390,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", help="a results folder: calibrates MFU (and, with --validate, checks peaks)")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.add_argument("--validate", action="store_true", help="compare predictions with real steps on this machine")
+    parser.add_argument(
+        "--full-depth",
+        action="store_true",
+        help="trace every layer instead of extrapolating a deep model from 2 and 3 of its layers (slower, same result)",
+    )
 
 
 def run_plan(args: argparse.Namespace) -> int:
@@ -384,24 +408,37 @@ def run_plan(args: argparse.Namespace) -> int:
     spec = resolve_spec(args.model)
     shape = _shape(args)
     started = time.perf_counter()
-    plan = make_plan(spec, shape, args.precision, device, budget, methods, args.results)
+    plan = make_plan(spec, shape, args.precision, device, budget, methods, args.results, args.full_depth)
     plan["seconds_to_plan"] = round(time.perf_counter() - started, 1)
     print(json.dumps(plan, indent=2) if args.json else format_plan(plan))
     return 0
 
 
-def make_plan(spec: ModelSpec, shape: Shape, precision: str, device: Device, budget, methods, results=None) -> dict:
+def make_plan(
+    spec: ModelSpec,
+    shape: Shape,
+    precision: str,
+    device: Device,
+    budget,
+    methods,
+    results=None,
+    full_depth: bool = False,
+) -> dict:
     from tunebench.methods import get_method
-    from tunebench.tracing import attention_implementation, build_meta_model
+    from tunebench.tracing import attention_implementation, build_meta_model, with_depth
 
     options = {m: dict(get_method(m).DEFAULTS["method_options"]) for m in methods}
-    traces = {m: plan_method(spec, m, shape, precision, device, budget, options[m]) for m in methods}
+    traces = {
+        m: plan_method(spec, m, shape, precision, device, budget, options[m], full_depth=full_depth) for m in methods
+    }
     flops_per_token = {m: step.flops / (shape.batch_size * shape.seq_len) for m, (step, _) in traces.items()}
     mfu = calibrate_mfu(results, spec.name, flops_per_token)
     plans = [_method_plan(m, step, device, budget, max_batch, mfu[m]) for m, (step, max_batch) in traces.items()]
-    attention = attention_implementation(
-        build_meta_model(spec.config, "full", num_labels=2, precision=precision, options={})
+    attention = attention_implementation(  # one layer tells, and building 80 costs seconds
+        build_meta_model(with_depth(spec.config, 1), "full", num_labels=2, precision=precision, options={})
     )
+    layers = spec.config.num_hidden_layers
+    depths = {step.depths for step, _ in traces.values()}
     out = {
         "model": {"name": spec.name, "source": spec.source, "model_type": spec.config.model_type},
         "shape": asdict(shape),
@@ -412,6 +449,12 @@ def make_plan(spec: ModelSpec, shape: Shape, precision: str, device: Device, bud
             f"attention: {attention}"
             + (" (fused kernel: no s x s matrix saved)" if attention == "sdpa" else " (saves the s x s scores)"),
             "traced with CPU kernels under FakeTensorMode; full-length batches (no padding)",
+            *(
+                f"depth: traced {' and '.join(map(str, d))} of {layers} layers, extrapolated (affine in depth)"
+                if len(d) == 2
+                else f"depth: traced all {layers} layers"
+                for d in sorted(depths)
+            ),
             f"device bytes = tensor peak x {1 + device.allocator_margin:.2f} "
             f"+ {_gib(device.context_bytes)} CUDA context",
             "qlora: bitsandbytes NF4 double-quant base (~0.516 byte/weight), other weights fp32, LoRA adapters fp32",
@@ -421,7 +464,7 @@ def make_plan(spec: ModelSpec, shape: Shape, precision: str, device: Device, bud
         "recommendation": recommend(plans, budget),
     }
     if budget is not None and not any(p.fits for p in plans):
-        out["next_steps"] = next_steps(spec, shape, precision, device, budget, options, plans)
+        out["next_steps"] = next_steps(spec, shape, precision, device, budget, options, plans, full_depth)
     return out
 
 

@@ -15,14 +15,17 @@ Kernel assumptions, which follow from tracing with the CPU build's kernels:
 from __future__ import annotations
 
 import copy
+import itertools
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from types import SimpleNamespace
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count, shape_wrapper
 
 from tunebench.measure import CATEGORIES, TensorTracker
 from tunebench.modeling import UNQUANTIZED, decay_param_groups
@@ -47,6 +50,29 @@ SDPA_CPU_FLOPS = {
         lambda grad, q, k, v, *args, out_shape=None, **kw: sdpa_backward_flop_count(grad, q, k, v)
     ),
 }
+
+
+class FlopCounter(TorchDispatchMode):
+    """Total FLOPs of the ops run under it, by torch's FLOP formulas (FlopCounterMode's registry).
+
+    Not FlopCounterMode itself: its module tracker hooks the gradients of every module's outputs, and under
+    gradient checkpointing those hooks on recomputed outputs keep the recomputed activations alive, which
+    the memory trace would count.
+    """
+
+    FORMULAS = {**flop_registry, **{op: shape_wrapper(count) for op, count in SDPA_CPU_FLOPS.items()}}
+
+    def __init__(self):
+        super().__init__()
+        self.flops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = self.FORMULAS.get(func._overloadpacket)
+        if formula is not None:
+            self.flops += formula(*args, **kwargs, out_val=out)
+        return out
 
 
 # -- building models the way the methods do ---------------------------------------------------------
@@ -181,31 +207,75 @@ def quantize_base(model: nn.Module, bits: int, compute_dtype: torch.dtype) -> No
 
 # -- the step ------------------------------------------------------------------------------------
 class TimelineTracker(TensorTracker):
-    """TensorTracker that also records the per-category totals at every new storage.
+    """TensorTracker that also records the per-category totals at every new storage, and where in the step.
 
     Two traces at different batch sizes run the same ops, so each recorded point is affine in the
-    batch size: from them the peak at any batch size follows without another trace.
+    batch size: from them the peak at any batch size follows without another trace. Each point's label,
+    (phase, position) with position "pre", a block index or "post", says which block of the layer stack
+    was running: it lines up traces of different depths (extrapolate_depth).
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None):
         self.points: list[tuple[int, ...]] = []
+        self.labels: list[tuple[str, str | int]] = []
+        self.label: tuple[str, str | int] = ("setup", "pre")
         super().__init__(model, optimizer)
+
+    def mark(self, phase: str, position: str | int = "pre") -> None:
+        self.label = (phase, position)
 
     def _update_peak(self) -> None:
         self.points.append(tuple(self.current[c] for c in CATEGORIES))
+        self.labels.append(self.label)
         super()._update_peak()
+
+
+def _label_blocks(model: nn.Module, tracker: TimelineTracker, num_layers: int) -> None:
+    """Hooks that label the tracker's points with the block running, in forward and in backward.
+
+    Backward enters block k when the gradient of its output is complete, and leaves the stack when the
+    gradient of the first block's input is; a frozen stack (head) or a frozen embedding (lora) has fewer marks.
+    """
+    blocks = next((m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) == num_layers), None)
+    if blocks is None:
+        return
+
+    def on_gradient(tensor, position: str | int) -> None:
+        if isinstance(tensor, torch.Tensor) and tensor.requires_grad:
+            tensor.register_hook(lambda grad: tracker.mark("backward", position))
+
+    def before(k: int, module, args, kwargs) -> None:
+        if tracker.label[0] == "forward":  # not gradient checkpointing's rerun in backward
+            tracker.mark("forward", k)
+            if k == 0:
+                on_gradient(args[0] if args else kwargs.get("hidden_states"), "post")
+
+    def after(k: int, module, args, output) -> None:
+        if tracker.label[0] == "forward":
+            on_gradient(output if isinstance(output, torch.Tensor) else output[0], k)
+            if k == num_layers - 1:
+                tracker.mark("forward", "post")
+
+    for k, block in enumerate(blocks):
+        block.register_forward_pre_hook(partial(before, k), with_kwargs=True)
+        block.register_forward_hook(partial(after, k))
 
 
 def loop_step(model: nn.Module, optimizer, batch: dict, tracker: TensorTracker, autocast_dtype, device_type: str):
     """One optimizer step in tunebench.loop's order, under the tracker."""
     autocast = torch.autocast(device_type, autocast_dtype) if autocast_dtype else nullcontext()
+    mark = tracker.mark if isinstance(tracker, TimelineTracker) else lambda phase: None
     with tracker:
+        mark("forward")
         with autocast:  # Accelerate autocasts the forward only
             loss = model(**batch).loss
+        mark("backward")
         loss.backward()
+        mark("clip")
         tracker.classify_state()
         trainable = [p for p in model.parameters() if p.requires_grad]
         torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM)
+        mark("optimizer")
         optimizer.step()
         tracker.classify_state()
         state = {c: tracker.current[c] for c in ("weights", "gradients", "optimizer_state")}
@@ -237,6 +307,8 @@ class StepTrace:
     total_params: int
     flops: int | None = None  # per optimizer step
     points: np.ndarray = field(default=None, repr=False)  # (n, len(CATEGORIES)) totals at each new storage
+    labels: list = field(default=None, repr=False)  # (phase, position) of each point (TimelineTracker)
+    depths: tuple[int, ...] = ()  # the layer-stack depths traced: the model's own, or two it is extrapolated from
 
 
 def trace_step(
@@ -275,6 +347,8 @@ def trace_step(
         optimizer = torch.optim.AdamW(decay_param_groups(model, WEIGHT_DECAY), lr=LR)
         batch = make_batch(method, batch_size, seq_len, num_labels, config.vocab_size)
         tracker = TimelineTracker(model, optimizer)
+        _label_blocks(model, tracker, config.num_hidden_layers)
+        tracker.mark("init")
         with tracker:
             for param in trainable:
                 param.grad = torch.zeros_like(param)
@@ -284,7 +358,7 @@ def trace_step(
             optimizer.zero_grad(set_to_none=True)
         counter = None
         if count_flops:
-            counter = stack.enter_context(FlopCounterMode(display=False, custom_mapping=SDPA_CPU_FLOPS))
+            counter = stack.enter_context(FlopCounter())
         state = loop_step(model, optimizer, batch, tracker, autocast_dtype, "cpu")
     return StepTrace(
         batch_size=batch_size,
@@ -294,8 +368,10 @@ def trace_step(
         state=state,
         trainable_params=sum(p.numel() for p in trainable),
         total_params=_logical_params(model),
-        flops=counter.get_total_flops() if counter else None,
+        flops=counter.flops if counter else None,
         points=np.asarray(tracker.points, dtype=np.float64),
+        labels=tracker.labels,
+        depths=(config.num_hidden_layers,),
     )
 
 
@@ -334,6 +410,105 @@ def affine_max_batch(small: StepTrace, large: StepTrace, limit_bytes: float, cap
     if not growing.any():
         return cap
     return int(min(cap, np.floor(((limit_bytes - intercept[growing]) / slope[growing]).min())))
+
+
+# -- depth: a stack of identical blocks -----------------------------------------------------------
+def extrapolation_depths(config) -> tuple[int, int] | None:
+    """Two shorter stacks, 2 and 3 repeats of the layer pattern, to trace instead of every layer.
+
+    The pattern is the shortest period of config.layer_types that tiles the model (2 for Gemma-2's
+    alternating sliding and global attention, 1 when every layer is alike). None, trace every layer, when
+    the pattern does not tile the model (Gemma-3: 5 sliding + 1 global into 26 layers) or the model is so
+    shallow that the two short traces cost about as much as the whole one.
+    """
+    layers = config.num_hidden_layers
+    types = getattr(config, "layer_types", None) or [None] * layers
+    period = next(p for p in range(1, layers + 1) if layers % p == 0 and types == types[:p] * (layers // p))
+    depths = (2 * period, 3 * period)
+    return depths if layers >= 2 * sum(depths) else None
+
+
+def with_depth(config, layers: int):
+    """A copy of config with the first `layers` layers."""
+    config = copy.deepcopy(config)
+    config.num_hidden_layers = layers
+    if getattr(config, "layer_types", None):
+        config.layer_types = config.layer_types[:layers]
+    return config
+
+
+def trace_step_extrapolated(config, method: str, depths: tuple[int, int], **kwargs) -> StepTrace | None:
+    """trace_step at the model's depth from traces of two shorter stacks; None if their points do not line up."""
+    low, high = (trace_step(with_depth(config, depth), method, **kwargs) for depth in depths)
+    return extrapolate_depth(low, high, config.num_hidden_layers)
+
+
+def extrapolate_depth(low: StepTrace, high: StepTrace, layers: int) -> StepTrace | None:
+    """The trace of a `layers`-deep stack from traces 2 and 3 pattern repeats deep (None: points do not line up).
+
+    Every quantity of the step is affine in the number of blocks: weights, gradients, optimizer state,
+    FLOPs, and, at a given place in the step, the activations saved so far. The points the peak can be at
+    are kept (_depth_points) and extrapolated one by one, as affine_peak does in the batch size; with
+    whole repeats of the pattern the arithmetic is exact in integers.
+    """
+    (depth_low,), (depth_high,) = low.depths, high.depths
+    period = depth_high - depth_low
+    points_low, keys_low = _depth_points(low, depth_low // period, period)
+    points_high, keys_high = _depth_points(high, depth_high // period, period)
+    if keys_low != keys_high or not any(key[1] == "first" for key in keys_low):
+        return None  # the steps differ beyond the blocks, or no block was found to line them up by
+
+    def at(a, b):
+        return a + (b - a) * (layers - depth_low) // period
+
+    points = at(points_low, points_high)
+    index = len(points) - 1 - int(points.sum(1)[::-1].argmax())  # the last of equal maxima, as TensorTracker
+    return StepTrace(
+        batch_size=low.batch_size,
+        seq_len=low.seq_len,
+        peak_bytes=int(points[index].sum()),
+        at_peak={c: int(v) for c, v in zip(CATEGORIES, points[index], strict=True)},
+        state={c: at(low.state[c], high.state[c]) for c in low.state},
+        trainable_params=at(low.trainable_params, high.trainable_params),
+        total_params=at(low.total_params, high.total_params),
+        flops=at(low.flops, high.flops) if low.flops is not None else None,
+        points=points.astype(np.float64),
+        labels=keys_low,
+        depths=(depth_low, depth_high),
+    )
+
+
+def _depth_points(step: StepTrace, repeats: int, period: int) -> tuple[np.ndarray, list]:
+    """The points the peak can be at, as integers, and keys that name the same point at every depth.
+
+    In a phase that runs the blocks, a given place inside repeat k of the pattern holds c + s*k bytes
+    (s: what one repeat leaves live, saved activations in forward, gradients less activations in
+    backward), largest in the first or the last repeat: the repeats between are dropped. A phase without
+    blocks (AdamW, clipping) walks the parameters over the same live state with temporaries that depend
+    only on each parameter's shape: its largest point is the same parameter's at every depth, the one kept.
+    """
+    totals = step.points.sum(1)
+    blocked = {phase for phase, position in step.labels if isinstance(position, int)}
+    keep, keys = [], []
+    for phase, run in itertools.groupby(range(len(step.labels)), key=lambda i: step.labels[i][0]):
+        run = list(run)
+        if phase not in blocked:
+            keep.append(max(run, key=lambda i: (totals[i], i)))
+            keys.append((phase, "largest"))
+            continue
+        for i in run:
+            position = step.labels[i][1]
+            if not isinstance(position, int):
+                key = (phase, position)
+            elif position // period == 0:
+                key = (phase, "first", position)
+            elif position // period == repeats - 1:
+                key = (phase, "last", position % period)
+            else:
+                continue
+            keep.append(i)
+            keys.append(key)
+    return step.points[keep].astype(np.int64), keys
 
 
 # -- the same step, measured for real ------------------------------------------------------------
