@@ -68,14 +68,17 @@ class ResultSet:
 
 
 def load_sets(folders: Sequence[str]) -> list[ResultSet]:
-    """One result set per folder; every *.json below it that is a tunebench result is a run."""
+    """One result set per folder: its *.json files (the harness's) and any RUN/result.json below it (train's).
+
+    Other JSON below it (saved checkpoints' configs, predictions) is not a candidate, so not reported as skipped.
+    """
     sets = []
     for name in folders:
         folder = Path(name)
         if not folder.is_dir():
             raise UserError(f"results folder not found: {folder}")
         runs, skipped = [], 0
-        for path in sorted(folder.rglob("*.json")):
+        for path in sorted(set(folder.glob("*.json")) | set(folder.rglob("result.json"))):
             result = read_result(path)
             if result is None:
                 skipped += 1
