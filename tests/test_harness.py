@@ -17,6 +17,7 @@ import yaml
 from tunebench.benchmarks.harness import load_suite, run_id, select_shard
 from tunebench.config import build_config
 from tunebench.errors import UserError
+from tunebench.evaluation import evaluate_run
 from tunebench.results import read_result
 
 REPO = Path(__file__).resolve().parent.parent
@@ -239,3 +240,8 @@ def test_two_processes_write_one_result_with_every_rank(tmp_path):
     assert result["environment"]["world_size"] == 2
     assert [r["rank"] for r in result["memory"]["per_rank"]] == [0, 1]
     assert all(r["peak_rss_bytes"] > 0 for r in result["memory"]["per_rank"])
+    # every test example counted once, though sharding pads the last batch with repeats
+    predictions = json.loads((Path(result["run_dir"]) / "test_predictions.json").read_text())
+    assert len(predictions) == result["task"]["sizes"]["test"] == 32
+    again = evaluate_run(result["run_dir"])  # one process, the saved adapter
+    assert again["agreement_with_training"] == 1.0 and again["accuracy"] == result["test_accuracy"]

@@ -331,12 +331,14 @@ def evaluate(model, loader, accelerator: Accelerator, extra_metrics: list = ()) 
     for batch in loader:
         index = batch.pop("index")
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-        pred, ref, idx = accelerator.gather_for_metrics((logits.argmax(-1), batch["labels"], index))
+        pred, ref, idx = accelerator.gather((logits.argmax(-1), batch["labels"], index))
         predictions.append(pred.cpu())
         labels.append(ref.cpu())
         indices.append(idx.cpu())
-    order = torch.argsort(torch.cat(indices))
-    predictions, labels = torch.cat(predictions)[order].numpy(), torch.cat(labels)[order].numpy()
+    # Sharding pads the last batches with repeated examples so every process gets one; each example
+    # carries its dataset index, so keep its first copy, in dataset order.
+    _, first = np.unique(torch.cat(indices).numpy(), return_index=True)
+    predictions, labels = torch.cat(predictions).numpy()[first], torch.cat(labels).numpy()[first]
     return classification_metrics(predictions, labels, extra_metrics), predictions
 
 
