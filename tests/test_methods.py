@@ -342,3 +342,16 @@ def test_dora_via_use_dora_trains_magnitudes(tiny_config) -> None:
     model(**batch, labels=torch.tensor([1, 0])).loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters() if "lora_magnitude_vector" in n}
     assert all(g is not None and g.abs().sum() > 0 for g in grads.values())
+
+
+def test_qlora_8bit_base_stays_int8_and_bit_identical(tmp_path: Path, tiny_config) -> None:
+    cfg = tiny_config("qlora", "rotten_tomatoes", {**SETTINGS["qlora"], "method_options": {"bits": 8}})
+    run = _train_once("qlora", cfg, tmp_path / "run")
+    assert run.result["status"] == "ok", run.result["error"]
+    int8 = [n for n, p in run.model.named_parameters() if p.dtype == torch.int8]
+    assert len(int8) >= 36  # q, k, v, attention output, intermediate, output in each of the 6 layers
+    assert not any("classifier" in n or "pooler" in n for n in int8)  # the head stays unquantized
+    state = run.model.state_dict()
+    base = [name for name in run.state_before if not _is_adapter_or_head(name)]
+    assert not [name for name in base if not torch.equal(state[name], run.state_before[name])]
+    assert evaluate_run(run.run_dir)["agreement_with_training"] == 1.0
