@@ -24,18 +24,23 @@ def check_options(options: dict) -> None:
         raise UserError(f"method_options.bits must be 4 or 8, got {options['bits']!r}")
 
 
+# transformers matches a skip pattern from the start of a module's path, or as its suffix: a bare "pooler"
+# misses "bert.pooler.dense". Match the name at any depth instead.
+SKIP_PATTERNS = [rf"(.*\.)?{name}" for name in UNQUANTIZED]
+
+
 def quantization_config(bits: int, device: torch.device):
     from transformers import BitsAndBytesConfig
 
     if bits == 8:
-        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(UNQUANTIZED))
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=SKIP_PATTERNS)
     compute = torch.bfloat16 if device.type == "cuda" else torch.float32
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=compute,
-        llm_int8_skip_modules=list(UNQUANTIZED),
+        llm_int8_skip_modules=SKIP_PATTERNS,
     )
 
 

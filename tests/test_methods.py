@@ -189,6 +189,8 @@ def test_qlora_base_is_packed_4bit(trained) -> None:
     run = trained("qlora")
     quantized = [m for m in run.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert len(quantized) >= 6 * 6  # query, key, value and three dense layers in each of six blocks
+    names = [n for n, m in run.model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert not [n for n in names if "pooler" in n or "classifier" in n]  # head and pooler stay unquantized
     for module in quantized:
         assert module.weight.dtype == torch.uint8 and module.weight.quant_state is not None
     # the snapshot above compared the packed storage itself, plus its quantization state
