@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from tunebench.config import build_config, read_yaml
+from tunebench.config import build_config, read_yaml, set_dotted
 from tunebench.errors import UserError
 from tunebench.results import FINAL, read_result, write_json_atomic
 
@@ -61,15 +61,6 @@ class Run:
     @property
     def label(self) -> str:
         return " ".join(f"{v}" for v in self.grid.values())
-
-
-def _nested(dotted: str, value) -> dict:
-    *parents, leaf = dotted.split(".")
-    node = out = {}
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[leaf] = value
-    return out
 
 
 def _deep_update(base: dict, layer: dict) -> dict:
@@ -106,7 +97,7 @@ def _run_layer(suite: dict, point: dict, track_memory: bool) -> dict:
             layer = _deep_update(layer, {axis: point[axis]})
     for axis, key in EXTRA_AXES.items():
         if axis in point:
-            layer = _deep_update(layer, _nested(key, point[axis]))
+            layer = _deep_update(layer, set_dotted({}, key, point[axis]))
     if not track_memory:
         layer = _deep_update(layer, {"measure": {"track_memory": False}})
     return layer

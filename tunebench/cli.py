@@ -14,7 +14,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from tunebench.errors import UserError
+from tunebench.errors import UserError, unknown_choice
 
 # flag -> config key: the common settings, so most runs need no YAML at all
 SHORTCUTS = {
@@ -91,17 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> dict:
-    from tunebench.config import build_config, parse_set
+    from tunebench.config import build_config, parse_set, set_dotted
 
     overrides = parse_set(args.set)
     for flag, key in SHORTCUTS.items():
         value = getattr(args, flag, None)
         if value is not None:
-            node = overrides
-            *parents, leaf = key.split(".")
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[leaf] = value
+            set_dotted(overrides, key, value)
     if args.out:
         overrides["out"] = args.out
     return build_config(args.method, args.task, args.config, overrides)
@@ -146,14 +142,10 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from tunebench.models import describe_models, embedded_path
+    from tunebench.models import EMBEDDED, describe_models, embedded_path
 
     if args.prepare:
-        from tunebench.models import EMBEDDED
-
         if args.prepare not in EMBEDDED:
-            from tunebench.errors import unknown_choice
-
             raise unknown_choice("model", args.prepare, list(EMBEDDED))
         print(embedded_path(args.prepare))
         return 0

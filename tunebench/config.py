@@ -70,6 +70,16 @@ def merge(base: Config, layer: dict, where: str, prefix: str = "") -> Config:
     return out
 
 
+def set_dotted(target: dict, dotted: str, value: Any) -> dict:
+    """target['a']['b'] = value for 'a.b', creating the mappings on the way; returns target."""
+    node = target
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+    return target
+
+
 def parse_set(items: list[str]) -> dict:
     """Turn ['train.lr=1e-4', 'method_options.r=8'] into a nested dict."""
     nested: dict = {}
@@ -77,11 +87,7 @@ def parse_set(items: list[str]) -> dict:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise UserError(f"--set takes key=value (for example train.lr=1e-4), got {item!r}")
-        node = nested
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw) if raw else None
+        set_dotted(nested, key, yaml.safe_load(raw) if raw else None)
     return nested
 
 
