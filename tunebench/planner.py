@@ -134,11 +134,11 @@ def calibrate_mfu(results_dir: str | None, model: str, flops_per_token: dict[str
     A result's achieved FLOP/s is this plan's FLOPs per token x its measured tokens_per_second (non-padding
     tokens, so padding lowers the MFU: what the plan's tokens/s then means is useful tokens per second).
     """
-    from tunebench.results import read_result
+    from tunebench.results import read_result, result_files
 
     gpus, _ = load_gpus()
     found: dict[str, list[float]] = {}
-    for path in sorted(Path(results_dir).rglob("*.json")) if results_dir else ():
+    for path in result_files(results_dir) if results_dir else ():
         result = read_result(path)
         if not result or result["status"] != "ok" or not (result.get("environment") or {}).get("gpu"):
             continue
@@ -602,10 +602,10 @@ def validate_results(results_dir: str) -> list[dict]:
     Real batches are at most max_length long (padding to the longest in the batch), so the prediction is
     an upper bound when the data has shorter texts.
     """
-    from tunebench.results import read_result
+    from tunebench.results import read_result, result_files
 
     rows = []
-    for path in sorted(Path(results_dir).rglob("*.json")):
+    for path in result_files(results_dir):
         result = read_result(path)
         if not result or result["status"] != "ok" or not result.get("peak_memory_bytes"):
             continue

@@ -25,7 +25,7 @@ from tunebench import plots
 from tunebench.config import flatten
 from tunebench.errors import UserError
 from tunebench.plots import MEMORY_PARTS
-from tunebench.results import read_result
+from tunebench.results import read_result, result_files
 
 METHOD_ORDER = ("full", "lora", "qlora", "head")
 TOLERANCE_POINTS = 1.0  # "within a point of the best": the accuracy a cheaper method may give up
@@ -78,7 +78,7 @@ def load_sets(folders: Sequence[str]) -> list[ResultSet]:
         if not folder.is_dir():
             raise UserError(f"results folder not found: {folder}")
         runs, skipped = [], 0
-        for path in sorted(set(folder.glob("*.json")) | set(folder.rglob("result.json"))):
+        for path in result_files(folder):
             result = read_result(path)
             if result is None:
                 skipped += 1

@@ -44,6 +44,13 @@ def read_result(path: str | Path) -> dict | None:
     return data
 
 
+def result_files(folder: str | Path) -> list[Path]:
+    """Where results live in a folder: its *.json (the harness's <run_id>.json) and any RUN/result.json
+    below it (`tunebench train`). Other JSON there (checkpoint configs, predictions) is not a candidate."""
+    folder = Path(folder)
+    return sorted(set(folder.glob("*.json")) | set(folder.rglob("result.json")))
+
+
 def is_complete(path: str | Path) -> bool:
     result = read_result(path)
     return result is not None and result["status"] in FINAL
