@@ -14,6 +14,7 @@ import yaml
 
 from tunebench import CONFIG_DIR
 from tunebench.errors import UserError
+from tunebench.optim import ADAMW_IMPLEMENTATIONS
 
 Config = dict[str, Any]
 
@@ -133,6 +134,7 @@ CHOICES = {
     "train.scheduler": ("linear", "cosine", "constant"),
     "train.mixed_precision": ("no", "bf16", "fp16"),
     "train.save": ("best_and_last", "best", "none"),
+    "train.adamw": ("auto", *ADAMW_IMPLEMENTATIONS),
 }
 
 

@@ -32,6 +32,7 @@ from tunebench.methods import get_method
 from tunebench.metrics import classification_metrics, load_extra
 from tunebench.modeling import count_parameters, decay_param_groups
 from tunebench.models import load_config, load_tokenizer, resolve_model
+from tunebench.optim import build_adamw, resolve_adamw
 from tunebench.results import SCHEMA_VERSION, write_json_atomic
 from tunebench.tasks import get_task, load_task
 
@@ -180,7 +181,9 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
         }
 
     # -- optimizer and schedule ------------------------------------------------------------------
-    optimizer = torch.optim.AdamW(decay_param_groups(model, cfg["train"]["weight_decay"]), lr=cfg["train"]["lr"])
+    adamw = resolve_adamw(cfg["train"]["adamw"], accelerator.device.type)
+    optimizer = build_adamw(decay_param_groups(model, cfg["train"]["weight_decay"]), cfg["train"]["lr"], adamw)
+    result["optimizer"] = {"name": "adamw", "implementation": adamw}
     steps_per_epoch = math.ceil(len(train_loader) / cfg["train"]["grad_accum"])
     total_steps = steps_per_epoch * cfg["train"]["epochs"]
     if cfg["train"]["max_steps"]:
