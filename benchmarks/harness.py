@@ -203,6 +203,11 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{seconds:02d}s"
 
 
+def default_out(suite: dict, suite_path: str | Path) -> Path:
+    """Where a suite's results go unless --out says: results/<suite name>."""
+    return Path("results") / (suite.get("name") or Path(suite_path).stem)
+
+
 def run_suite(
     suite_path: str,
     out: str | None = None,
@@ -213,7 +218,7 @@ def run_suite(
 ) -> int:
     suite, runs = load_suite(suite_path, track_memory)
     runs = select_shard(runs, shard)
-    out_dir = Path(out or f"results/{suite.get('name') or Path(suite_path).stem}")
+    out_dir = Path(out or default_out(suite, suite_path))
     processes = int(suite.get("processes") or 1)
     done = {r.run_id for r in runs if not force and _is_final(out_dir / f"{r.run_id}.json")}
     todo = [r for r in runs if r.run_id not in done]

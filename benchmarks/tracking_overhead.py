@@ -59,7 +59,8 @@ def main() -> None:
     parser.add_argument("--method", default="full")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--out", default=str(REPO_ROOT / "reports" / "benchmarks" / "tracking_overhead.json"))
+    reports = (REPO_ROOT or Path()) / "reports"  # the checkout's reports/, else the working directory's
+    parser.add_argument("--out", default=str(reports / "benchmarks" / "tracking_overhead.json"))
     args = parser.parse_args()
     report = measure(args.method, args.steps, args.repeats)
     report["command"] = (

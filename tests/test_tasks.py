@@ -258,3 +258,32 @@ def test_hub_dataset_offline_fails_clearly(data_cfg: dict) -> None:
     expect_error(
         r"^cannot load hub dataset 'tunebench-tests/no-such-dataset' \(HF_HUB_OFFLINE is set\): ", spec.hub_id, data_cfg
     )
+
+
+def test_a_latin1_file_reads_with_data_encoding(tmp_path: Path, review_frame: pd.DataFrame) -> None:
+    frame = review_frame.head(40).copy()
+    frame.loc[0, "review"] = "a naïve, crème brûlée of a film: déjà vu"  # bytes that are not UTF-8 in latin-1
+    path = tmp_path / "export.csv"
+    frame.to_csv(path, index=False, encoding="latin-1")
+    columns = {"text_column": "review", "label_column": "sentiment"}
+
+    utf8 = build_config(overrides={"data": columns})["data"]
+    message = expect_error(f"^cannot read data file {path}: it is not utf-8 text", str(path), utf8)
+    assert "data.encoding" in message
+
+    latin1 = build_config(overrides={"data": {**columns, "encoding": "latin-1"}})["data"]
+    task = load_task(get_task(str(path)), latin1)
+    texts = [t for split in SPLITS for t in task.splits[split]["text"]]
+    assert sorted(texts) == sorted(frame["review"])
+
+
+def test_an_unknown_encoding_is_a_config_error() -> None:
+    with pytest.raises(UserError, match="^data.encoding must be a text encoding .* got 'latin-9000'$"):
+        build_config(overrides={"data": {"encoding": "latin-9000"}})
+
+
+def test_a_single_label_is_an_error_not_a_perfect_score(tmp_path: Path, data_cfg: dict) -> None:
+    rows = pd.DataFrame({"text": [f"review {i}" for i in range(40)], "label": ["positive"] * 40})
+    path = write_frame(rows, tmp_path / "one_label.csv")
+    message = expect_error("^task 'one_label': every training example has the label 'positive'", str(path), data_cfg)
+    assert "at least two labels" in message

@@ -1,4 +1,4 @@
-"""The `tunebench` command: a thin layer over tunebench's modules.
+"""The `tunebench` command: argument parsing and printing over the Python API (tunebench.api).
 
 Bad input ends with one line on stderr and exit status 2.
 """
@@ -7,30 +7,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import signal
 import sys
-from datetime import datetime
-from pathlib import Path
 
+from tunebench import api
 from tunebench.errors import UserError, unknown_choice
-
-# flag -> config key: the common settings, so most runs need no YAML at all
-SHORTCUTS = {
-    "model": "model",
-    "max_train_samples": "data.max_train_samples",
-    "max_eval_samples": "data.max_eval_samples",
-    "max_length": "data.max_length",
-    "epochs": "train.epochs",
-    "max_steps": "train.max_steps",
-    "batch_size": "train.batch_size",
-    "lr": "train.lr",
-    "seed": "seed",
-}
+from tunebench.quiet import quiet
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # before or after the command; SUPPRESS: the command's parser does not reset a -v given before it
+        self.add_argument(
+            "-v",
+            "--verbose",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="show every library message, warning and progress bar",
+        )
+
     def error(self, message: str) -> None:  # one line, exit 2, like every other bad input
         raise UserError(f"{self.prog}: {message}")
 
@@ -58,6 +55,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tunebench", description="Measure which fine-tuning method fits your model, task and GPU.")
+    parser.set_defaults(verbose=False)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     _add_train_args(sub.add_parser("train", help="train one run"))
@@ -72,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prepare", metavar="NAME", help="convert an embedded model once into the cache")
 
     p = sub.add_parser("bench", help="run a method-comparison suite")
-    p.add_argument("suite")
+    p.add_argument("suite", help="a suite YAML file, or a shipped suite: quick, standard, gpu, rotten_tomatoes_cpu")
     p.add_argument("--out", help="results folder (default results/<suite name>)")
     p.add_argument("--shard", help="i/n: run only the i-th of n shards (1-based)")
     p.add_argument("--dry-run", action="store_true", help="list the runs, run nothing")
@@ -90,43 +88,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> dict:
-    from tunebench.config import build_config, parse_set, set_dotted
+def train_options(args: argparse.Namespace) -> dict:
+    """The train flags as tunebench.api.train's keyword arguments."""
+    from tunebench.config import parse_set
 
-    overrides = parse_set(args.set)
-    for flag, key in SHORTCUTS.items():
-        value = getattr(args, flag, None)
-        if value is not None:
-            set_dotted(overrides, key, value)
-    if args.out:
-        overrides["out"] = args.out
-    return build_config(args.method, args.task, args.config, overrides)
+    return {
+        "config": args.config,
+        "overrides": parse_set(args.set),
+        "out": args.out,
+        **{name: getattr(args, name) for name in api.SHORTCUTS},
+    }
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from tunebench.loop import train
-
-    cfg = config_from_args(args)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = cfg["out"] or f"runs/{Path(cfg['task']).stem}-{cfg['method']}-{Path(cfg['model']).name}-{stamp}"
-    result = train(cfg, run_dir, args.result, meta=args.run_meta)
+    result = api.train(
+        args.method, args.task, result_path=args.result, meta=args.run_meta, verbose=args.verbose, **train_options(args)
+    )
     if result["status"] != "ok":
         print(f"tunebench: run {result['status']}: {result['error']}", file=sys.stderr)
         return 1
     if int(os.environ.get("RANK", "0")) == 0:
         print(
-            f"{cfg['method']} on {result['task']['name']}: test accuracy {result['test_accuracy']:.4f}, "
+            f"{result['config']['method']} on {result['task']['name']}: test accuracy {result['test_accuracy']:.4f}, "
             f"macro-F1 {result['test_f1']:.4f}, {result['trainable_params']:,} trainable params, "
             f"train {result['train_seconds']:.1f} s ({result['samples_per_second']:.1f} samples/s); "
-            f"run folder {run_dir}"
+            f"run folder {result['run_dir']}"
         )
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from tunebench.evaluation import evaluate_run
-
-    report = evaluate_run(args.run_dir, args.task, args.split)
+    report = api.evaluate(args.run_dir, args.task, args.split, verbose=args.verbose)
     print(json.dumps(report, indent=2))
     return 0
 
@@ -160,29 +152,28 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from tunebench.benchmarks.harness import run_suite
-
-    return run_suite(
+    outcome = api.bench(
         args.suite,
         out=args.out,
         shard=args.shard,
         dry_run=args.dry_run,
         force=args.force,
         track_memory=not args.no_tracking,
+        verbose=args.verbose,
     )
+    return outcome["exit_status"]
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from tunebench.report import write_report
-
-    write_report(args.results, args.out)
+    api.write_report(args.results, args.out)
     return 0
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from tunebench.planner import run_plan
 
-    return run_plan(args)
+    with quiet(args.verbose):
+        return run_plan(args)
 
 
 COMMANDS = {
@@ -208,9 +199,6 @@ def _interrupt_on_sigterm() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     _interrupt_on_sigterm()
-    # bitsandbytes warns at import that it cannot fetch an optional CPU kernel from the hub; offline that is
-    # expected, and tunebench's qlora does not use that (inference-only) kernel anyway.
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)

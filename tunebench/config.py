@@ -6,6 +6,7 @@ Every key a later layer names must exist in the layers below it, so a typo fails
 
 from __future__ import annotations
 
+import codecs
 import copy
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,13 @@ def validate(cfg: Config) -> None:
             pass
     if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or cap <= 0):
         raise UserError(f"measure.memory_cap must be a positive number of bytes or null, got {cap!r}")
+    try:
+        codecs.lookup(cfg["data"]["encoding"])
+    except (LookupError, TypeError):
+        raise UserError(
+            f"data.encoding must be a text encoding Python knows (utf-8, latin-1, cp1252, ...), "
+            f"got {cfg['data']['encoding']!r}"
+        ) from None
 
 
 def flatten(data: dict, prefix: str = "") -> dict:

@@ -272,6 +272,9 @@ def _cpu_model() -> str:
 def _git_state() -> dict:
     from tunebench import REPO_ROOT
 
+    if REPO_ROOT is None:  # installed from a wheel: no checkout to describe
+        return {"commit": None, "dirty": None}
+
     def git(*args: str) -> str | None:
         try:
             return subprocess.run(

@@ -400,6 +400,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_plan(args: argparse.Namespace) -> int:
     if args.validate:
         return run_validate(args)
+    plan = plan_from_args(args)
+    print(json.dumps(plan, indent=2) if args.json else format_plan(plan))
+    return 0
+
+
+def plan_from_args(args: argparse.Namespace) -> dict:
+    """The plan for `tunebench plan`'s arguments (the Python API's tunebench.plan builds them too)."""
     if not args.model:
         raise UserError("plan needs --model (a preset, an embedded model, a folder, or a config.json)")
     methods = _parse_methods(args.methods)
@@ -410,8 +417,7 @@ def run_plan(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     plan = make_plan(spec, shape, args.precision, device, budget, methods, args.results, args.full_depth)
     plan["seconds_to_plan"] = round(time.perf_counter() - started, 1)
-    print(json.dumps(plan, indent=2) if args.json else format_plan(plan))
-    return 0
+    return plan
 
 
 def make_plan(
@@ -641,6 +647,21 @@ def validate_results(results_dir: str) -> list[dict]:
 
 
 def run_validate(args: argparse.Namespace) -> int:
+    rows = validation_rows(args)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'model':36} {'method':7} {'predicted MiB':>14} {'measured MiB':>13} {'error':>8}  measured by")
+    for row in rows:
+        print(
+            f"{row['model'][:36]:36} {row['method']:7} {row['predicted_bytes'] / 2**20:14.2f} "
+            f"{row['measured_bytes'] / 2**20:13.2f} {row['error_percent']:+7.2f}%  {row['measured_by']}"
+        )
+    return 0
+
+
+def validation_rows(args: argparse.Namespace) -> list[dict]:
+    """Predicted against measured peak per model and method, for `plan --validate`'s arguments."""
     import tempfile
 
     methods = _parse_methods(args.methods)
@@ -653,13 +674,4 @@ def run_validate(args: argparse.Namespace) -> int:
             rows = validate("minilm", methods) + validate(tiny_llama_folder(Path(tmp) / "tiny-llama"), methods)
         for row in rows[len(methods) :]:
             row["model"] = "tiny-llama (4 layers, hidden 256)"
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    print(f"{'model':36} {'method':7} {'predicted MiB':>14} {'measured MiB':>13} {'error':>8}  measured by")
-    for row in rows:
-        print(
-            f"{row['model'][:36]:36} {row['method']:7} {row['predicted_bytes'] / 2**20:14.2f} "
-            f"{row['measured_bytes'] / 2**20:13.2f} {row['error_percent']:+7.2f}%  {row['measured_by']}"
-        )
-    return 0
+    return rows

@@ -102,20 +102,25 @@ def get_task(name: str) -> TaskSpec:
     )
 
 
-def _read_file(path: str) -> pd.DataFrame:
+def _read_file(path: str, encoding: str) -> pd.DataFrame:
     suffix = Path(path).suffix
     try:
         if suffix in (".csv", ".tsv"):
-            return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+            return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", encoding=encoding)
         if suffix == ".jsonl":
-            return pd.read_json(path, lines=True)
+            return pd.read_json(path, lines=True, encoding=encoding)
         if suffix == ".json":
-            return pd.read_json(path)
+            return pd.read_json(path, encoding=encoding)
         if suffix == ".parquet":
             return pd.read_parquet(path)
     except FileNotFoundError:
         raise UserError(f"data file not found: {path}") from None
-    except (ValueError, pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
+    except UnicodeDecodeError as exc:
+        raise UserError(
+            f"cannot read data file {path}: it is not {encoding} text ({exc.reason} at byte {exc.start}); "
+            f"set its encoding with data.encoding, e.g. --set data.encoding=latin-1"
+        ) from None
+    except (ValueError, pd.errors.ParserError, OSError) as exc:
         raise UserError(f"cannot read data file {path}: {str(exc).splitlines()[0]}") from None
     raise UserError(f"unsupported data file {path}; use one of {', '.join(DATA_SUFFIXES)}")
 
@@ -162,7 +167,8 @@ def load_task(spec: TaskSpec, data_cfg: dict) -> TaskData:
     """Read the task's files, check them, and return train/validation/test with integer labels."""
     if spec.package and not spec.installed():
         raise UserError(f"task {spec.name!r} needs the package {spec.package!r}; run `make setup`")
-    frames = _load_hub(spec.hub_id) if spec.hub_id else {s: _read_file(p) for s, p in spec.files.items()}
+    encoding = data_cfg["encoding"]
+    frames = _load_hub(spec.hub_id) if spec.hub_id else {s: _read_file(p, encoding) for s, p in spec.files.items()}
     if "train" not in frames:
         raise UserError(f"task {spec.name!r} has no train split")
     text, pair, label = data_cfg["text_column"], data_cfg["text_pair_column"], data_cfg["label_column"]
@@ -184,6 +190,12 @@ def load_task(spec: TaskSpec, data_cfg: dict) -> TaskData:
     for split, df in frames.items():
         if len(df) == 0:
             raise UserError(f"task {spec.name!r} has an empty {split} split")
+    train_labels = frames["train"][label].unique()
+    if len(train_labels) < 2:  # it would train and score 1.0 on a test split of the same label: meaningless
+        raise UserError(
+            f"task {spec.name!r}: every training example has the label {train_labels[0]!r}; "
+            f"a classifier needs at least two labels (column {label!r}, set with data.label_column)"
+        )
     if set(frames) != set(SPLITS):
         try:
             frames.update(_stratified_splits(frames["train"], label, spec.make_splits or {}, set(frames)))

@@ -1,0 +1,190 @@
+"""The Python API: what the `tunebench` commands do, as functions for scripts and notebooks.
+
+    import tunebench
+
+    result = tunebench.train(method="lora", task="rotten_tomatoes", max_train_samples=500, epochs=1)
+    result["test_accuracy"]
+    plan = tunebench.plan(model="llama-3.1-8b", budget="24GiB", gpu="rtx4090")
+
+Each function takes its command's options as keyword arguments (`--max-train-samples` is max_train_samples,
+`--set train.lr=1e-4` is overrides={"train.lr": 1e-4}) and returns what the command reports. The CLI
+(tunebench/cli.py) parses arguments and calls these.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from tunebench import CONFIG_DIR
+from tunebench.errors import UserError, unknown_choice
+from tunebench.quiet import VERBOSE_ENV, quiet
+
+SUITE_DIR = CONFIG_DIR / "suites"
+# shortcut -> config key: the common settings, so most runs need no YAML at all (flags of `tunebench train`)
+SHORTCUTS = {
+    "model": "model",
+    "max_train_samples": "data.max_train_samples",
+    "max_eval_samples": "data.max_eval_samples",
+    "max_length": "data.max_length",
+    "epochs": "train.epochs",
+    "max_steps": "train.max_steps",
+    "batch_size": "train.batch_size",
+    "lr": "train.lr",
+    "seed": "seed",
+}
+
+
+def run_config(
+    method: str | None = None,
+    task: str | None = None,
+    *,
+    config: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    out: str | Path | None = None,
+    **shortcuts: Any,
+) -> dict:
+    """The effective config of a run: defaults, method, task, the config file, overrides, then shortcuts.
+
+    overrides maps dotted keys to values, as `--set` does: {"train.lr": 1e-4, "method_options.r": 8}.
+    """
+    from tunebench.config import build_config, set_dotted
+
+    unknown = set(shortcuts) - set(SHORTCUTS)
+    if unknown:
+        raise unknown_choice("setting", sorted(unknown)[0], [*SHORTCUTS, "config", "overrides", "out"])
+    layer: dict = {}
+    for key, value in (overrides or {}).items():
+        set_dotted(layer, key, value)
+    for name, value in shortcuts.items():
+        if value is not None:
+            set_dotted(layer, SHORTCUTS[name], value)
+    if out is not None:
+        layer["out"] = str(out)
+    return build_config(method, task, config, layer)
+
+
+def train(
+    method: str | None = None,
+    task: str | None = None,
+    *,
+    config: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    out: str | Path | None = None,
+    result_path: str | Path | None = None,
+    meta: dict | None = None,
+    verbose: bool = False,
+    **shortcuts: Any,
+) -> dict:
+    """Train one run and return its result (status, test_accuracy, test_f1, timings, memory, ...).
+
+    The run folder is out, else runs/<task>-<method>-<model>-<time>; the result is also written to
+    result_path (default RUN_DIR/result.json). meta is what `bench` records about the run.
+    """
+    cfg = run_config(method, task, config=config, overrides=overrides, out=out, **shortcuts)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = cfg["out"] or f"runs/{Path(cfg['task']).stem}-{cfg['method']}-{Path(cfg['model']).name}-{stamp}"
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(
+            f"{cfg['model']}: pretrained backbone; new classification head for {Path(cfg['task']).stem} "
+            f"(it starts from random weights and trains with every method)",
+            file=sys.stderr,
+        )
+    with quiet(verbose):
+        from tunebench.loop import train as train_loop
+
+        return train_loop(cfg, run_dir, result_path, meta=meta)
+
+
+def evaluate(run_dir: str | Path, task: str | None = None, split: str = "test", verbose: bool = False) -> dict:
+    """Reload a run's best weights and evaluate them on a split (of another task with the same labels)."""
+    with quiet(verbose):
+        from tunebench.evaluation import evaluate_run
+
+        return evaluate_run(run_dir, task, split)
+
+
+def registered_suites() -> list[str]:
+    return sorted(p.stem for p in SUITE_DIR.glob("*.yaml"))
+
+
+def resolve_suite(suite: str | Path) -> Path:
+    """A suite YAML file, or the name of one that ships with tunebench (quick, standard, ...)."""
+    path = Path(suite)
+    if path.is_file():
+        return path
+    if (SUITE_DIR / f"{suite}.yaml").is_file():
+        return SUITE_DIR / f"{suite}.yaml"
+    if path.suffix in (".yaml", ".yml"):
+        raise UserError(f"suite file not found: {path}")
+    raise unknown_choice("suite", str(suite), [*registered_suites(), "<suite.yaml>"])
+
+
+def bench(
+    suite: str | Path,
+    *,
+    out: str | Path | None = None,
+    shard: str | None = None,
+    dry_run: bool = False,
+    force: bool = False,
+    track_memory: bool = True,
+    verbose: bool = False,
+) -> dict:
+    """Run a suite (a file or a shipped name), skipping finished runs; each run is its own process.
+
+    Returns {"exit_status": 0 unless a run failed, "results_dir": the folder, "results": its result dicts}.
+    """
+    from tunebench.benchmarks.harness import default_out, run_suite
+    from tunebench.config import read_yaml
+    from tunebench.results import read_result, result_files
+
+    suite_file = resolve_suite(suite)
+    out_dir = Path(out) if out else default_out(read_yaml(suite_file), suite_file)
+    before = os.environ.get(VERBOSE_ENV)
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"  # each run is a child process: it reads the setting from the environment
+    try:
+        status = run_suite(
+            str(suite_file), out=str(out_dir), shard=shard, dry_run=dry_run, force=force, track_memory=track_memory
+        )
+    finally:
+        if before is None:
+            os.environ.pop(VERBOSE_ENV, None)
+        else:
+            os.environ[VERBOSE_ENV] = before
+    results = [read_result(path) for path in result_files(out_dir)]
+    return {"exit_status": status, "results_dir": str(out_dir), "results": [r for r in results if r]}
+
+
+def write_report(results: str | Path | list[str | Path], out: str | Path) -> Path:
+    """Write the comparison report of one or more results folders into out; returns out/report.md."""
+    from tunebench.report import write_report as write
+
+    folders = [str(results)] if isinstance(results, (str, Path)) else [str(r) for r in results]
+    write(folders, str(out))
+    return Path(out) / "report.md"
+
+
+def plan(*, verbose: bool = False, **options: Any) -> dict | list[dict]:
+    """`tunebench plan`: the plan dict (per method: peak memory, fits, max batch, speed; the recommendation).
+
+    options are the command's flags: model, budget, task, seq_len, batch_size, num_labels, precision, gpu,
+    peak_tflops, methods, results, full_depth. validate=True returns predicted against measured rows instead.
+    """
+    import argparse
+
+    from tunebench.planner import add_arguments, plan_from_args, validation_rows
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args([])
+    unknown = set(options) - set(vars(args))
+    if unknown:
+        raise unknown_choice("plan option", sorted(unknown)[0], sorted(vars(args)))
+    for name, value in options.items():
+        setattr(args, name, value)
+    with quiet(verbose):
+        return validation_rows(args) if args.validate else plan_from_args(args)
