@@ -141,7 +141,8 @@ def test_result_schema(suite_results):
         assert len(result["curves"]["train_loss"]) == 3 and result["curves"]["validation"]
         memory = result["memory"]
         assert memory["peak_rss_bytes"] > 0 and memory["cuda"] is None
-        assert set(memory["tensor"]["at_peak"]) == {"weights", "gradients", "optimizer_state", "activations", "other"}
+        roles = {"weights", "buffers", "gradients", "optimizer_state", "activations", "other"}
+        assert set(memory["tensor"]["at_peak"]) == roles
         assert sum(memory["tensor"]["at_peak"].values()) == memory["tensor"]["peak_bytes"]
         env = result["environment"]
         assert env["versions"]["torch"] and env["cpu"] and env["world_size"] == 1
