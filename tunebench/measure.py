@@ -32,12 +32,14 @@ class TensorTracker(TorchDispatchMode):
 
     Enter it (`with tracker:`) around the steps to measure. Storages are counted once however
     many tensors view them, and leave the count when they are freed. Each storage has one category:
-    parameters are weights; module buffers, bitsandbytes quantization state, and storages that existed
-    before the tracker and are first seen written in place (DDP's gradient buckets: the reducer holds them
-    out of Python's reach) are buffers; a parameter's `.grad` is a gradient from the moment backward
-    accumulates it; optimizer `state` tensors are optimizer state; storages saved for backward activations;
-    everything else (inputs, temporaries, logits) other. A storage counted as other and claimed later
-    counts as what it became from its creation on, in the peak breakdown too.
+    parameters are weights; module buffers, bitsandbytes quantization state and DDP's gradient buckets
+    (which the reducer holds out of Python's reach: recognised as what collectives reduce in place, or as
+    storages made before the tracker and first seen written in place) are buffers; a parameter's `.grad`
+    is a gradient from the moment backward accumulates it; optimizer `state` tensors are optimizer state;
+    storages saved for backward activations; everything else (inputs, temporaries, logits) other. A storage
+    counted as other and claimed later counts as what it became from its creation on, in the peak
+    breakdown too. Not seen: temporaries a kernel allocates and frees inside one op (workspaces), such as
+    the CPU flash-attention kernel's fp32 buffers under bf16 autocast.
     """
 
     def __init__(
@@ -133,11 +135,15 @@ class TensorTracker(TorchDispatchMode):
     # -- modes -------------------------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        collective = func.namespace == "c10d"
         for leaf in tree_leaves(out):
             if isinstance(leaf, torch.Tensor):
-                known = id(leaf.untyped_storage()) in self._live
-                # written in place but never seen allocated: state made before the tracker (DDP's buckets)
-                self._register(leaf, "other" if known or not func._schema.is_mutable else "buffers")
+                # DDP's gradient buckets: what a collective reduces in place, or state made before the tracker
+                # and first seen written in place (the reducer allocates its buckets, and after the first step
+                # reallocates them in gradient order, out of Python's reach)
+                unseen = id(leaf.untyped_storage()) not in self._live
+                persistent = collective or unseen and func._schema.is_mutable
+                self._register(leaf, "buffers" if persistent else "other")
         return out
 
     def __enter__(self) -> TensorTracker:

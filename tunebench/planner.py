@@ -594,8 +594,9 @@ def validate(model: str, methods: list[str], shape: Shape = VALIDATION_SHAPE, pr
     from tunebench.optim import resolve_adamw
     from tunebench.tracing import measure_step, trace_step
 
-    spec = resolve_spec(model)
+    spec = _weighted_spec(model)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    _, device_constants = load_gpus()
     rows = []
     for method in methods:
         predicted = trace_step(
@@ -619,9 +620,18 @@ def validate(model: str, methods: list[str], shape: Shape = VALIDATION_SHAPE, pr
             device=device,
         )
         independent = measured.independent
+        measured_by = independent["by"]
+        if "max_reserved_bytes" in independent:  # CUDA: the device constants the plan adds, checked
+            margin = independent["max_reserved_bytes"] / independent["bytes"] - 1
+            planned_margin = device_constants["allocator_margin"]
+            measured_by += (
+                f"; reserved +{100 * margin:.1f}% (gpus.yaml margin: +{100 * planned_margin:.0f}%),"
+                f" {_gib(independent['outside_allocator_bytes'])} outside the allocator"
+                f" (gpus.yaml context: {device_constants['context_gib']} GiB)"
+            )
         rows.append(
             _row(model, method, precision, "2 steps", predicted.peak_bytes, measured.peak_bytes, independent["bytes"])
-            | {"measured_by": independent["by"], "independent": independent}
+            | {"measured_by": measured_by, "independent": independent}
         )
     return rows
 
@@ -644,7 +654,7 @@ def validate_loop(model: str, methods: list[str], mixed_precision: str, run_root
     from tunebench.tasks import get_task, load_task
     from tunebench.tracing import trace_step
 
-    spec = resolve_spec(model)
+    spec = _weighted_spec(model)
     overrides = {
         "model": spec.path,
         "data": {"max_train_samples": 16, "max_eval_samples": 8, "max_length": 64},
@@ -683,6 +693,13 @@ def validate_loop(model: str, methods: list[str], mixed_precision: str, run_root
             | {"measured_by": f"the run's {result['peak_memory_source']}", "seq_len": longest}
         )
     return rows
+
+
+def _weighted_spec(model: str) -> ModelSpec:
+    spec = resolve_spec(model)
+    if spec.path is None:
+        raise UserError(f"--validate runs real steps: {model!r} has no weights here; use an embedded model or a folder")
+    return spec
 
 
 def _row(model, method, precision, path, predicted: int, tracked: int, independent: int | None) -> dict:

@@ -9,6 +9,8 @@ Kernel assumptions, which follow from tracing with the CPU build's kernels:
 - attention is SDPA with a fused kernel (flash / memory-efficient on CUDA, flash-for-CPU here): it
   saves the output and a log-sum-exp, never the s x s score matrix that eager attention saves;
 - the padding mask is materialized as a (batch, 1, s, s) boolean, as transformers does for SDPA;
+  transformers always takes this masked path on fake tensors, where a real batch with no padding drops
+  the mask (and, for grouped-query attention, skips copying the key/value heads to every query head);
 - autocast follows the CPU op lists (matmuls in bf16; the CUDA lists differ in a few reductions).
 """
 
