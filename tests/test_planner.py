@@ -67,6 +67,26 @@ def test_prediction_matches_real_cpu_steps(validation, method):
     assert row["tracker_bytes"] == pytest.approx(row["independent_bytes"], rel=0.01), row
 
 
+def test_validate_cli_on_a_gqa_llama_with_padded_batches_and_a_real_run(tmp_path, capsys):
+    """`plan --validate` on a grouped-query-attention Llama: two real steps (fp32) and a real loop.train run (bf16
+    autocast), both on padded batches, each within 5% of its measurement."""
+    import json
+
+    folder = planner.tiny_llama_folder(tmp_path / "tiny-llama")
+    assert main(["plan", "--validate", "--model", folder, "--methods", "lora", "--json"]) == 0
+    steps, run = json.loads(capsys.readouterr().out)
+    assert (steps["measured_on"], steps["precision"], run["measured_on"], run["precision"]) == (
+        "2 steps",
+        "fp32",
+        "loop.train",
+        "amp",
+    )
+    assert steps["independent"]["by"].startswith("torch.profiler")
+    assert run["seq_len"] < 64  # padded: its longest batch is shorter than max_length
+    for row in (steps, run):
+        assert abs(row["error_percent"]) <= 5, row
+
+
 def test_gradients_count_as_gradients_during_backward(minilm):
     """Mid-backward, every .grad that exists is counted as a gradient (not as other until the step ends)."""
     from tunebench.measure import TensorTracker
