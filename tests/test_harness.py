@@ -141,7 +141,8 @@ def test_result_schema(suite_results):
         assert len(result["curves"]["train_loss"]) == 3 and result["curves"]["validation"]
         memory = result["memory"]
         assert memory["peak_rss_bytes"] > 0 and memory["cuda"] is None
-        assert set(memory["tensor"]["at_peak"]) == {"weights", "gradients", "optimizer_state", "activations", "other"}
+        roles = {"weights", "buffers", "gradients", "optimizer_state", "activations", "other"}
+        assert set(memory["tensor"]["at_peak"]) == roles
         assert sum(memory["tensor"]["at_peak"].values()) == memory["tensor"]["peak_bytes"]
         env = result["environment"]
         assert env["versions"]["torch"] and env["cpu"] and env["world_size"] == 1
@@ -240,6 +241,10 @@ def test_two_processes_write_one_result_with_every_rank(tmp_path):
     assert result["environment"]["world_size"] == 2
     assert [r["rank"] for r in result["memory"]["per_rank"]] == [0, 1]
     assert all(r["peak_rss_bytes"] > 0 for r in result["memory"]["per_rank"])
+    # DDP's gradient buckets hold one fp32 copy of every trainable gradient: counted as buffers, beside the
+    # model's own few KiB of buffers
+    buffers = result["memory"]["tensor"]["at_peak"]["buffers"]
+    assert buffers == pytest.approx(4 * result["trainable_params"], abs=2**16)
     # every test example counted once, though sharding pads the last batch with repeats
     predictions = json.loads((Path(result["run_dir"]) / "test_predictions.json").read_text())
     assert len(predictions) == result["task"]["sizes"]["test"] == 32

@@ -1,5 +1,6 @@
-"""The planner: fake-trace predictions against real CPU steps, breakdown identities, depth extrapolation, presets,
-recommendation, errors. Traces are shared through module fixtures: each costs seconds on two cores."""
+"""The planner: fake-trace predictions against real CPU steps (measured by the tensor tracker and independently by
+the allocator), breakdown identities, NF4 storage against bitsandbytes, depth extrapolation, presets, GPU matching,
+MFU calibration, recommendation, errors. Traces are shared through module fixtures: each costs seconds on two cores."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from tunebench.tracing import (
     affine_max_batch,
     affine_peak,
     extrapolation_depths,
+    packed_weight_bytes,
     quantized_bytes,
     trace_step,
     trace_step_extrapolated,
@@ -57,8 +59,83 @@ def validation(minilm):
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["full", "lora", "qlora", "head"])
 def test_prediction_matches_real_cpu_steps(validation, method):
+    """Two real steps on a padded batch: the prediction within 5% of the CPU allocator's own peak, and the tensor
+    tracker (the same counter as the prediction) within 1% of it: an independent check of the tracker."""
     row = validation[method]
-    assert abs(row["error_percent"]) <= 10, row
+    assert row["independent"]["by"].startswith("torch.profiler")
+    assert abs(row["error_percent"]) <= 5, row
+    assert row["tracker_bytes"] == pytest.approx(row["independent_bytes"], rel=0.01), row
+
+
+def test_validate_cli_on_a_gqa_llama_with_padded_batches_and_a_real_run(tmp_path, capsys):
+    """`plan --validate` on a grouped-query-attention Llama: two real steps (fp32) and a real loop.train run (bf16
+    autocast), both on padded batches, each within 5% of its measurement."""
+    import json
+
+    folder = planner.tiny_llama_folder(tmp_path / "tiny-llama")
+    assert main(["plan", "--validate", "--model", folder, "--methods", "lora", "--json"]) == 0
+    steps, run = json.loads(capsys.readouterr().out)
+    assert (steps["measured_on"], steps["precision"], run["measured_on"], run["precision"]) == (
+        "2 steps",
+        "fp32",
+        "loop.train",
+        "amp",
+    )
+    assert steps["independent"]["by"].startswith("torch.profiler")
+    assert run["seq_len"] < 64  # padded: its longest batch is shorter than max_length
+    for row in (steps, run):
+        assert abs(row["error_percent"]) <= 5, row
+
+
+def test_gradients_count_as_gradients_during_backward(minilm):
+    """Mid-backward, every .grad that exists is counted as a gradient (not as other until the step ends)."""
+    from tunebench.measure import TensorTracker
+    from tunebench.tracing import make_batch
+
+    cfg = {"method_options": {}, "train": {"gradient_checkpointing": False}}
+    model = get_method("full").build(minilm.path, _task(2), _pad_tokenizer(0), cfg, "cpu")
+    tracker = TensorTracker(model)
+    seen = []
+
+    def check(param):
+        grads = {id(p.grad.untyped_storage()): p.grad.untyped_storage().nbytes() for p in model.parameters()
+                 if p.grad is not None}  # fmt: skip
+        seen.append((tracker.current["gradients"], sum(grads.values())))
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    for param in params:
+        param.register_post_accumulate_grad_hook(check)  # after the tracker's own hook
+    with tracker:
+        model(**make_batch(2, 16, 2, minilm.config.vocab_size)).loss.backward()
+    assert len(seen) == len(params)
+    assert all(counted == expected for counted, expected in seen)
+    assert tracker.current["gradients"] == 4 * sum(p.numel() for p in params)
+
+
+def _task(num_labels: int):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(label_names=[str(i) for i in range(num_labels)], num_labels=num_labels)
+
+
+def _pad_tokenizer(pad_token_id: int):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(pad_token_id=pad_token_id)
+
+
+@pytest.mark.parametrize(("rows", "cols"), [(384, 384), (1536, 384), (100, 70)])  # 70 x 100: not whole blocks
+def test_nf4_storage_formula_matches_bitsandbytes(rows, cols):
+    """quantized_bytes against the tensors bitsandbytes really keeps for an NF4 double-quantized weight."""
+    bnb = pytest.importorskip("bitsandbytes")
+    from tunebench.measure import quantization_state
+
+    layer = bnb.nn.Linear4bit(cols, rows, bias=False, compress_statistics=True, quant_type="nf4").to("cpu")
+    weight = layer.weight
+    assert weight.quant_state.state2 is not None  # double quantization
+    stored = {id(t.untyped_storage()): t.untyped_storage().nbytes() for t in [weight, *quantization_state(layer)]}
+    assert sum(stored.values()) == quantized_bytes(rows, cols, 4)
+    assert weight.untyped_storage().nbytes() == packed_weight_bytes(rows, cols, 4)
 
 
 def test_breakdown_identities(minilm_traces):
@@ -204,6 +281,62 @@ def test_recommendation_none_one_all():
     assert planner.recommend(two, budget).startswith("lora: fits at batch 8 with 9.1 GiB to spare, est. 2.3x")
     every = [_plan("full", 20, 1000), _plan("lora", 12, 2000), _plan("qlora", 8, 900), _plan("head", 4, 5000)]
     assert planner.recommend(every, budget).startswith("full: fits at batch 8 with 4.0 GiB to spare, est. 0.5x")
+
+
+@pytest.mark.parametrize(
+    ("device_name", "entry"),
+    [
+        ("NVIDIA A100 80GB PCIe", "a100-80g"),  # not the A10
+        ("NVIDIA A10", "a10"),
+        ("NVIDIA L40", None),  # not in the table: not the L4
+        ("NVIDIA L4", "l4"),
+        ("NVIDIA H100 PCIe", "h100-pcie"),  # not the SXM H100
+        ("nvidia  GeForce RTX 4090", "rtx4090"),  # case and spacing do not matter
+    ],
+)
+def test_gpu_names_match_exactly(device_name, entry):
+    gpus, _ = planner.load_gpus()
+    found = planner.match_gpu(gpus, device_name)
+    assert found is (gpus[entry] if entry else None)
+
+
+def test_mfu_calibration_uses_only_the_same_model_precision_and_shape(tmp_path):
+    import json
+
+    shape = Shape(batch_size=8, seq_len=128, num_labels=2)
+    flops_per_token = {"lora": 1e9}  # 1 GFLOP per token on an A10 (125 TFLOP/s bf16): MFU = tokens/s / 125,000
+
+    def write(name, tokens_per_second, model="m", mixed_precision="bf16", batch_size=8, max_length=128, gpu="A10"):
+        result = {
+            "schema": 1,
+            "status": "ok",
+            "started_at": "x",
+            "test_accuracy": 0.5,
+            "config": {
+                "model": model,
+                "method": "lora",
+                "train": {"mixed_precision": mixed_precision, "batch_size": batch_size},
+                "data": {"max_length": max_length},
+            },
+            "environment": {"gpu": {"name": f"NVIDIA {gpu}"}},
+            "tokens_per_second": tokens_per_second,
+        }
+        (tmp_path / f"{name}.json").write_text(json.dumps(result))
+
+    write("match", 25_000)  # MFU 0.2
+    write("other-model", 100_000, model="n")
+    write("fp32", 100_000, mixed_precision="no")
+    write("other-batch", 100_000, batch_size=16)
+    write("other-length", 100_000, max_length=256)
+    write("a100-pcie", 100_000, gpu="A100 80GB PCIe")  # 312 TFLOP/s: MFU 0.32
+    write("l40", 100_000, gpu="L40")  # unknown GPU: ignored
+    mfu, source = planner.calibrate_mfu(str(tmp_path), "m", "amp", shape, flops_per_token)["lora"]
+    assert mfu == pytest.approx((0.2 + 1e9 * 100_000 / 312e12) / 2)
+    assert source == "calibrated: median of 2 result(s)"
+    tmp_path = tmp_path / "impossible"
+    tmp_path.mkdir()
+    write("impossible", 10**9)  # a bad timing: MFU 8000, clipped to 1
+    assert planner.calibrate_mfu(str(tmp_path), "m", "amp", shape, flops_per_token)["lora"][0] == 1.0
 
 
 @pytest.mark.parametrize(

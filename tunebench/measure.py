@@ -1,8 +1,9 @@
 """All measurement lives here: tensor-memory breakdown, device memory, step times, environment.
 
-TensorTracker counts live tensor storages by category (weights, gradients, optimizer state,
-activations saved for backward, other). It works on any device, on real and on fake tensors,
-which is why the planner (tunebench.planner) reuses it under FakeTensorMode.
+TensorTracker counts live tensor storages by category (weights, buffers, gradients, optimizer
+state, activations saved for backward, other). It works on any device, on real and on fake tensors,
+which is why the planner (tunebench.planner) reuses it under FakeTensorMode. `profiled_peak_bytes`
+is its independent check on the CPU: the allocator's own alloc/free events.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-CATEGORIES = ("weights", "gradients", "optimizer_state", "activations", "other")
+# weights: parameter storages exactly; buffers: persistent non-parameter state (module buffers, bitsandbytes
+# quantization constants, DDP gradient buckets).
+CATEGORIES = ("weights", "buffers", "gradients", "optimizer_state", "activations", "other")
 
 
 class TensorTracker(TorchDispatchMode):
@@ -29,8 +32,14 @@ class TensorTracker(TorchDispatchMode):
 
     Enter it (`with tracker:`) around the steps to measure. Storages are counted once however
     many tensors view them, and leave the count when they are freed. Each storage has one category:
-    parameters are weights, `.grad` storages gradients, optimizer `state` tensors optimizer state,
-    storages saved for backward activations, and everything else (inputs, temporaries, logits) other.
+    parameters are weights; module buffers, bitsandbytes quantization state and DDP's gradient buckets
+    (which the reducer holds out of Python's reach: recognised as what collectives reduce in place, or as
+    storages made before the tracker and first seen written in place) are buffers; a parameter's `.grad`
+    is a gradient from the moment backward accumulates it; optimizer `state` tensors are optimizer state;
+    storages saved for backward activations; everything else (inputs, temporaries, logits) other. A storage
+    counted as other and claimed later counts as what it became from its creation on, in the peak
+    breakdown too. Not seen: temporaries a kernel allocates and frees inside one op (workspaces), such as
+    the CPU flash-attention kernel's fp32 buffers under bf16 autocast.
     """
 
     def __init__(
@@ -38,16 +47,20 @@ class TensorTracker(TorchDispatchMode):
     ):
         super().__init__()
         self.model, self.optimizer, self.cap_bytes = model, optimizer, cap_bytes
-        self._live: dict[int, list] = {}  # id(storage) -> [nbytes, category]
+        self._live: dict[int, list] = {}  # id(storage) -> [nbytes, category, event at which it was first counted]
         self.current = dict.fromkeys(CATEGORIES, 0)
         self.peak_bytes = 0
         self.peak_breakdown = dict(self.current)
         self.max_by_category = dict(self.current)  # each category's own maximum, whenever it happened
+        self._events = 0  # changes of the count so far; _peak_event: the one the peak was at
+        self._peak_event = -1
         self._stack: ExitStack | None = None
         for param in model.parameters():
             self._register(param, "weights")
-        for buffer in model.buffers():
-            self._register(buffer, "other")
+            if param.requires_grad:  # a gradient mid-backward counts as one, not as other until the step ends
+                param.register_post_accumulate_grad_hook(self._on_gradient)
+        for tensor in [*model.buffers(), *quantization_state(model)]:
+            self._register(tensor, "buffers")
         self.classify_state()
 
     # -- bookkeeping -------------------------------------------------------------------------
@@ -61,16 +74,23 @@ class TensorTracker(TorchDispatchMode):
             # A storage is first seen as an op output ("other") and claimed later; claims never
             # move a storage out of another claim (a weight saved for backward stays a weight).
             if entry[1] == "other" and category != "other":
-                self.current[entry[1]] -= entry[0]
-                self.current[category] += entry[0]
-                entry[1] = category
+                self._reclassify(entry, category)
                 self._update_peak()
             return
         nbytes = storage.nbytes()
-        self._live[key] = [nbytes, category]
+        self._live[key] = [nbytes, category, self._events]
         weakref.finalize(storage, self._release, key)
         self.current[category] += nbytes
         self._update_peak()
+
+    def _reclassify(self, entry: list, category: str) -> None:
+        nbytes, old, first = entry
+        self.current[old] -= nbytes
+        self.current[category] += nbytes
+        if first <= self._peak_event:  # it was live at the peak: the peak held it as what it is
+            self.peak_breakdown[old] -= nbytes
+            self.peak_breakdown[category] += nbytes
+        entry[1] = category
 
     def _release(self, key: int) -> None:
         entry = self._live.pop(key, None)
@@ -85,11 +105,17 @@ class TensorTracker(TorchDispatchMode):
         if total >= self.peak_bytes:  # >=: a later step with the same peak has every state classified
             self.peak_bytes = total
             self.peak_breakdown = dict(self.current)
+            self._peak_event = self._events
+        self._events += 1
         if self.cap_bytes is not None and total > self.cap_bytes:
             raise torch.OutOfMemoryError(
                 f"tensor memory {total / 2**20:.1f} MiB passed the cap of {self.cap_bytes / 2**20:.1f} MiB "
                 "(measure.memory_cap)"
             )
+
+    def _on_gradient(self, param: torch.Tensor) -> None:
+        if self._stack is not None:  # tracking
+            self._register(param.grad, "gradients")
 
     def classify_state(self) -> None:
         """Call after backward and after the optimizer step: claims .grad and optimizer state."""
@@ -109,9 +135,15 @@ class TensorTracker(TorchDispatchMode):
     # -- modes -------------------------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        collective = func.namespace == "c10d"
         for leaf in tree_leaves(out):
             if isinstance(leaf, torch.Tensor):
-                self._register(leaf, "other")
+                # DDP's gradient buckets: what a collective reduces in place, or state made before the tracker
+                # and first seen written in place (the reducer allocates its buckets, and after the first step
+                # reallocates them in gradient order, out of Python's reach)
+                unseen = id(leaf.untyped_storage()) not in self._live
+                persistent = collective or unseen and func._schema.is_mutable
+                self._register(leaf, "buffers" if persistent else "other")
         return out
 
     def __enter__(self) -> TensorTracker:
@@ -123,6 +155,7 @@ class TensorTracker(TorchDispatchMode):
     def __exit__(self, *exc) -> None:
         super().__exit__(*exc)
         self._stack.close()
+        self._stack = None
 
     def summary(self) -> dict:
         weights = sum(p.untyped_storage().nbytes() for p in _unique_storages(self.model.parameters()))
@@ -132,6 +165,50 @@ class TensorTracker(TorchDispatchMode):
             "weights_bytes": weights,
             "max_by_category": dict(self.max_by_category),
         }
+
+
+def quantization_state(model: torch.nn.Module) -> list[torch.Tensor]:
+    """bitsandbytes' constants kept beside quantized weights, outside any parameter: a 4-bit weight's absmax,
+    code and offset and those of its nested (double) quantization; an 8-bit weight's row scales (SCB)."""
+    out = []
+    for param in model.parameters():
+        state = getattr(param, "quant_state", None)
+        while state is not None:
+            out += [t for t in (state.absmax, state.code, state.offset) if isinstance(t, torch.Tensor)]
+            state = getattr(state, "state2", None)
+        if isinstance(getattr(param, "SCB", None), torch.Tensor):
+            out.append(param.SCB)
+    return out
+
+
+class ProfiledPeak:
+    """The CPU allocator's own peak over a block of code, independent of TensorTracker.
+
+    torch.profiler (profile_memory=True) records every CPU allocation and free with its size; replayed in
+    time order they give the peak of bytes allocated inside the block above what was live when it began,
+    to which the bytes live at the start (the given tensors' storages, each once) are added. The profiler
+    reports no free of a block allocated before it started, so the tensors live at the start must stay live
+    through the block (parameters, buffers and optimizer state do).
+    """
+
+    def __init__(self, live_at_start: list[torch.Tensor]):
+        self.start_bytes = sum(t.untyped_storage().nbytes() for t in _unique_storages(live_at_start))
+        self.peak_bytes = self.start_bytes
+        self._profile = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True)
+
+    def __enter__(self) -> ProfiledPeak:
+        self._profile.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._profile.__exit__(*exc)
+        events = [e for e in self._profile.profiler.kineto_results.events() if e.name() == "[memory]"]
+        running = highest = 0
+        for event in sorted(events, key=lambda e: e.start_ns()):  # stable: equal times keep the recorded order
+            if event.device_type() == torch._C._autograd.DeviceType.CPU:
+                running += event.nbytes()
+                highest = max(highest, running)
+        self.peak_bytes = self.start_bytes + highest
 
 
 def _is_fake(tensor: torch.Tensor) -> bool:

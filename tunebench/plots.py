@@ -16,6 +16,8 @@ matplotlib.use("Agg")  # no display: the report is written on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
+from tunebench.measure import CATEGORIES  # noqa: E402
+
 STYLE = {
     "svg.fonttype": "none",  # text stays text: smaller files, and the browser's font renders it
     "svg.hashsalt": "tunebench",  # stable element ids: the same results give byte-identical figures
@@ -29,8 +31,8 @@ STYLE = {
 }
 MIB = 2**20
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22")
-MEMORY_PARTS = ("weights", "gradients", "optimizer_state", "activations", "other")
-PART_COLORS = ("#4c72b0", "#dd8452", "#c44e52", "#55a868", "#b0b0b0")
+MEMORY_PARTS = CATEGORIES  # the tensor tracker's roles, in its order
+PART_COLORS = ("#4c72b0", "#8172b3", "#dd8452", "#c44e52", "#55a868", "#b0b0b0")
 
 
 def to_svg(fig: plt.Figure) -> str:

@@ -417,7 +417,7 @@ def breakdown_table(groups: list[Group]) -> Table:
         cells = [fmt_bytes(parts[p]) if parts else "—" for p in MEMORY_PARTS]
         rows.append([g.label, *cells, fmt_bytes(math.fsum(parts.values())) if parts else "—"])
     return Table(
-        ["Method", "Weights", "Gradients", "Optimizer state", "Activations", "Other", "Total"],
+        ["Method", "Weights", "Buffers", "Gradients", "Optimizer state", "Activations", "Other", "Total"],
         rows,
         "Live tensors at the step's memory peak, by role (tensor tracker; mean over seeds).",
     )

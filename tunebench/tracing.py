@@ -9,6 +9,8 @@ Kernel assumptions, which follow from tracing with the CPU build's kernels:
 - attention is SDPA with a fused kernel (flash / memory-efficient on CUDA, flash-for-CPU here): it
   saves the output and a log-sum-exp, never the s x s score matrix that eager attention saves;
 - the padding mask is materialized as a (batch, 1, s, s) boolean, as transformers does for SDPA;
+  transformers always takes this masked path on fake tensors, where a real batch with no padding drops
+  the mask (and, for grouped-query attention, skips copying the key/value heads to every query head);
 - autocast follows the CPU op lists (matmuls in bf16; the CUDA lists differ in a few reductions).
 """
 
@@ -27,9 +29,10 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count, shape_wrapper
 
-from tunebench.measure import CATEGORIES, TensorTracker
+from tunebench.measure import CATEGORIES, ProfiledPeak, TensorTracker, quantization_state
 from tunebench.modeling import UNQUANTIZED, decay_param_groups
 from tunebench.models import DECODER_TYPES
+from tunebench.optim import build_adamw, resolve_adamw
 
 # precision -> (weight dtype, autocast dtype or None)
 PRECISIONS = {
@@ -148,7 +151,7 @@ def attention_implementation(model: nn.Module) -> str:
 
 
 def quantized_bytes(out_features: int, in_features: int, bits: int) -> int:
-    """Bytes bitsandbytes stores for a quantized (out, in) weight.
+    """Bytes bitsandbytes stores for a quantized (out, in) weight: the packed weight and its constants.
 
     4-bit NF4 with double quantization (Linear4bit, blocksize 64): 0.5 byte per weight, one absmax per
     64 weights quantized to 8 bits, whose own fp32 absmax comes per 256 blocks, plus the 256-entry fp32
@@ -160,6 +163,12 @@ def quantized_bytes(out_features: int, in_features: int, bits: int) -> int:
         return n + 4 * out_features
     blocks = -(-n // 64)
     return -(-n // 2) + blocks + 4 * -(-blocks // 256) + 4 * 256 + 4 * 16 + 4
+
+
+def packed_weight_bytes(out_features: int, in_features: int, bits: int) -> int:
+    """The part of quantized_bytes that is the weight parameter itself; the rest is quantization state."""
+    n = out_features * in_features
+    return n if bits == 8 else -(-n // 2)
 
 
 class _DequantizedMatmul(torch.autograd.Function):
@@ -179,15 +188,18 @@ class _DequantizedMatmul(torch.autograd.Function):
 
 
 class QuantizedLinear(nn.Module):
-    """A bitsandbytes Linear4bit/Linear8bitLt stand-in for fake traces: the stored bytes, one frozen uint8
-    parameter of `quantized_bytes`, and a weight-sized temporary in the compute dtype while it multiplies."""
+    """A bitsandbytes Linear4bit/Linear8bitLt stand-in for fake traces: the stored bytes (a frozen uint8
+    parameter of the packed weight's size, a uint8 buffer of its quantization constants, as TensorTracker
+    counts a real one), and a weight-sized temporary in the compute dtype while it multiplies."""
 
     def __init__(self, linear: nn.Linear, bits: int, compute_dtype: torch.dtype):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.compute_dtype = compute_dtype
-        size = quantized_bytes(self.out_features, self.in_features, bits)
-        self.weight = nn.Parameter(torch.empty(size, dtype=torch.uint8, device=linear.weight.device), False)
+        packed = packed_weight_bytes(self.out_features, self.in_features, bits)
+        constants = quantized_bytes(self.out_features, self.in_features, bits) - packed
+        self.weight = nn.Parameter(torch.empty(packed, dtype=torch.uint8, device=linear.weight.device), False)
+        self.register_buffer("quant_state", torch.empty(constants, dtype=torch.uint8, device=linear.weight.device))
         self.bias = linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -216,7 +228,7 @@ class TimelineTracker(TensorTracker):
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None):
-        self.points: list[tuple[int, ...]] = []
+        self.points: list[list[int]] = []
         self.labels: list[tuple[str, str | int]] = []
         self.label: tuple[str, str | int] = ("setup", "pre")
         super().__init__(model, optimizer)
@@ -225,9 +237,17 @@ class TimelineTracker(TensorTracker):
         self.label = (phase, position)
 
     def _update_peak(self) -> None:
-        self.points.append(tuple(self.current[c] for c in CATEGORIES))
+        self.points.append([self.current[c] for c in CATEGORIES])  # point i is event i
         self.labels.append(self.label)
         super()._update_peak()
+
+    def _reclassify(self, entry: list, category: str) -> None:
+        nbytes, old, first = entry
+        column_old, column_new = CATEGORIES.index(old), CATEGORIES.index(category)
+        for point in self.points[first:]:
+            point[column_old] -= nbytes
+            point[column_new] += nbytes
+        super()._reclassify(entry, category)
 
 
 def _label_blocks(model: nn.Module, tracker: TimelineTracker, num_layers: int) -> None:
@@ -283,13 +303,22 @@ def loop_step(model: nn.Module, optimizer, batch: dict, tracker: TensorTracker, 
     return state
 
 
-def make_batch(method: str, batch_size: int, seq_len: int, num_labels: int, vocab_size: int, device="cpu") -> dict:
-    """A full-length batch (no padding): the shape every step of a run at max_length has at most."""
+def make_batch(
+    batch_size: int, seq_len: int, num_labels: int, vocab_size: int, pad_token_id: int = 0, device="cpu"
+) -> dict:
+    """A batch padded on the right to its longest example, seq_len tokens, as the loop's collator pads it.
+
+    The other examples are shorter (down to half), so the model applies the attention mask: the path every
+    padded batch takes. Under FakeTensorMode transformers cannot see the mask's values and always takes it;
+    a real batch with no padding at all drops the mask (a slightly cheaper path, see validate()).
+    """
     generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, vocab_size, (batch_size, seq_len), generator=generator).to(device)
+    lengths = torch.linspace(seq_len, max(1, seq_len // 2), batch_size).round().long()
+    mask = (torch.arange(seq_len) < lengths[:, None]).long()
+    ids = torch.randint(1, vocab_size, (batch_size, seq_len), generator=generator).masked_fill(mask == 0, pad_token_id)
     return {
-        "input_ids": ids,
-        "attention_mask": torch.ones(batch_size, seq_len, dtype=torch.long, device=device),
+        "input_ids": ids.to(device),
+        "attention_mask": mask.to(device),
         "labels": torch.randint(0, num_labels, (batch_size,), generator=generator).to(device),
     }
 
@@ -309,6 +338,7 @@ class StepTrace:
     points: np.ndarray = field(default=None, repr=False)  # (n, len(CATEGORIES)) totals at each new storage
     labels: list = field(default=None, repr=False)  # (phase, position) of each point (TimelineTracker)
     depths: tuple[int, ...] = ()  # the layer-stack depths traced: the model's own, or two it is extrapolated from
+    independent: dict | None = None  # measured steps: the allocator's own peak {"bytes", "by", ...} (measure_step)
 
 
 def trace_step(
@@ -323,11 +353,13 @@ def trace_step(
     pooling: str = "cls",
     gradient_checkpointing: bool = False,
     count_flops: bool = False,
+    adamw: str | None = None,
 ) -> StepTrace:
     """Trace AdamW's first step (which creates its state lazily) and then a full training step, all fake.
 
     The first step runs on zero gradients without a forward pass: it costs only the optimizer's ops and
     leaves the state exactly as a first real step would; the second step is the one the peak comes from.
+    adamw: the implementation (tunebench.optim); default: the one `auto` picks on CUDA, where plans run.
     """
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -344,8 +376,8 @@ def trace_step(
     with FakeTensorMode(allow_non_fake_inputs=True), ExitStack() as stack:
         model.to_empty(device="cpu")
         trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(decay_param_groups(model, WEIGHT_DECAY), lr=LR)
-        batch = make_batch(method, batch_size, seq_len, num_labels, config.vocab_size)
+        optimizer = build_adamw(decay_param_groups(model, WEIGHT_DECAY), LR, adamw or resolve_adamw("auto", "cuda"))
+        batch = make_batch(batch_size, seq_len, num_labels, config.vocab_size, config.pad_token_id or 0)
         tracker = TimelineTracker(model, optimizer)
         _label_blocks(model, tracker, config.num_hidden_layers)
         tracker.mark("init")
@@ -513,12 +545,24 @@ def _depth_points(step: StepTrace, repeats: int, period: int) -> tuple[np.ndarra
 
 # -- the same step, measured for real ------------------------------------------------------------
 def measure_step(
-    model_path: str, method: str, *, batch_size: int, seq_len: int, num_labels: int, device: torch.device
+    model_path: str,
+    method: str,
+    *,
+    batch_size: int,
+    seq_len: int,
+    num_labels: int,
+    precision: str,
+    device: torch.device,
 ) -> StepTrace:
-    """Build the method's real model (its own build function) and run two real steps of the loop.
+    """Build the method's real model (its own build function) and run two real steps of the loop on a padded
+    batch, with the AdamW implementation the loop uses on this device.
 
-    On the CPU the peak is the TensorTracker's; on CUDA it is torch.cuda.max_memory_allocated, which
-    like the prediction includes the weights.
+    peak_bytes is TensorTracker's, the counter the prediction uses too; `independent` is the allocator's over
+    the same two steps: on the CPU ProfiledPeak (torch.profiler's alloc/free events on top of the parameters,
+    buffers and quantization state live before the first step); on CUDA torch.cuda.max_memory_allocated
+    since the peak statistics were reset (no baseline: the weights count, as in the prediction), with
+    max_memory_reserved (the allocator's margin) and the device memory in use outside PyTorch's allocator
+    (mem_get_info: the CUDA context and library workspaces).
     """
     from tunebench.methods import get_method
     from tunebench.models import load_config
@@ -533,22 +577,36 @@ def measure_step(
         model.to(device)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(decay_param_groups(model, WEIGHT_DECAY), lr=LR)
-    batch = make_batch(method, batch_size, seq_len, num_labels, config.vocab_size, device)
+    optimizer = build_adamw(decay_param_groups(model, WEIGHT_DECAY), LR, resolve_adamw("auto", device.type))
+    batch = make_batch(batch_size, seq_len, num_labels, config.vocab_size, config.pad_token_id or 0, device)
     tracker = TensorTracker(model, optimizer)
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    for _ in range(2):
-        state = loop_step(model, optimizer, batch, tracker, None, device.type)
-    peak = torch.cuda.max_memory_allocated(device) if cuda else tracker.peak_bytes
+    persistent = [*model.parameters(), *model.buffers(), *quantization_state(model)]
+    allocator = nullcontext() if cuda else ProfiledPeak(persistent)
+    with allocator:
+        for _ in range(2):
+            state = loop_step(model, optimizer, batch, tracker, PRECISIONS[precision][1], device.type)
+    if cuda:
+        torch.cuda.synchronize(device)
+        free, total = torch.cuda.mem_get_info(device)
+        independent = {
+            "bytes": torch.cuda.max_memory_allocated(device),
+            "by": "torch.cuda.max_memory_allocated",
+            "max_reserved_bytes": torch.cuda.max_memory_reserved(device),
+            "outside_allocator_bytes": total - free - torch.cuda.memory_reserved(device),
+        }
+    else:
+        independent = {"bytes": allocator.peak_bytes, "by": "torch.profiler allocator events + state at start"}
     return StepTrace(
         batch_size=batch_size,
         seq_len=seq_len,
-        peak_bytes=peak,
+        peak_bytes=tracker.peak_bytes,
         at_peak=dict(tracker.peak_breakdown),
         state=state,
         trainable_params=sum(p.numel() for p in trainable),
         total_params=sum(p.numel() for p in model.parameters()),
+        independent=independent,
     )
