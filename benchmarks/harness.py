@@ -172,31 +172,37 @@ def select_shard(runs: list[Run], spec: str | None) -> list[Run]:
     return runs[index - 1 :: count]
 
 
-def stale_reason(result: dict, repo: Path, _diffs: dict | None = None) -> str | None:
+def _git(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
+    except OSError:
+        raise UserError("git is not installed: cannot tell which results are stale") from None
+
+
+def stale_reason(result: dict, repo: Path, _checked: dict | None = None) -> str | None:
     """Why a finished result no longer describes the current source, or None when it still does.
 
     Stale: it came from a dirty tree, or its commit is unknown here, or SOURCE_PATHS differ between its
     commit and repo's working tree (`git diff`). Raises UserError when repo is not a git checkout.
-    _diffs memoizes `git diff` per commit across the results of one suite.
+    _checked memoizes the answer per commit across the results of one suite.
     """
-    git = (result.get("environment") or {}).get("git") or {}
-    if git.get("dirty"):
+    recorded = (result.get("environment") or {}).get("git") or {}
+    if recorded.get("dirty"):
         return "ran on a dirty tree"
-    commit = git.get("commit")
+    commit = recorded.get("commit")
     if not commit:
         return "records no commit"
-    diffs = {} if _diffs is None else _diffs
-    if commit not in diffs:
-        try:
-            done = subprocess.run(
-                ["git", "diff", "--quiet", commit, "--", *SOURCE_PATHS], cwd=repo, capture_output=True, text=True
-            )
-        except OSError:
-            raise UserError("git is not installed: cannot tell which results are stale") from None
-        if done.returncode == 128 and "not a git repository" in done.stderr:
+    checked = {} if _checked is None else _checked
+    if commit not in checked:
+        known = _git(repo, "rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}")
+        if known.returncode == 128 and "not a git repository" in known.stderr:
             raise UserError(f"{repo} is not a git checkout: cannot tell which results are stale")
-        diffs[commit] = {0: None, 1: "source changed since"}.get(done.returncode, "unknown commit")
-    reason = diffs[commit]
+        if known.returncode != 0:
+            checked[commit] = "unknown commit"
+        else:  # `git diff --quiet` exits 1 when the source differs between that commit and the working tree
+            differs = _git(repo, "diff", "--quiet", commit, "--", *SOURCE_PATHS).returncode
+            checked[commit] = "source changed since" if differs else None
+    reason = checked[commit]
     return f"{reason} {commit[:8]}" if reason else None
 
 
@@ -280,21 +286,20 @@ def run_suite(
     stale, note = {}, ""
     if finished and (dry_run or rerun_stale):
         try:
-            diffs: dict = {}
-            stale = {k: why for k, v in finished.items() if (why := stale_reason(v, REPO_ROOT, diffs))}
+            checked: dict = {}
+            stale = {k: why for k, v in finished.items() if (why := stale_reason(v, REPO_ROOT, checked))}
         except UserError as exc:
             if rerun_stale:
                 raise
             note = f" (staleness unknown: {exc})"
     done = {k for k in finished if not force and not (rerun_stale and k in stale)}
     todo = [r for r in runs if r.run_id not in done]
-    print(
-        f"suite {suite.get('name', suite_path)}: {len(runs)} runs, {len(done)} done ({len(stale)} stale), "
-        f"{len(todo)} to run -> {out_dir}{note}"
-    )
+    print(f"suite {suite.get('name', suite_path)}: {len(runs)} runs, {len(done)} done, {len(todo)} to run -> {out_dir}")
+    if stale or note:
+        print(f"{len(stale)} finished runs are stale{note}" + ("" if rerun_stale else "; --rerun-stale reruns them"))
     if dry_run:
         for r in runs:
-            state = "to run" if r.run_id in todo else "stale " if r.run_id in stale else "done  "
+            state = "to run" if r.run_id not in done else "stale " if r.run_id in stale else "done  "
             why = f"  ({stale[r.run_id]})" if r.run_id in stale else ""
             print(f"  {state}  {r.run_id}  {r.label}{why}")
         return 0
