@@ -55,7 +55,7 @@ def _quantized_base(model_path: str, task, tokenizer, cfg: dict, device) -> nn.M
         quantization_config=quantization_config(cfg["method_options"]["bits"], device),
         device_map={"": device},  # bitsandbytes quantizes as the weights land on the device
     )
-    model.classifier.to(device)
+    model.classifier.to(device, torch.float32)  # trained in full precision, as peft leaves unquantized parameters
     # On a CPU with AVX512-BF16, bitsandbytes repacks a 4-bit weight in place on its first forward in eval mode,
     # for an inference-only kernel; every later training step (after the first validation) then runs that kernel,
     # which has no autograd support: a RuntimeError or silently wrong gradients. Keep the trainable layout.

@@ -257,7 +257,8 @@ def test_unequal_budget_pooling_and_lr_rule_are_said_plainly(tmp_path: Path) -> 
 def test_old_results_flag_their_pooling(report: Path) -> None:
     # cpu-len64 predates the shared pooling key: head pooled its own way, the others used the model's pooler
     flags = (report / "report.md").read_text().split("### Flags")[1]
-    assert "Not the same pooling: the model's own classification head (BERT: pooler on CLS) for full, lora and " in flags
+    pooler = "the model's own classification head (BERT: pooler on CLS)"
+    assert f"Not the same pooling: {pooler} for full, lora and qlora; the checkpoint's (null) for head." in flags
 
 
 def test_learning_rate_is_chosen_on_validation_never_on_test(tmp_path: Path) -> None:

@@ -33,7 +33,8 @@ class Classifier(nn.Module):
         self.backbone = backbone
         self.pooling = pooling
         self.dropout = nn.Dropout(DROPOUT)
-        self.classifier = nn.Linear(backbone.config.hidden_size, num_labels)
+        # in the backbone's dtype, as transformers' own classification heads (a bf16 checkpoint trains in bf16)
+        self.classifier = nn.Linear(backbone.config.hidden_size, num_labels, dtype=backbone.dtype)
 
     @property
     def config(self):
@@ -89,9 +90,15 @@ def load_classifier(model_path: str, num_labels: int, pooling: str | None, **kwa
         backbone = AutoModel.from_pretrained(model_path, **kwargs)
     except OSError as exc:
         raise hub_error(model_path, exc) from None
+    return Classifier(drop_pooler(backbone), num_labels, resolve_pooling(pooling, model_path, config))
+
+
+def drop_pooler(backbone: nn.Module) -> nn.Module:
+    """The backbone without its own pooler (BERT's dense + tanh on CLS): unused by every pooling here, and
+    as a trainable it would get no gradient."""
     if getattr(backbone, "pooler", None) is not None:
-        backbone.pooler = None  # unused by every pooling here; as a trainable it would get no gradient
-    return Classifier(backbone, num_labels, resolve_pooling(pooling, model_path, config))
+        backbone.pooler = None
+    return backbone
 
 
 def save_trained(model: nn.Module, folder: str) -> None:

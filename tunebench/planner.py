@@ -623,7 +623,7 @@ def validate_results(results_dir: str) -> list[dict]:
             num_labels=shape.num_labels,
             precision=precision,
             options=cfg["method_options"],
-            pooling=cfg["method_options"].get("pooling") or spec.pooling,
+            pooling=cfg.get("pooling") or spec.pooling,
             gradient_checkpointing=cfg["train"]["gradient_checkpointing"],
         )
         measured = result["peak_memory_bytes"]

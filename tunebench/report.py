@@ -711,7 +711,7 @@ def like_for_like(groups: list[Group], sweeps: Sequence[Sweep] = ()) -> list[str
         )
     pooling = _by_value(groups, lambda g, r: pooling_of(r.result))
     if len(pooling) > 1:
-        out.append(f"Not the same pooling: {_listing(pooling)}. Pooling alone moves accuracy by points.")
+        out.append(f"Not the same pooling: {_listing(pooling)}.")
     rules = _by_value(groups, lambda g, r: lr_rule(g, sweeps))
     if len(rules) > 1:
         out.append(f"Learning rates were not chosen by one rule: {_listing(rules)}.")

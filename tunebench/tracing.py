@@ -101,22 +101,20 @@ def build_meta_model(
     """The method's model on the meta device: same modules, same trainable set, same dtypes.
 
     Every method builds tunebench.modeling.Classifier, as tunebench.modeling.load_classifier does (the
-    backbone without its pooler, in the checkpoint's dtype: transformers >= 5 loads a bf16 checkpoint in
-    bf16; the head in fp32). full trains all of it; head freezes the backbone; lora attaches peft's adapter
+    backbone without its pooler and the head, both in the checkpoint's dtype: transformers >= 5 loads a bf16
+    checkpoint in bf16). full trains all of it; head freezes the backbone; lora attaches peft's adapter
     with tunebench's targets; qlora is lora on an fp32 backbone (as peft's prepare_model_for_kbit_training
     leaves the unquantized parameters) whose linear layers are replaced by `QuantizedLinear` stand-ins.
     """
     from transformers import AutoModel
 
     from tunebench.methods.lora import attach_adapter
-    from tunebench.modeling import Classifier
+    from tunebench.modeling import Classifier, drop_pooler
 
     weight_dtype, autocast_dtype = PRECISIONS[precision]
     config = classifier_config(config, num_labels)
     with torch.device("meta"):
-        backbone = _from_config(AutoModel, config, torch.float32 if method == "qlora" else weight_dtype)
-        if getattr(backbone, "pooler", None) is not None:
-            backbone.pooler = None
+        backbone = drop_pooler(_from_config(AutoModel, config, torch.float32 if method == "qlora" else weight_dtype))
         model = Classifier(backbone, num_labels, pooling)
         if method == "head":
             backbone.requires_grad_(False)
