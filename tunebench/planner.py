@@ -62,7 +62,7 @@ class ModelSpec:
     name: str
     source: str  # preset | embedded | folder | config.json
     config: object  # transformers PretrainedConfig
-    pooling: str  # what the head method pools
+    pooling: str  # what every method pools by default (the checkpoint's pooling)
     path: str | None = None  # a folder real models load from (validation)
 
 
