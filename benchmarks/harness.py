@@ -9,8 +9,10 @@ A suite (configs/suites/*.yaml) is a small config layered on the shared defaults
       task: [rotten_tomatoes, banking77]
       method: [full, lora, qlora, head]
       seed: [42]
-      batch_size: [32]       # optional axes: batch_size, max_length, precision, epochs
-    methods: {full: {...}}   # per-method config overrides (e.g. the learning rate)
+      batch_size: [32]       # optional axes: batch_size, max_length, precision, epochs, lr
+      lr: [1.0e-4, 3.0e-4]   # a learning-rate sweep: the report keeps, per method, the best on validation
+    methods:                 # per-method config overrides; `lr: [...]` there is that method's own sweep
+      head: {lr: [1.0e-3, 1.0e-2], train: {epochs: 3}}
     tasks: {banking77: {...}}
     processes: 1             # >1: each run is launched with torchrun, N processes
 
@@ -18,6 +20,9 @@ A suite (configs/suites/*.yaml) is a small config layered on the shared defaults
 
 Each run's id is a hash of its effective config; its result lands in OUT/<run_id>.json, written
 atomically by the run itself, so a killed suite loses at most the run in flight.
+
+A finished result is *stale* when it came from a dirty tree, or when the source (SOURCE_PATHS) differs
+between the commit it records and the current working tree: `--dry-run` lists it, `--rerun-stale` reruns it.
 """
 
 from __future__ import annotations
@@ -49,7 +54,10 @@ EXTRA_AXES = {
     "max_length": "data.max_length",
     "precision": "train.mixed_precision",
     "epochs": "train.epochs",
+    "lr": "train.lr",
 }
+# What a result's measurements depend on: a change here makes older results stale.
+SOURCE_PATHS = ("tunebench", "methods", "benchmarks", "configs", "pyproject.toml")
 
 
 @dataclass
@@ -72,7 +80,7 @@ def _deep_update(base: dict, layer: dict) -> dict:
     return out
 
 
-def _grid_points(grid: dict, path: str | Path) -> list[dict]:
+def _grid_points(grid: dict, path: str | Path, method_sweeps: dict) -> list[dict]:
     bad_axes = set(grid) - set(REQUIRED_AXES) - set(EXTRA_AXES)
     if bad_axes:
         valid = ", ".join([*REQUIRED_AXES, *EXTRA_AXES])
@@ -84,14 +92,31 @@ def _grid_points(grid: dict, path: str | Path) -> list[dict]:
     for axis, values in axes.items():
         if not isinstance(values, list):
             raise UserError(f"suite {path} grid.{axis} must be a list, got {values!r}")
-    return [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
+    points = []
+    for method in axes["method"]:  # a method's own `lr:` list in `methods:` replaces the grid's lr axis
+        own = {"lr": method_sweeps[method]} if method in method_sweeps else {}
+        method_axes = axes | {"method": [method]} | own
+        points += [dict(zip(method_axes, values, strict=True)) for values in itertools.product(*method_axes.values())]
+    return points
+
+
+def _method_sweeps(suite: dict, path: str | Path) -> dict[str, list]:
+    """method -> its learning-rate list, from `methods: {m: {lr: [...]}}`."""
+    sweeps = {}
+    for method, layer in (suite.get("methods") or {}).items():
+        if "lr" in (layer or {}):
+            if not isinstance(layer["lr"], list) or not layer["lr"]:
+                raise UserError(f"suite {path} methods.{method}.lr must be a non-empty list of learning rates")
+            sweeps[method] = layer["lr"]
+    return sweeps
 
 
 def _run_layer(suite: dict, point: dict, track_memory: bool) -> dict:
     """Config overrides for one grid point: suite config, then its task's, then its method's, then the axes."""
     layer = suite.get("config") or {}
     layer = _deep_update(layer, (suite.get("tasks") or {}).get(point["task"], {}))
-    layer = _deep_update(layer, (suite.get("methods") or {}).get(point["method"], {}))
+    method_layer = {k: v for k, v in ((suite.get("methods") or {}).get(point["method"]) or {}).items() if k != "lr"}
+    layer = _deep_update(layer, method_layer)
     for axis in ("model", "seed"):
         if point[axis] is not None:
             layer = _deep_update(layer, {axis: point[axis]})
@@ -117,11 +142,15 @@ def load_suite(path: str | Path, track_memory: bool = True) -> tuple[dict, list[
     if unknown:
         raise UserError(f"unknown suite key(s) {sorted(unknown)} in {path}; valid: {', '.join(sorted(SUITE_KEYS))}")
     grids = suite.get("grid") or {}
+    sweeps = _method_sweeps(suite, path)
     runs = []
     for grid in grids if isinstance(grids, list) else [grids]:  # a list of grids is their union
-        for point in _grid_points(grid, path):
+        for point in _grid_points(grid, path, sweeps):
             config = build_config(point["method"], point["task"], overrides=_run_layer(suite, point, track_memory))
-            grid_point = {k: config[k] for k in REQUIRED_AXES} | {a: point[a] for a in EXTRA_AXES if a in point}
+            # the axes' effective values (YAML reads 1e-4 as a string; the config holds the number)
+            grid_point = {k: config[k] for k in REQUIRED_AXES} | {
+                a: config[key.split(".")[0]][key.split(".")[1]] for a, key in EXTRA_AXES.items() if a in point
+            }
             runs.append(Run(run_id(config), grid_point, config))
     ids = [r.run_id for r in runs]
     if len(set(ids)) != len(ids):
@@ -141,6 +170,40 @@ def select_shard(runs: list[Run], spec: str | None) -> list[Run]:
     if not 1 <= index <= count:
         raise UserError(f"--shard takes i/n with 1 <= i <= n, e.g. 1/4; got {spec!r}")
     return runs[index - 1 :: count]
+
+
+def _git(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
+    except OSError:
+        raise UserError("git is not installed: cannot tell which results are stale") from None
+
+
+def stale_reason(result: dict, repo: Path, _checked: dict | None = None) -> str | None:
+    """Why a finished result no longer describes the current source, or None when it still does.
+
+    Stale: it came from a dirty tree, or its commit is unknown here, or SOURCE_PATHS differ between its
+    commit and repo's working tree (`git diff`). Raises UserError when repo is not a git checkout.
+    _checked memoizes the answer per commit across the results of one suite.
+    """
+    recorded = (result.get("environment") or {}).get("git") or {}
+    if recorded.get("dirty"):
+        return "ran on a dirty tree"
+    commit = recorded.get("commit")
+    if not commit:
+        return "records no commit"
+    checked = {} if _checked is None else _checked
+    if commit not in checked:
+        known = _git(repo, "rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}")
+        if known.returncode == 128 and "not a git repository" in known.stderr:
+            raise UserError(f"{repo} is not a git checkout: cannot tell which results are stale")
+        if known.returncode != 0:
+            checked[commit] = "unknown commit"
+        else:  # `git diff --quiet` exits 1 when the source differs between that commit and the working tree
+            differs = _git(repo, "diff", "--quiet", commit, "--", *SOURCE_PATHS).returncode
+            checked[commit] = "source changed since" if differs else None
+    reason = checked[commit]
+    return f"{reason} {commit[:8]}" if reason else None
 
 
 def _die_with_parent() -> None:
@@ -215,17 +278,35 @@ def run_suite(
     dry_run: bool = False,
     force: bool = False,
     track_memory: bool = True,
+    rerun_stale: bool = False,
 ) -> int:
+    from tunebench import REPO_ROOT
+
     suite, runs = load_suite(suite_path, track_memory)
     runs = select_shard(runs, shard)
     out_dir = Path(out or default_out(suite, suite_path))
     processes = int(suite.get("processes") or 1)
-    done = {r.run_id for r in runs if not force and _is_final(out_dir / f"{r.run_id}.json")}
+    finished = {r.run_id: read_result(out_dir / f"{r.run_id}.json") for r in runs}
+    finished = {k: v for k, v in finished.items() if v is not None and v["status"] in FINAL}
+    stale, note = {}, ""
+    if finished and (dry_run or rerun_stale):
+        try:
+            checked: dict = {}
+            stale = {k: why for k, v in finished.items() if (why := stale_reason(v, REPO_ROOT, checked))}
+        except UserError as exc:
+            if rerun_stale:
+                raise
+            note = f" (staleness unknown: {exc})"
+    done = {k for k in finished if not force and not (rerun_stale and k in stale)}
     todo = [r for r in runs if r.run_id not in done]
     print(f"suite {suite.get('name', suite_path)}: {len(runs)} runs, {len(done)} done, {len(todo)} to run -> {out_dir}")
+    if stale or note:
+        print(f"{len(stale)} finished runs are stale{note}" + ("" if rerun_stale else "; --rerun-stale reruns them"))
     if dry_run:
         for r in runs:
-            print(f"  {'done ' if r.run_id in done else 'to run'}  {r.run_id}  {r.label}")
+            state = "to run" if r.run_id not in done else "stale " if r.run_id in stale else "done  "
+            why = f"  ({stale[r.run_id]})" if r.run_id in stale else ""
+            print(f"  {state}  {r.run_id}  {r.label}{why}")
         return 0
     started = time.monotonic()
     for number, run in enumerate(todo, 1):
@@ -244,11 +325,6 @@ def run_suite(
         if code != 0:
             _record_crash(path, run, code)
     return _summarize(out_dir, runs, time.monotonic() - started)
-
-
-def _is_final(path: Path) -> bool:
-    result = read_result(path)
-    return result is not None and result["status"] in FINAL
 
 
 def _summarize(out_dir: Path, runs: list[Run], seconds: float) -> int:

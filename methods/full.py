@@ -4,20 +4,19 @@ from __future__ import annotations
 
 from torch import nn
 
-from tunebench.modeling import load_classifier
+from tunebench.modeling import load_classifier, load_trained, save_trained
 
 DEFAULTS = {"train": {"lr": 5.0e-5}, "method_options": {}}
 
 
 def build(model_path: str, task, tokenizer, cfg: dict, device) -> nn.Module:
-    model = load_classifier(model_path, task.label_names, tokenizer.pad_token_id)
+    model = load_classifier(model_path, task.num_labels, cfg["pooling"])
     model.requires_grad_(True)
     return model
 
 
-def save(model: nn.Module, folder: str) -> None:
-    model.save_pretrained(folder)
+save = save_trained
 
 
 def load(folder: str, model_path: str, task, tokenizer, cfg: dict, device) -> nn.Module:
-    return load_classifier(folder, task.label_names, tokenizer.pad_token_id)
+    return load_trained(build(model_path, task, tokenizer, cfg, device), folder)

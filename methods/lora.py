@@ -8,7 +8,7 @@ from __future__ import annotations
 from torch import nn
 
 from tunebench.errors import UserError
-from tunebench.modeling import TASK_HEADS, load_classifier
+from tunebench.modeling import TASK_HEAD, load_classifier
 
 DEFAULTS = {
     "train": {"lr": 1.0e-3},
@@ -38,25 +38,26 @@ TARGET_MODULES = {
 
 
 def peft_config(model: nn.Module, options: dict):
+    """For tunebench's Classifier: no peft task type (its forward takes the loop's batch as it is); the
+    task head is trained and saved in full (modules_to_save) and never gets an adapter."""
     from peft import LoraConfig, get_peft_config
 
-    heads = sorted({name.split(".")[-1] for name, _ in model.named_modules() if name.split(".")[-1] in TASK_HEADS})
     if options["peft_config"]:
-        raw = dict(options["peft_config"]) | {"task_type": "SEQ_CLS"}
-        raw.setdefault("modules_to_save", heads)
+        raw = dict(options["peft_config"]) | {"task_type": None}
+        raw.setdefault("modules_to_save", [TASK_HEAD])
         try:
             return get_peft_config(raw)
         except (KeyError, TypeError, ValueError) as exc:
             raise UserError(f"method_options.peft_config is not a valid peft config: {exc}") from None
     targets = options["target_modules"] or TARGET_MODULES.get(model.config.model_type, "all-linear")
     return LoraConfig(
-        task_type="SEQ_CLS",
         r=options["r"],
         lora_alpha=options["alpha"],
         lora_dropout=options["dropout"],
         target_modules=targets,
+        exclude_modules=[TASK_HEAD],  # "all-linear" would otherwise adapt the head too
         use_dora=options["use_dora"],
-        modules_to_save=heads,
+        modules_to_save=[TASK_HEAD],
     )
 
 
@@ -70,7 +71,7 @@ def attach_adapter(model: nn.Module, options: dict) -> nn.Module:
 
 
 def build(model_path: str, task, tokenizer, cfg: dict, device) -> nn.Module:
-    return attach_adapter(load_classifier(model_path, task.label_names, tokenizer.pad_token_id), cfg["method_options"])
+    return attach_adapter(load_classifier(model_path, task.num_labels, cfg["pooling"]), cfg["method_options"])
 
 
 def save(model: nn.Module, folder: str) -> None:
@@ -80,5 +81,4 @@ def save(model: nn.Module, folder: str) -> None:
 def load(folder: str, model_path: str, task, tokenizer, cfg: dict, device) -> nn.Module:
     from peft import PeftModel
 
-    base = load_classifier(model_path, task.label_names, tokenizer.pad_token_id)
-    return PeftModel.from_pretrained(base, folder)
+    return PeftModel.from_pretrained(load_classifier(model_path, task.num_labels, cfg["pooling"]), folder)

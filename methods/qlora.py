@@ -1,6 +1,7 @@
 """QLoRA: LoRA on a bitsandbytes-quantized base (4-bit NF4 with double quantization, or 8-bit).
 
-The task head and pooler stay unquantized. Runs on CUDA and, with bitsandbytes >= 0.45, on the CPU.
+Only the backbone is quantized; the task head stays in full precision. Runs on CUDA and, with
+bitsandbytes >= 0.45, on the CPU.
 """
 
 from __future__ import annotations
@@ -49,18 +50,21 @@ def _quantized_base(model_path: str, task, tokenizer, cfg: dict, device) -> nn.M
 
     model = load_classifier(
         model_path,
-        task.label_names,
-        tokenizer.pad_token_id,
+        task.num_labels,
+        cfg["pooling"],
         quantization_config=quantization_config(cfg["method_options"]["bits"], device),
         device_map={"": device},  # bitsandbytes quantizes as the weights land on the device
     )
+    model.classifier.to(device, torch.float32)  # trained in full precision, as peft leaves unquantized parameters
     # On a CPU with AVX512-BF16, bitsandbytes repacks a 4-bit weight in place on its first forward in eval mode,
     # for an inference-only kernel; every later training step (after the first validation) then runs that kernel,
     # which has no autograd support: a RuntimeError or silently wrong gradients. Keep the trainable layout.
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False
-    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg["train"]["gradient_checkpointing"])
+    # peft's preparation: frozen backbone, its unquantized parameters in fp32, checkpointing as configured
+    prepare_model_for_kbit_training(model.backbone, use_gradient_checkpointing=cfg["train"]["gradient_checkpointing"])
+    return model
 
 
 def build(model_path: str, task, tokenizer, cfg: dict, device) -> nn.Module:

@@ -88,8 +88,8 @@ def test_train_then_eval_reproduces_predictions(capsys, tmp_path: Path) -> None:
         (["train", "--set", "train.lrr=1"], "unknown config key 'train.lrr' in command-line overrides; valid keys"),
         (["train", "--set", "method_options.pooling=max"], "unknown config key 'method_options.pooling'"),
         (
-            ["train", "--method", "head", "--set", "method_options.pooling=max"],
-            "method_options.pooling must be one of mean, cls, last, got 'max'",
+            ["train", "--method", "head", "--set", "pooling=max"],
+            "pooling must be one of mean, cls, last or null, got 'max'",
         ),
         (["train", "--method", "qlora", "--set", "method_options.bits=3"], "method_options.bits must be 4 or 8, got 3"),
         (["train", "--set", "train.lr"], "--set takes key=value"),

@@ -47,9 +47,9 @@ def test_decoder_trains_and_reloads(decoder_folder, tmp_path, method):
     assert result["status"] == "ok", result["error"]
     assert result["model"]["model_type"] == "llama"
     # lora: r=16 on all seven projections of both layers (q,o 64->64; k,v 64->32; gate,up 64->128; down 128->64)
-    # plus the score head (64x2, no bias); head: a 64x2 linear layer with bias
+    # plus the task head, a 64x2 linear layer with bias, the same in every method
     per_layer = 16 * ((64 + 64) * 2 + (64 + 32) * 2 + (64 + 128) * 3)
-    expected = {"lora": 2 * per_layer + 128, "head": 64 * 2 + 2}[method]
+    expected = {"lora": 2 * per_layer + 130, "head": 64 * 2 + 2}[method]
     assert result["trainable_params"] == expected
     again = evaluate_run(tmp_path / "run")
     assert again["agreement_with_training"] == 1.0

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from tunebench.benchmarks.harness import load_suite, run_id, select_shard
+from tunebench.benchmarks.harness import load_suite, run_id, select_shard, stale_reason
 from tunebench.config import build_config
 from tunebench.errors import UserError
 from tunebench.evaluation import evaluate_run
@@ -70,9 +70,76 @@ def test_suite_grid_layers_method_and_task_overrides():
     _, runs = load_suite(REPO / "configs" / "suites" / "quick.yaml")
     assert len(runs) == 8
     by_key = {(r.grid["task"], r.grid["method"]): r.config for r in runs}
-    assert by_key[("rotten_tomatoes", "head")]["train"]["epochs"] == 10
+    for task, epochs in (("rotten_tomatoes", 1), ("banking77", 3)):  # one training budget for every method
+        assert {c["train"]["epochs"] for (t, _), c in by_key.items() if t == task} == {epochs}
     assert by_key[("banking77", "full")]["data"]["max_train_samples"] == 3000
     assert by_key[("banking77", "lora")]["train"]["lr"] == 1e-3  # the method's own default stays
+
+
+def test_learning_rate_axis_and_per_method_sweeps(tmp_path):
+    suite = write_suite(tmp_path / "lr.yaml", ["full", "head"], [1], methods={"head": {"lr": ["1e-2", 0.1]}})
+    grid = yaml.safe_load(suite.read_text())
+    grid["grid"]["lr"] = ["1e-4", 3.0e-4]  # YAML reads 1e-4 (no dot) as a string: the config holds the number
+    suite.write_text(yaml.safe_dump(grid))
+    _, runs = load_suite(suite)
+    got = sorted((r.grid["method"], r.grid["lr"], r.config["train"]["lr"]) for r in runs)
+    assert got == [("full", 1e-4, 1e-4), ("full", 3e-4, 3e-4), ("head", 1e-2, 1e-2), ("head", 0.1, 0.1)]
+    grid["methods"] = {"head": {"lr": 0.1}}
+    suite.write_text(yaml.safe_dump(grid))
+    with pytest.raises(UserError, match="methods.head.lr must be a non-empty list"):
+        load_suite(suite)
+
+
+def _git(repo: Path, *args: str) -> str:
+    command = ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args]
+    return subprocess.run(command, cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_stale_results_against_a_real_git_repository(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "tunebench").mkdir(parents=True)
+    (repo / "tunebench" / "loop.py").write_text("x = 1\n")
+    (repo / "README.md").write_text("notes\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "first")
+    first = _git(repo, "rev-parse", "HEAD")
+
+    def result(commit, dirty=False):
+        return {"environment": {"git": {"commit": commit, "dirty": dirty}}}
+
+    assert stale_reason(result(first), repo) is None
+    assert stale_reason(result(first, dirty=True), repo) == "ran on a dirty tree"
+    assert stale_reason({"environment": {}}, repo) == "records no commit"
+    assert stale_reason(result("f" * 40), repo) == "unknown commit ffffffff"
+    (repo / "README.md").write_text("more notes\n")  # not source: the result still stands
+    assert stale_reason(result(first), repo) is None
+    (repo / "tunebench" / "loop.py").write_text("x = 2\n")  # uncommitted source change
+    assert stale_reason(result(first), repo) == f"source changed since {first[:8]}"
+    _git(repo, "commit", "-qam", "second")
+    assert stale_reason(result(first), repo) == f"source changed since {first[:8]}"
+    assert stale_reason(result(_git(repo, "rev-parse", "HEAD")), repo) is None
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(UserError, match="not a git checkout"):
+        stale_reason(result(first), tmp_path / "plain")
+
+
+def test_dry_run_lists_stale_results_and_rerun_stale_reruns_them(tmp_path):
+    suite = write_suite(tmp_path / "stale.yaml", ["head"], [1])
+    _, [run] = load_suite(suite)
+    results = tmp_path / "results"
+    results.mkdir()
+    old = {"schema": 1, "status": "ok", "config": run.config, "started_at": "x", "test_accuracy": 0.5}
+    old["environment"] = {"git": {"commit": "0" * 40, "dirty": False}}  # a commit this checkout does not have
+    (results / f"{run.run_id}.json").write_text(json.dumps(old))
+    out = bench(str(suite), "--out", str(results), "--dry-run")
+    assert "1 runs, 1 done, 0 to run" in out.stdout and "1 finished runs are stale" in out.stdout
+    assert f"stale   {run.run_id}" in out.stdout and "(unknown commit 00000000)" in out.stdout
+    out = bench(str(suite), "--out", str(results), "--rerun-stale")
+    assert out.returncode == 0, out.stderr[-2000:]
+    rerun = read_result(results / f"{run.run_id}.json")
+    assert rerun["status"] == "ok" and rerun["started_at"] != "x"
+    assert rerun["environment"]["git"]["commit"] == _git(REPO, "rev-parse", "HEAD")
 
 
 def test_bad_suite_is_a_usage_error(tmp_path):

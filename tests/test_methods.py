@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -357,3 +358,30 @@ def test_qlora_8bit_base_stays_int8_and_bit_identical(tmp_path: Path, tiny_confi
     base = [name for name in run.state_before if not _is_adapter_or_head(name)]
     assert not [name for name in base if not torch.equal(state[name], run.state_before[name])]
     assert evaluate_run(run.run_dir)["agreement_with_training"] == 1.0
+
+
+@pytest.mark.parametrize("pooling", [None, "cls"])
+def test_every_method_builds_one_classifier_with_the_shared_pooling(tiny_config, pooling) -> None:
+    """full, lora and head pool the same backbone output the same way: null is what the checkpoint was trained
+    with (its sentence-transformers pooling config says mean), derived here by hand from AutoModel."""
+    from transformers import AutoModel
+
+    path = resolve_model("minilm")
+    tokenizer = load_tokenizer(path, "bert")
+    batch = tokenizer(["a gripping, funny film", "dull"], padding=True, return_tensors="pt")
+    hidden = AutoModel.from_pretrained(path).eval()(**batch).last_hidden_state.detach()
+    trained_with = json.loads(Path(path, "1_Pooling", "config.json").read_text())
+    assert trained_with["pooling_mode_mean_tokens"] and not trained_with["pooling_mode_cls_token"]
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    expected = hidden[:, 0] if pooling == "cls" else (hidden * mask).sum(1) / mask.sum(1)
+    task = SimpleNamespace(num_labels=2)
+    for method in ("full", "lora", "qlora", "head") if pooling is None else ("lora", "head"):
+        cfg = tiny_config(method, overrides={"pooling": pooling})
+        model = get_method(method).build(path, task, tokenizer, cfg, torch.device("cpu")).eval()
+        classifier = model.get_base_model() if hasattr(model, "get_base_model") else model
+        assert (classifier.pooling, classifier.classifier.out_features) == (pooling or "mean", 2), method
+        assert classifier.backbone.pooler is None, method  # BERT's pooler is not part of any method's model
+        if method != "qlora":  # qlora's backbone is 4-bit: its features differ by the quantization error
+            with torch.no_grad():
+                features = classifier.features(**batch)
+            torch.testing.assert_close(features, expected, rtol=1e-5, atol=1e-5, msg=method)

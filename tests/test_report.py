@@ -19,6 +19,7 @@ from scipy import stats
 
 from tunebench.cli import main
 from tunebench.errors import UserError
+from tunebench.methods import get_method
 from tunebench.report import fmt_ratio, mean_ci, pareto_front, write_report
 
 FIXTURES = Path(__file__).parent / "fixtures" / "results"
@@ -185,7 +186,8 @@ def _write_results(
     folder.mkdir(parents=True)
     for method, seed, accuracy, memory, tokens_per_second, seconds in rows:
         result = copy.deepcopy(template)
-        result["config"].update(method=method, seed=seed)
+        result["config"].update(method=method, seed=seed, pooling=None)
+        result["config"]["train"]["lr"] = get_method(method).DEFAULTS["train"]["lr"]
         result["config"]["train"].update((train or {}).get(method, {}))
         result["grid"] = {"model": "minilm", "task": "rotten_tomatoes", "method": method, "seed": seed}
         result.update(
@@ -215,7 +217,7 @@ def test_recommendation_follows_hand_made_numbers(tmp_path: Path) -> None:
     advice = markdown.split("## What to use")[1].split("\n## ")[0]
     assert "**full** is the most accurate at 90.1" in advice
     assert "**Use lora** unless the last 0.7 points matter" in advice
-    assert "at 41% of its peak memory, training 1.5× faster" in advice
+    assert "at 41% of its peak memory, at 1.6× its throughput (tokens/s)" in advice  # 160 / 100 tokens/s
     assert "lora reaches 99% of full fine-tuning's accuracy (-0.7 points) at 41% of its peak memory" in advice
     assert "head reaches 94% of full fine-tuning's accuracy (-5.0 points) at 10% of its peak memory" in advice
     assert "with 12× its throughput" in advice
@@ -224,6 +226,9 @@ def test_recommendation_follows_hand_made_numbers(tmp_path: Path) -> None:
     assert pareto, "head is the cheapest and fastest: on both fronts"
     flags = markdown.split("### Flags")[1]
     assert "`train.batch_size`" in flags and "64 for head" in flags
+    assert "Not like for like" in advice and "`train.batch_size`" in advice
+    assert "Not the same training budget" not in markdown and "Not the same pooling" not in markdown
+    assert "not chosen by one rule" not in markdown  # every method at its own default: one rule
 
     # Make lora the most accurate: the advice changes with the numbers.
     flipped = [(m, s, 0.95 if m == "lora" else a, mem, tps, sec) for m, s, a, mem, tps, sec in rows]
@@ -231,6 +236,59 @@ def test_recommendation_follows_hand_made_numbers(tmp_path: Path) -> None:
     write_report([str(tmp_path / "flipped")], str(tmp_path / "out2"))
     advice = (tmp_path / "out2" / "report.md").read_text().split("## What to use")[1].split("\n## ")[0]
     assert "**lora** is the most accurate" in advice and "**Use lora**: no method within 1 point" in advice
+
+
+def test_unequal_budget_pooling_and_lr_rule_are_said_plainly(tmp_path: Path) -> None:
+    rows = [("full", 1, 0.90, 1000e6, 100.0, 120.0), ("head", 1, 0.85, 100e6, 1200.0, 10.0)]
+    _write_results(tmp_path / "set", rows, train={"head": {"epochs": 10}, "full": {"lr": 1e-4}})
+    head = tmp_path / "set" / "head-s1.json"
+    head.write_text(head.read_text().replace('"pooling": null', '"pooling": "cls"'))
+    write_report([str(tmp_path / "set")], str(tmp_path / "out"))
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    advice = markdown.split("## What to use")[1].split("\n## ")[0]
+    assert "**Not like for like**" in advice
+    for text in (advice, markdown.split("### Flags")[1]):
+        assert "Not the same training budget: epochs 1 for full; 10 for head." in text
+        assert "Not the same pooling: the checkpoint's (null) for full; cls for head." in text
+        assert "not chosen by one rule: set by the suite for full; the method's default for head" in text
+    assert "| 1e-4 (set by the suite) |" in markdown and "| 1e-2 (the method's default) |" in markdown
+
+
+def test_old_results_flag_their_pooling(report: Path) -> None:
+    # cpu-len64 predates the shared pooling key: head pooled its own way, the others used the model's pooler
+    flags = (report / "report.md").read_text().split("### Flags")[1]
+    pooler = "the model's own classification head (BERT: pooler on CLS)"
+    assert f"Not the same pooling: {pooler} for full, lora and qlora; the checkpoint's (null) for head." in flags
+
+
+def test_learning_rate_is_chosen_on_validation_never_on_test(tmp_path: Path) -> None:
+    # lora swept over three rates, two seeds each: 1e-3 is best on validation, 3e-3 would be best on test
+    validation = {1e-4: 0.70, 1e-3: 0.86, 3e-3: 0.84}
+    test = {1e-4: 0.69, 1e-3: 0.80, 3e-3: 0.88}
+    folder = tmp_path / "sweep"
+    _write_results(folder, [("full", 1, 0.85, 1000e6, 100.0, 120.0)])
+    template = json.loads((folder / "full-s1.json").read_text())
+    for lr in validation:
+        for seed in (1, 2):
+            result = copy.deepcopy(template)
+            result["config"].update(method="lora", seed=seed)
+            result["config"]["train"]["lr"] = lr
+            result["grid"] = {"model": "minilm", "task": "rotten_tomatoes", "method": "lora", "seed": seed, "lr": lr}
+            result.update(
+                run_id=f"lora-{lr}-s{seed}",
+                best_validation_accuracy=validation[lr] + 0.01 * (seed - 1),
+                test_accuracy=test[lr],
+                test_f1=test[lr],
+            )
+            (folder / f"lora-{lr}-s{seed}.json").write_text(json.dumps(result))
+    write_report([str(folder)], str(tmp_path / "out"))
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    tuned = markdown.split("### Learning rate tuned on validation")[1].split("\n\n", 2)[1]
+    assert "| **lora** | 1e-3 | 86.5 | 80.0 | 2 | selected |" in tuned  # mean validation over the two seeds
+    assert "| lora | 3e-3 | 84.5 | 88.0 | 2 |  |" in tuned
+    summary = next(line for line in markdown.splitlines() if line.startswith("| **lora** | ") and "±" in line)
+    assert "80.0 ± 0.0" in summary and "1e-3 (tuned on validation)" in summary
+    assert "not chosen by one rule: the method's default for full; tuned on validation for lora" in markdown
 
 
 def test_cpu_against_gpu_side_by_side(tmp_path: Path) -> None:

@@ -131,6 +131,7 @@ def bench(
     dry_run: bool = False,
     force: bool = False,
     track_memory: bool = True,
+    rerun_stale: bool = False,
     verbose: bool = False,
 ) -> dict:
     """Run a suite (a file or a shipped name), skipping finished runs; each run is its own process.
@@ -148,7 +149,13 @@ def bench(
         os.environ[VERBOSE_ENV] = "1"  # each run is a child process: it reads the setting from the environment
     try:
         status = run_suite(
-            str(suite_file), out=str(out_dir), shard=shard, dry_run=dry_run, force=force, track_memory=track_memory
+            str(suite_file),
+            out=str(out_dir),
+            shard=shard,
+            dry_run=dry_run,
+            force=force,
+            track_memory=track_memory,
+            rerun_stale=rerun_stale,
         )
     finally:
         if before is None:

@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", help="i/n: run only the i-th of n shards (1-based)")
     p.add_argument("--dry-run", action="store_true", help="list the runs, run nothing")
     p.add_argument("--force", action="store_true", help="rerun finished runs too")
+    p.add_argument("--rerun-stale", action="store_true", help="rerun finished runs whose source changed since")
     p.add_argument("--no-tracking", action="store_true", help="turn off the tensor-memory tracker in every run")
 
     p = sub.add_parser("report", help="write a comparison report from result folders")
@@ -160,6 +161,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         force=args.force,
         track_memory=not args.no_tracking,
         verbose=args.verbose,
+        rerun_stale=args.rerun_stale,
     )
     return outcome["exit_status"]
 

@@ -140,6 +140,9 @@ CHOICES = {
 
 
 def validate(cfg: Config) -> None:
+    from tunebench.modeling import check_pooling
+
+    check_pooling(cfg["pooling"])
     for dotted, choices in CHOICES.items():
         section, key = dotted.split(".")
         if cfg[section][key] not in choices:

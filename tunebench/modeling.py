@@ -1,38 +1,121 @@
-"""What the methods share: loading a classifier, parameter groups and counts."""
+"""What the methods share: the classifier every method builds, its save and load, parameter groups and counts."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers.modeling_outputs import SequenceClassifierOutput
 
-from tunebench.models import DECODER_TYPES, hub_error, load_config
+from tunebench.errors import UserError
+from tunebench.models import default_pooling, hub_error, load_config
 
-# Names transformers gives the task head: trainable in every method.
-TASK_HEADS = ("classifier", "score")
+POOLINGS = ("mean", "cls", "last")
+# Name of the task head in Classifier: trainable and saved in every method, never quantized.
+TASK_HEAD = "classifier"
 # Kept in full precision under quantization: peft cannot train a quantized head.
-UNQUANTIZED = (*TASK_HEADS, "pooler")
+UNQUANTIZED = (TASK_HEAD, "pooler")
+DROPOUT = 0.1  # before the head, as BERT's own classification head
+SAVED = "classifier.safetensors"  # the trained parameters of full and head (lora and qlora save peft adapters)
 
 
-def load_classifier(path: str, label_names: list[str], pad_token_id: int | None = None, **kwargs) -> nn.Module:
-    """AutoModelForSequenceClassification with the task's labels; kwargs go to from_pretrained."""
-    from transformers import AutoModelForSequenceClassification
+class Classifier(nn.Module):
+    """Every method's model: backbone (AutoModel) -> pooling -> dropout -> linear head.
 
-    config = load_config(path)
-    extra = {}
-    if config.model_type in DECODER_TYPES:
-        # sequence classification on a decoder pools the last non-pad token: it must know the pad id
-        extra["pad_token_id"] = pad_token_id
+    The methods differ only in what trains: all of it (full), adapters in the backbone (lora, qlora on a
+    quantized backbone) or the head alone (head). The backbone's own pooler, if any, is not used.
+    """
+
+    def __init__(self, backbone: nn.Module, num_labels: int, pooling: str):
+        super().__init__()
+        self.backbone = backbone
+        self.pooling = pooling
+        self.dropout = nn.Dropout(DROPOUT)
+        # in the backbone's dtype, as transformers' own classification heads (a bf16 checkpoint trains in bf16)
+        self.classifier = nn.Linear(backbone.config.hidden_size, num_labels, dtype=backbone.dtype)
+
+    @property
+    def config(self):
+        return self.backbone.config
+
+    def gradient_checkpointing_enable(self, **kwargs) -> None:
+        self.backbone.gradient_checkpointing_enable(**kwargs)
+
+    def train(self, mode: bool = True) -> Classifier:
+        super().train(mode)
+        if not any(p.requires_grad for p in self.backbone.parameters()):
+            self.backbone.eval()  # a frozen backbone gives the same features in training and evaluation
+        return self
+
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **inputs) -> torch.Tensor:
+        needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.backbone.parameters())
+        with torch.set_grad_enabled(needs_grad):
+            hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **inputs).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        if self.pooling == "mean":
+            return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        last = attention_mask.sum(1) - 1  # right padding: the last real token
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+    def forward(
+        self, labels: torch.Tensor | None = None, features: torch.Tensor | None = None, **inputs
+    ) -> SequenceClassifierOutput:
+        if features is None:
+            features = self.features(**inputs)
+        logits = self.classifier(self.dropout(features.to(self.classifier.weight.dtype)))
+        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def check_pooling(pooling: str | None) -> None:
+    if pooling not in (None, *POOLINGS):
+        raise UserError(f"pooling must be one of {', '.join(POOLINGS)} or null, got {pooling!r}")
+
+
+def resolve_pooling(pooling: str | None, model_path: str, config) -> str:
+    """The configured pooling, or (null) what the checkpoint was trained with."""
+    return pooling or default_pooling(model_path, config)
+
+
+def load_classifier(model_path: str, num_labels: int, pooling: str | None, **kwargs) -> Classifier:
+    """The backbone from model_path (kwargs go to AutoModel.from_pretrained) under a fresh task head."""
+    from transformers import AutoModel
+
+    config = load_config(model_path)
     try:
-        return AutoModelForSequenceClassification.from_pretrained(
-            path,
-            num_labels=len(label_names),
-            id2label=dict(enumerate(label_names)),
-            label2id={n: i for i, n in enumerate(label_names)},
-            **extra,
-            **kwargs,
-        )
+        backbone = AutoModel.from_pretrained(model_path, **kwargs)
     except OSError as exc:
-        raise hub_error(path, exc) from None
+        raise hub_error(model_path, exc) from None
+    return Classifier(drop_pooler(backbone), num_labels, resolve_pooling(pooling, model_path, config))
+
+
+def drop_pooler(backbone: nn.Module) -> nn.Module:
+    """The backbone without its own pooler (BERT's dense + tanh on CLS): unused by every pooling here, and
+    as a trainable it would get no gradient."""
+    if getattr(backbone, "pooler", None) is not None:
+        backbone.pooler = None
+    return backbone
+
+
+def save_trained(model: nn.Module, folder: str) -> None:
+    """The trainable parameters (all of them for full, the head and any unfrozen layers for head)."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    trained = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    save_file(trained, str(Path(folder, SAVED)))
+
+
+def load_trained(model: nn.Module, folder: str) -> nn.Module:
+    """Inverse of save_trained on a model built the same way."""
+    state = load_file(str(Path(folder, SAVED)))
+    unexpected = set(state) - set(model.state_dict())
+    if unexpected:
+        raise UserError(f"saved weights in {folder} do not fit this model: unexpected {sorted(unexpected)[:3]}")
+    model.load_state_dict(state, strict=False)
+    return model
 
 
 def decay_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -55,10 +138,3 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
         total += n
         trainable += n if param.requires_grad else 0
     return trainable, total
-
-
-def set_trainable(model: nn.Module, names: tuple[str, ...]) -> None:
-    """Freeze everything, then unfreeze parameters under any module called one of names."""
-    for name, param in model.named_parameters():
-        parts = name.split(".")
-        param.requires_grad = any(n in parts for n in names)

@@ -62,7 +62,7 @@ class ModelSpec:
     name: str
     source: str  # preset | embedded | folder | config.json
     config: object  # transformers PretrainedConfig
-    pooling: str  # what the head method pools
+    pooling: str  # what every method pools by default (the checkpoint's pooling)
     path: str | None = None  # a folder real models load from (validation)
 
 
@@ -748,7 +748,7 @@ def validate_results(results_dir: str) -> list[dict]:
             num_labels=shape.num_labels,
             precision=result_precision(cfg),
             options=cfg["method_options"],
-            pooling=cfg["method_options"].get("pooling") or spec.pooling,
+            pooling=cfg.get("pooling") or spec.pooling,
             gradient_checkpointing=cfg["train"]["gradient_checkpointing"],
             adamw=(result.get("optimizer") or {}).get("implementation"),
         )

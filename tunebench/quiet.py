@@ -31,7 +31,7 @@ def only_new_head(report: str) -> bool:
 
     The report is a table, `Key | Status | ...` over a `---+---` rule, one row per key (ANSI-coloured on a terminal).
     """
-    from tunebench.modeling import TASK_HEADS
+    from tunebench.modeling import TASK_HEAD
 
     lines = _ANSI.sub("", report).splitlines()
     rule = next((i for i, line in enumerate(lines) if re.fullmatch(r"-+(-\+-+)+-?", line.strip())), None)
@@ -43,7 +43,7 @@ def only_new_head(report: str) -> bool:
             break
         rows.append([cell.strip() for cell in line.split("|")])
     return bool(rows) and all(
-        len(row) > 1 and row[1] == "MISSING" and row[0].split(".")[0] in TASK_HEADS for row in rows
+        len(row) > 1 and row[1] == "MISSING" and row[0].split(".")[0] == TASK_HEAD for row in rows
     )
 
 

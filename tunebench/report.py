@@ -3,8 +3,9 @@
 A report is always regenerated from result files. Every sentence in "What to use" is computed from the
 numbers; nothing in it is fixed text about a method.
 
-Pipeline: load result sets -> group runs per task by method (and any other grid axis that varies) ->
-aggregate over seeds -> build a document of blocks -> render it as Markdown and as HTML.
+Pipeline: load result sets -> per task, keep each method's learning rate with the best validation accuracy
+where the suite swept one -> group runs by method (and any other grid axis that varies) -> aggregate over
+seeds -> build a document of blocks -> render it as Markdown and as HTML.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ BOOKKEEPING_KEYS = {
     "train.eval_batch_size",
 }
 MEMORY_SOURCES = {"cuda_max_allocated": "CUDA max allocated", "tensor_tracker": "tensor-tracker peak"}
+# Settings a like-for-like comparison must share; each gets its own plain sentence (like_for_like).
+BUDGET_KEYS = ("train.epochs", "train.max_steps")
 
 
 # -- loading ----------------------------------------------------------------------------------------
@@ -230,10 +233,49 @@ def tasks_of(result_set: ResultSet) -> list[str]:
     return sorted({r.grid["task"] for r in result_set.runs})
 
 
+@dataclass
+class Sweep:
+    """One method's learning-rate sweep: (lr, runs) per rate, and the rate kept."""
+
+    label: str
+    by_lr: dict[float, list[Run]]
+    selected: float
+
+
+def _validation(runs: Sequence[Run]) -> float:
+    return math.fsum(r.result["best_validation_accuracy"] for r in runs) / len(runs)
+
+
+def select_learning_rates(runs: Sequence[Run]) -> tuple[list[Run], list[Sweep]]:
+    """Where runs differ only in the harness's `lr` axis (and seed), keep the rate with the best mean
+    validation accuracy over seeds; ties go to the smaller rate. One rule for every method; test accuracy
+    plays no part. Returns the runs kept and each sweep."""
+    partitions: dict[str, dict[float, list[Run]]] = {}
+    for run in runs:
+        rest = {k: v for k, v in run.grid.items() if k not in ("lr", "seed")}
+        partitions.setdefault(json.dumps(rest, sort_keys=True, default=str), {}).setdefault(
+            run.grid.get("lr"), []
+        ).append(run)
+    kept, sweeps = [], []
+    for by_lr in partitions.values():
+        if len(by_lr) == 1 or None in by_lr:
+            kept += [r for group in by_lr.values() for r in group]
+            continue
+        selected = max(sorted(by_lr), key=lambda lr: _validation(by_lr[lr]))  # max keeps the first of ties
+        kept += by_lr[selected]
+        sweeps.append(Sweep(str(by_lr[selected][0].grid["method"]), dict(sorted(by_lr.items())), selected))
+    return kept, sweeps
+
+
+def _completed(result_set: ResultSet, task: str) -> list[Run]:
+    return [r for r in result_set.runs if r.grid["task"] == task and r.status == "ok"]
+
+
 def group_runs(result_set: ResultSet, task: str) -> list[Group]:
-    """The task's completed runs, grouped and ordered full, lora, qlora, head, then others."""
-    completed = [r for r in result_set.runs if r.grid["task"] == task and r.status == "ok"]
-    axes = _axes(completed)
+    """The task's completed runs (a swept learning rate: the one kept), grouped and ordered full, lora,
+    qlora, head, then others."""
+    completed, _ = select_learning_rates(_completed(result_set, task))
+    axes = [a for a in _axes(completed) if a != "lr"]  # the rate kept is stated in the table, not the label
     by_label: dict[str, list[Run]] = {}
     for run in completed:
         by_label.setdefault(_label(run, axes), []).append(run)
@@ -281,6 +323,10 @@ def fmt_rate(x: float | None) -> str:
     if x is None:
         return "—"
     return f"{x / 1000:.3g}k" if x >= 10_000 else f"{x:.0f}" if x >= 100 else f"{x:.3g}"
+
+
+def fmt_lr(x: float | None) -> str:
+    return "—" if x is None else f"{x:.0e}".replace("e-0", "e-").replace("e+0", "e")
 
 
 def fmt_percent(x: float | None) -> str:
@@ -360,7 +406,40 @@ def _slug(*parts: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", "-".join(parts).lower()).strip("-")
 
 
-def summary_table(groups: list[Group]) -> Table:
+def memory_label(groups: Sequence[Group]) -> str:
+    """What the peak memory figures are and what they include, from the results' own fields."""
+    sources = set().union(*(g.memory_sources for g in groups))
+    includes = {
+        r.result.get("peak_memory_includes") for g in groups for r in g.runs if r.result.get("peak_memory_bytes")
+    }
+    if not sources:
+        return "peak memory: not measured"
+    if len(sources) > 1:
+        return "peak memory is measured differently across runs (see each cell)"
+    label = f"peak memory: {MEMORY_SOURCES.get(next(iter(sources)), 'unknown')}"
+    includes.discard(None)
+    return label + (f", which includes {' / '.join(sorted(includes))}" if includes else "")
+
+
+def lr_rule(g: Group, sweeps: Sequence[Sweep]) -> str:
+    """How the group's learning rate was chosen: tuned on validation, the method's default, or set."""
+    from tunebench.methods import METHODS, get_method
+
+    if any(s.label == g.method and g.runs[0] in s.by_lr[s.selected] for s in sweeps):
+        return "tuned on validation"
+    lrs = {r.result["config"]["train"]["lr"] for r in g.runs}
+    default = get_method(g.method).DEFAULTS["train"]["lr"] if g.method in METHODS else None
+    return "the method's default" if lrs == {default} else "set by the suite"
+
+
+def epochs_of(g: Group) -> str:
+    cfgs = [r.result["config"]["train"] for r in g.runs]
+    epochs = "/".join(str(e) for e in dict.fromkeys(c["epochs"] for c in cfgs))
+    steps = {c.get("max_steps") for c in cfgs} - {None}
+    return epochs + (f" (max {'/'.join(map(str, sorted(steps)))} steps)" if steps else "")
+
+
+def summary_table(groups: list[Group], sweeps: Sequence[Sweep] = ()) -> Table:
     sources = set().union(*(g.memory_sources for g in groups))
     mixed = len(sources) > 1
 
@@ -379,19 +458,16 @@ def summary_table(groups: list[Group]) -> Table:
             f"{g.f1:.1f}",
             memory_cell(g),
             fmt_rate(g.mean("tokens_per_second")),
+            fmt_rate(g.mean("samples_per_second")),
             fmt_seconds(g.mean("train_seconds")),
+            epochs_of(g),
+            f"{'/'.join(fmt_lr(lr) for lr in sorted({r.result['config']['train']['lr'] for r in g.runs}))} "
+            f"({lr_rule(g, sweeps)})",
             fmt_bytes(g.mean("checkpoint_bytes")),
             front_cell(g),
         ]
         for g in groups
     ]
-    source_note = (
-        "peak memory is measured differently across runs (see each cell)"
-        if mixed
-        else f"peak memory: {MEMORY_SOURCES.get(next(iter(sources)), 'unknown')}"
-        if sources
-        else "peak memory: not measured"
-    )
     return Table(
         [
             "Method",
@@ -400,13 +476,43 @@ def summary_table(groups: list[Group]) -> Table:
             "Macro-F1 %",
             "Peak memory",
             "Tokens/s",
+            "Examples/s",
             "Train time",
+            "Epochs",
+            "Learning rate",
             "Checkpoint",
             "Pareto front",
         ],
         rows,
-        f"Accuracy: mean ± 95% CI (t distribution) over seeds; {source_note}; tokens/s counts non-padding "
-        "training tokens; train time excludes evaluation.",
+        f"Accuracy: mean ± 95% CI (t distribution) over seeds; {memory_label(groups)}. Speed is tokens/s, "
+        "the non-padding tokens the network processed in training (each processed once) per second of train "
+        "time: the Pareto front and every throughput sentence use it. Examples/s counts training examples over "
+        "all epochs (the head on cached features sees many per backbone pass), so it is shown apart. Train time "
+        "excludes evaluation.",
+    )
+
+
+def tuned_table(sweeps: Sequence[Sweep]) -> Table:
+    """Each swept method's rates: validation (what chose) and test (never used to choose)."""
+    rows = []
+    for sweep in sweeps:
+        for lr, runs in sweep.by_lr.items():
+            test = 100 * math.fsum(r.result["test_accuracy"] for r in runs) / len(runs)
+            rows.append(
+                [
+                    f"**{sweep.label}**" if lr == sweep.selected else sweep.label,
+                    fmt_lr(lr),
+                    f"{100 * _validation(runs):.1f}",
+                    f"{test:.1f}",
+                    str(len(runs)),
+                    "selected" if lr == sweep.selected else "",
+                ]
+            )
+    return Table(
+        ["Method", "Learning rate", "Validation accuracy %", "Test accuracy %", "Seeds", ""],
+        rows,
+        "Per method, the learning rate with the best mean validation accuracy over seeds is kept (ties: the "
+        "smaller rate); test accuracy is shown, never used to choose. The tables above show the kept rate.",
     )
 
 
@@ -500,16 +606,15 @@ def recommendation(groups: list[Group], num_labels: int | None) -> list[str]:
 
 
 def _names(groups: Sequence[Group]) -> str:
-    names = [g.label for g in groups]
-    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+    return _names_of([g.label for g in groups])
 
 
 def _speed_clause(g: Group, reference: Group) -> str:
-    """', training 2.1× faster' style: the train-time ratio, said the natural way round."""
-    ratio = _ratio(reference.mean("train_seconds"), g.mean("train_seconds"))
+    """', at 2.1× its throughput' style: the tokens/s ratio, the speed the Pareto front uses."""
+    ratio = _ratio(g.mean("tokens_per_second"), reference.mean("tokens_per_second"))
     if ratio is None or 0.95 <= ratio <= 1.05:
-        return ", in about the same training time" if ratio is not None else ""
-    return f", training {fmt_ratio(ratio)} faster" if ratio > 1 else f", though training {fmt_ratio(1 / ratio)} slower"
+        return ", at about the same throughput" if ratio is not None else ""
+    return f", at {fmt_ratio(ratio)} its throughput (tokens/s)"
 
 
 def _caveats(groups: list[Group], best: Group, num_labels: int | None) -> list[str]:
@@ -549,7 +654,8 @@ def differing_settings(groups: list[Group]) -> dict[str, dict[str, list[str]]]:
     completed = [r for g in groups for r in g.runs]
     method_keys = _method_scoped_keys({r.grid["method"] for r in completed})
     configs = {id(r): flatten(r.result["config"]) for r in completed}
-    keys = sorted({k for c in configs.values() for k in c} - BOOKKEEPING_KEYS - method_keys)
+    own_sentence = {*BUDGET_KEYS, "pooling"}  # like_for_like says these plainly
+    keys = sorted({k for c in configs.values() for k in c} - BOOKKEEPING_KEYS - method_keys - own_sentence)
     out = {}
     for key in (k for k in keys if not k.startswith("method_options.")):
         by_value: dict[str, list[str]] = {}
@@ -563,9 +669,59 @@ def differing_settings(groups: list[Group]) -> dict[str, dict[str, list[str]]]:
     return out
 
 
-def flags(result_set: ResultSet, task: str, groups: list[Group]) -> list[str]:
-    """What makes the comparison less than like-for-like: settings beyond the method, seeds, sources."""
+def pooling_of(result: dict) -> str:
+    """The pooling a run used. Results from before `pooling` was one shared key: head had its own
+    method option; full, lora and qlora used the model's sequence-classification head (BERT: the pooler on CLS)."""
+    cfg = result["config"]
+    if "pooling" in cfg:
+        chosen = cfg["pooling"]
+    elif cfg.get("method") == "head":
+        chosen = (cfg.get("method_options") or {}).get("pooling")
+    else:
+        return "the model's own classification head (BERT: pooler on CLS)"
+    return chosen or "the checkpoint's (null)"
+
+
+def _by_value(groups: Sequence[Group], value) -> dict[str, list[str]]:
+    """value -> the labels of the groups whose runs have it."""
+    out: dict[str, list[str]] = {}
+    for g in groups:
+        for v in dict.fromkeys(value(g, r) for r in g.runs):
+            out.setdefault(v, []).append(g.label)
+    return out
+
+
+def _listing(by_value: dict[str, list[str]]) -> str:
+    return "; ".join(f"{v} for {_names_of(labels)}" for v, labels in by_value.items())
+
+
+def _names_of(labels: Sequence[str]) -> str:
+    return labels[0] if len(labels) == 1 else f"{', '.join(labels[:-1])} and {labels[-1]}"
+
+
+def like_for_like(groups: list[Group], sweeps: Sequence[Sweep] = ()) -> list[str]:
+    """Plain sentences for what a method comparison must share and these runs do not: training budget,
+    pooling, and the rule that chose each learning rate."""
     out = []
+    budget = _by_value(groups, lambda g, r: epochs_of(Group(g.task, g.method, g.label, [r])))
+    if len(budget) > 1:
+        out.append(
+            f"Not the same training budget: epochs {_listing(budget)}. Accuracy differences partly reflect "
+            "the extra training, not only the method."
+        )
+    pooling = _by_value(groups, lambda g, r: pooling_of(r.result))
+    if len(pooling) > 1:
+        out.append(f"Not the same pooling: {_listing(pooling)}.")
+    rules = _by_value(groups, lambda g, r: lr_rule(g, sweeps))
+    if len(rules) > 1:
+        out.append(f"Learning rates were not chosen by one rule: {_listing(rules)}.")
+    return out
+
+
+def flags(result_set: ResultSet, task: str, groups: list[Group], sweeps: Sequence[Sweep] = ()) -> list[str]:
+    """What makes the comparison less than like-for-like: budget, pooling, lr rule, other settings, seeds,
+    sources."""
+    out = like_for_like(groups, sweeps)
     for key, by_value in differing_settings(groups).items():
         listing = "; ".join(f"{v} for {', '.join(labels)}" for v, labels in by_value.items())
         out.append(f"Runs differ in `{key}` beyond the method: {listing}.")
@@ -689,10 +845,13 @@ def _advice(result_set: ResultSet, task: str, groups: list[Group]) -> list[str]:
         ((r.result.get("task") or {}).get("num_labels") for r in result_set.runs if r.grid["task"] == task), None
     )
     advice = recommendation(groups, num_labels)
+    confounds = like_for_like(groups, select_learning_rates(_completed(result_set, task))[1])
     settings = differing_settings(groups)
     if settings:
-        advice.append(
-            f"Not like-for-like: the runs also differ in {', '.join(f'`{k}`' for k in settings)} (see Flags)."
+        confounds.append(f"The runs also differ in {', '.join(f'`{k}`' for k in settings)} (see Flags).")
+    if confounds:
+        advice.insert(
+            0, "**Not like for like**, so the accuracy sentences below are confounded: " + " ".join(confounds)
         )
     return advice
 
@@ -701,6 +860,7 @@ def _results_section(result_set: ResultSet, task: str, groups: list[Group], stem
     """The task's table, breakdown, figures and flags."""
     if not groups:
         return [Para("No completed runs."), Bullets(flags(result_set, task, groups))]
+    sweeps = select_learning_rates(_completed(result_set, task))[1]
     points = [
         {
             "label": g.label,
@@ -715,8 +875,10 @@ def _results_section(result_set: ResultSet, task: str, groups: list[Group], stem
     ]
     memory_rows = [{"label": g.label, "at_peak": g.memory_at_peak()} for g in groups]
     curve_runs = [{"label": g.label, "curves": r.result.get("curves") or {}} for g in groups for r in g.runs]
-    out = [
-        summary_table(groups),
+    out = [summary_table(groups, sweeps)]
+    if sweeps:
+        out += [Heading(3, "Learning rate tuned on validation"), tuned_table(sweeps)]
+    out += [
         Details("Peak memory breakdown", [breakdown_table(groups)]),
         Figure(
             f"pareto-{stem}.svg",
@@ -739,7 +901,7 @@ def _results_section(result_set: ResultSet, task: str, groups: list[Group], stem
             "Training loss and validation accuracy per run (one line per seed).",
         )
     )
-    task_flags = flags(result_set, task, groups)
+    task_flags = flags(result_set, task, groups, sweeps)
     return out + ([Heading(3, "Flags"), Bullets(task_flags)] if task_flags else [])
 
 

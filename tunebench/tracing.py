@@ -103,35 +103,29 @@ def build_meta_model(
 ) -> nn.Module:
     """The method's model on the meta device: same modules, same trainable set, same dtypes.
 
-    full/lora/qlora load like tunebench.modeling.load_classifier (transformers >= 5 loads the checkpoint's
-    dtype, so a bf16 checkpoint trains in bf16); lora attaches peft's adapter with tunebench's targets;
-    qlora is lora on a base whose linear layers are replaced by `QuantizedLinear` stand-ins (see below),
-    with the other parameters in fp32 as peft's prepare_model_for_kbit_training leaves them; head is
-    methods.head.HeadClassifier on a frozen backbone.
+    Every method builds tunebench.modeling.Classifier, as tunebench.modeling.load_classifier does (the
+    backbone without its pooler and the head, both in the checkpoint's dtype: transformers >= 5 loads a bf16
+    checkpoint in bf16). full trains all of it; head freezes the backbone; lora attaches peft's adapter
+    with tunebench's targets; qlora is lora on an fp32 backbone (as peft's prepare_model_for_kbit_training
+    leaves the unquantized parameters) whose linear layers are replaced by `QuantizedLinear` stand-ins.
     """
-    from transformers import AutoModel, AutoModelForSequenceClassification
+    from transformers import AutoModel
 
-    from tunebench.methods.head import HeadClassifier
     from tunebench.methods.lora import attach_adapter
+    from tunebench.modeling import Classifier, drop_pooler
 
     weight_dtype, autocast_dtype = PRECISIONS[precision]
     config = classifier_config(config, num_labels)
     with torch.device("meta"):
+        backbone = drop_pooler(_from_config(AutoModel, config, torch.float32 if method == "qlora" else weight_dtype))
+        model = Classifier(backbone, num_labels, pooling)
         if method == "head":
-            backbone = _from_config(AutoModel, config, weight_dtype)
             backbone.requires_grad_(False)
-            model = HeadClassifier(backbone, num_labels, pooling, options.get("dropout", 0.1))
-        else:
-            dtype = torch.float32 if method == "qlora" else weight_dtype
-            model = _from_config(AutoModelForSequenceClassification, config, dtype)
-            if method == "full":
-                model.requires_grad_(True)
-            else:
-                if method == "qlora":
-                    model.requires_grad_(False)
-                model = attach_adapter(model, options)
-                if method == "qlora":
-                    quantize_base(model, options.get("bits", 4), autocast_dtype or torch.float32)
+        elif method in ("lora", "qlora"):
+            backbone.requires_grad_(False)
+            model = attach_adapter(model, options)
+            if method == "qlora":
+                quantize_base(model, options.get("bits", 4), autocast_dtype or torch.float32)
     if gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
@@ -568,7 +562,11 @@ def measure_step(
     from tunebench.models import load_config
 
     module = get_method(method)
-    cfg = {"method_options": dict(module.DEFAULTS["method_options"]), "train": {"gradient_checkpointing": False}}
+    cfg = {
+        "method_options": dict(module.DEFAULTS["method_options"]),
+        "train": {"gradient_checkpointing": False},
+        "pooling": None,  # what the checkpoint was trained with, as the planner's spec.pooling
+    }
     config = classifier_config(load_config(model_path), num_labels)
     task = SimpleNamespace(label_names=[str(i) for i in range(num_labels)], num_labels=num_labels)
     tokenizer = SimpleNamespace(pad_token_id=config.pad_token_id)
