@@ -27,12 +27,12 @@ import math
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
 
 from tunebench import REPO_ROOT
+from tunebench.planner import METHODS
 from tunebench.results import write_json_atomic
 
 MiB = 2**20
@@ -200,7 +200,9 @@ def build_bundle(out: Path, wheels: bool = True) -> dict:
             if (staging / name).exists():
                 (out / f"call-{n}" / name).parent.mkdir(parents=True, exist_ok=True)
                 (staging / name).replace(out / f"call-{n}" / name)
-        plan.append({"call": n, "carry": f".gpu-bundle/call-{n}", "bytes": sum(items[i] for i in names), "items": names})
+        plan.append(
+            {"call": n, "carry": f".gpu-bundle/call-{n}", "bytes": sum(items[i] for i in names), "items": names}
+        )
     shutil.rmtree(staging)
     summary = {"limit_bytes": CARRY_LIMIT, "calls": plan, "total_bytes": sum(c["bytes"] for c in plan)}
     write_json_atomic(out / "plan.json", summary)
@@ -211,7 +213,7 @@ def build_bundle(out: Path, wheels: bool = True) -> dict:
 class Setting:
     """What differs between the GPU and the --cpu run: shapes, precision, where models and data come from."""
 
-    def __init__(self, cpu: bool, out: Path, bundle: Path):
+    def __init__(self, cpu: bool, out: Path, bundle: Path, methods: list[str]):
         import torch
 
         self.cpu, self.out, self.bundle = cpu, out, bundle
@@ -219,7 +221,7 @@ class Setting:
         self.device = "cuda" if self.cuda else "cpu"
         self.precision = "bf16" if self.cuda else "no"
         self.batch, self.seq, self.steps = (8, 512, 4) if self.cuda else (4, 32, 2)
-        self.methods = ["full", "lora", "qlora", "head"]
+        self.methods = methods
         self.pairs = 3 if self.cuda else 1
         self.work = out / "work"
 
@@ -269,7 +271,9 @@ class Setting:
             texts, labels = source["text"], source["label"]
             joined = [" ".join(texts[i * per_text : (i + 1) * per_text]) for i in range(rows)]
             self.work.mkdir(parents=True, exist_ok=True)
-            pd.DataFrame({"text": joined, "label": [labels[i * per_text] for i in range(rows)]}).to_csv(path, index=False)
+            pd.DataFrame({"text": joined, "label": [labels[i * per_text] for i in range(rows)]}).to_csv(
+                path, index=False
+            )
         return str(path)
 
     def overrides(self, **train) -> dict:
@@ -322,7 +326,9 @@ def step_planner(s: Setting) -> dict:
             row = {"model": label, "method": method, "status": result["status"], "result": str(run_dir)}
             predicted = validate_results(str(run_dir))
             if predicted:
-                row |= {k: predicted[0][k] for k in ("predicted_bytes", "measured_bytes", "error_percent", "measured_by")}
+                row |= {
+                    k: predicted[0][k] for k in ("predicted_bytes", "measured_bytes", "error_percent", "measured_by")
+                }
             if after:
                 cuda = (result["memory"] or {}).get("cuda") or {}
                 allocated, reserved = cuda.get("max_allocated_bytes"), cuda.get("max_reserved_bytes")
@@ -395,7 +401,8 @@ def step_suite(s: Setting) -> dict:
     suite["name"] = "gpu-minilm"
     suite["description"] = "the gpu suite's settings on MiniLM (what one carried call allows)"
     suite["grid"] |= {"model": [s.minilm()], "task": [s.task(t) for t in TASKS], "method": s.methods}
-    if not s.cuda:  # tiny and CPU-sized: the same code path, not the same figures
+    if not s.cuda:  # tiny, CPU-sized and one task: the same code path, not the same figures
+        suite["grid"]["task"] = [s.task(TASKS[0])]
         suite["config"]["train"] |= {"batch_size": 8, "eval_batch_size": 32, "mixed_precision": "no", "max_steps": 2}
         suite["config"]["data"] = {"max_length": 32, "max_train_samples": 32, "max_eval_samples": 32}
         suite["methods"]["head"]["train"]["epochs"] = 1
@@ -459,10 +466,10 @@ def step_fsdp(s: Setting) -> dict:
 STEPS = {"planner": step_planner, "throughput": step_throughput, "suite": step_suite, "fsdp": step_fsdp}
 
 
-def run_check(out: Path, cpu: bool, steps: list[str], bundle: Path) -> dict:
+def run_check(out: Path, cpu: bool, steps: list[str], bundle: Path, methods: list[str] = METHODS) -> dict:
     from tunebench.measure import environment
 
-    setting = Setting(cpu, out, bundle)
+    setting = Setting(cpu, out, bundle, list(methods))
     records = []
     for name in steps:
         start = time.perf_counter()
@@ -475,7 +482,9 @@ def run_check(out: Path, cpu: bool, steps: list[str], bundle: Path) -> dict:
             record.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
         record["seconds"] = time.perf_counter() - start
         records.append(record)
-        print(f"[gpu_check] {name}: {record['status']} in {record['seconds']:.0f} s {record['error'] or ''}", flush=True)
+        print(
+            f"[gpu_check] {name}: {record['status']} in {record['seconds']:.0f} s {record['error'] or ''}", flush=True
+        )
     summary = {
         "mode": "cuda" if setting.cuda else "cpu",
         "command": f"bash benchmarks/gpu_check.sh {'--cpu ' if cpu else ''}{out}",
@@ -494,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("out")
     run.add_argument("--cpu", action="store_true", help="tiny shapes on the CPU, end to end")
     run.add_argument("--steps", nargs="+", default=list(STEPS), choices=list(STEPS))
+    run.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     run.add_argument("--bundle", default="/tmp/tunebench-bundle", help="where gpu_check.sh put the carried files")
     bundle = sub.add_parser("bundle", help="prepare .gpu-bundle/call-N/, each under 64 MiB")
     bundle.add_argument("--out", default=str(BUNDLE_DIR))
@@ -502,10 +512,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bundle":
         plan = build_bundle(Path(args.out), wheels=not args.no_wheels)
         for call in plan["calls"]:
-            print(f"call {call['call']}: carry {call['carry']} ({call['bytes'] / MiB:.1f} MiB): {', '.join(call['items'])}")
+            items = ", ".join(call["items"])
+            print(f"call {call['call']}: carry {call['carry']} ({call['bytes'] / MiB:.1f} MiB): {items}")
         print(f"total {plan['total_bytes'] / MiB:.1f} MiB in {len(plan['calls'])} call(s) of <= 64 MiB")
         return 0
-    summary = run_check(Path(args.out), args.cpu, args.steps, Path(args.bundle))
+    summary = run_check(Path(args.out), args.cpu, args.steps, Path(args.bundle), args.methods)
     return 0 if all(s["status"] != "failed" for s in summary["steps"]) else 1
 
 

@@ -3,27 +3,35 @@
 #   bash benchmarks/gpu_check.sh OUTDIR              GPU machine: install what the calls carried, run every step
 #   bash benchmarks/gpu_check.sh --install-only      GPU machine, an earlier call: install what this call carried
 #   bash benchmarks/gpu_check.sh --cpu OUTDIR        here: tiny shapes on the CPU, end to end
-# Carried files (.gpu-bundle/call-N from `make gpu-bundle`) go to /tmp, which lasts while the machine stays warm.
+# Carried files (.gpu-bundle/call-N from `make gpu-bundle`): wheels are installed, the rest copied to /tmp; both
+# last only while the machine stays warm between calls.
 set -u
 cd "$(dirname "$0")/.."
 BUNDLE=/tmp/tunebench-bundle
-SITE=/tmp/site
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] && [ -z "${PYTHON:-}" ] && PY=.venv/bin/python
 
 install_carried() {
-  mkdir -p "$BUNDLE" "$SITE"
+  mkdir -p "$BUNDLE"
   for call in .gpu-bundle/call-*; do
     [ -d "$call" ] || continue
     cp -r "$call" "$BUNDLE/"
     if ls "$call"/wheels/*.whl >/dev/null 2>&1; then
-      "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$call"/wheels/*.whl
+      # Into the interpreter's own site-packages, not a --target folder: datasets fingerprints with dill, which
+      # pickles any module outside the standard paths by value, and pyarrow's then fails (seen on Python 3.12).
+      "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade "$call"/wheels/*.whl ||
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --break-system-packages \
+          "$call"/wheels/*.whl
     fi
   done
-  export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
   if ! "$PY" -c "import tunebench.methods" 2>/dev/null; then
-    # tunebench.methods lives in methods/: only an install maps it (setuptools: torch requires it on Python 3.12)
-    "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e . || echo "[gpu_check] installing tunebench failed"
+    # Not installed there: tunebench.methods and .benchmarks live in methods/ and benchmarks/, so a folder of
+    # links lays the package out as an install would (REPO_ROOT resolves the links back to this checkout).
+    mkdir -p /tmp/tunebench-src/tunebench
+    ln -sf "$PWD"/tunebench/*.py /tmp/tunebench-src/tunebench/
+    ln -sfn "$PWD"/methods /tmp/tunebench-src/tunebench/methods
+    ln -sfn "$PWD"/benchmarks /tmp/tunebench-src/tunebench/benchmarks
+    export PYTHONPATH="/tmp/tunebench-src${PYTHONPATH:+:$PYTHONPATH}"
   fi
 }
 

@@ -170,7 +170,7 @@ def tunebench_overrides(train_samples: int, batch_size: int, max_length: int, ev
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=["full", "lora"], choices=COMPARABLE)
     parser.add_argument("--pairs", type=int, default=3)
@@ -181,7 +181,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--eval-samples", type=int, default=64, help="tunebench evaluates after training (untimed)")
     parser.add_argument("--out", default=str(REPO_ROOT / "reports" / "benchmarks" / "vs_trainer.json"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     rows = []
     for method in args.methods:
         overrides = tunebench_overrides(args.train_samples, args.batch_size, args.max_length, args.eval_samples)
