@@ -409,19 +409,24 @@ def step_suite(s: Setting) -> dict:
     path = s.work / "suite.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(suite, sort_keys=False))
-    code = run_suite(str(path), str(s.out / "suite"))
-    out = {"suite": str(path), "exit_code": code, "results": str(s.out / "suite")}
+    suite_dir = s.out / "suite"
+    code = run_suite(str(path), str(suite_dir))
+    out = {"suite": str(path), "exit_code": code, "results": str(suite_dir)}
+    # the report alone, and side by side with the committed CPU results of the same model (results/quick)
+    reports = {"suite-report": [suite_dir], "suite-vs-cpu-report": [REPO_ROOT / "results" / "quick", suite_dir]}
     try:
-        import matplotlib  # noqa: F401 -- the GPU image lacks it: the report is made here, after fetching
+        import matplotlib  # noqa: F401 -- the GPU image lacks it: the reports are made here, after fetching
     except ImportError:
-        out["report"] = f"skipped: no matplotlib; run `tunebench report {s.out / 'suite'}` where it is installed"
+        out["reports"] = {
+            name: f"skipped: no matplotlib; run `tunebench report {' '.join(map(str, folders))} -o {name}` here"
+            for name, folders in reports.items()
+        }
     else:
-        report = subprocess.run(
-            [sys.executable, "-m", "tunebench.cli", "report", str(s.out / "suite"), "-o", str(s.out / "suite-report")],
-            capture_output=True,
-            text=True,
-        )
-        out["report"] = {"exit_code": report.returncode, "folder": str(s.out / "suite-report")}
+        out["reports"] = {}
+        for name, folders in reports.items():
+            command = [sys.executable, "-m", "tunebench.cli", "report", *map(str, folders), "-o", str(s.out / name)]
+            made = subprocess.run(command, capture_output=True, text=True)
+            out["reports"][name] = {"exit_code": made.returncode, "stderr_tail": made.stderr[-1000:]}
     if code:
         raise RuntimeError(f"the suite exited {code}; see {s.out / 'suite'}")
     return out
