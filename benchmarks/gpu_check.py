@@ -39,10 +39,12 @@ MiB = 2**20
 CARRY_LIMIT = 64 * MiB
 BUNDLE_DIR = REPO_ROOT / ".gpu-bundle"
 WHEEL_MANIFEST = REPO_ROOT / "benchmarks" / "gpu_wheels.json"  # written by `bundle`, read by the test
-# What the image has, and what tunebench's training path imports beyond it (the report runs here, not there).
-IMAGE = ("torch", "transformers", "peft", "accelerate")
-RUNTIME = ("datasets", "pandas", "scikit-learn", "bitsandbytes")
-# Dependency markers are read for the machine there (torch brings setuptools there, for the editable install).
+# What tunebench's training path imports. The image has the rest of it: these are the packages of the 'cuda'
+# image's list (/work/.library/device/KINDS.md, read 2026-11-17) that tunebench needs, directly or not.
+RUNTIME = ("datasets", "pandas", "scikit-learn", "bitsandbytes", "matplotlib", "scipy")
+IMAGE = ("torch", "transformers", "peft", "accelerate", "pandas", "pyarrow", "scikit-learn", "scipy", "matplotlib")
+IMAGE += ("joblib", "threadpoolctl", "narwhals", "cloudpickle", "python-dateutil", "xxhash", "fsspec", "pyyaml")
+# Dependency markers are read for the machine there: Python 3.12.
 TARGET_MARKERS = {"python_version": "3.12", "python_full_version": "3.12.3", "extra": ""}
 WHEEL_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64")
 TASKS = ("rotten_tomatoes", "banking77")
@@ -55,7 +57,7 @@ LLAMA_TINY |= {"num_key_value_heads": 4, "tie_word_embeddings": True}
 
 # -- the bundle ----------------------------------------------------------------------------------
 def missing_distributions() -> list[str]:
-    """RUNTIME and its dependencies, less what IMAGE brings: from the installed packages' metadata."""
+    """RUNTIME and its dependencies, less IMAGE and its dependencies: from the installed packages' metadata."""
     from importlib.metadata import PackageNotFoundError, distribution
 
     from packaging.requirements import Requirement
@@ -161,6 +163,18 @@ def export_task(name: str, folder: Path) -> Path:
     return path
 
 
+def tree_bytes() -> int:
+    """The working tree that travels with every call (tracked and untracked, not ignored): part of each 64 MiB."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return sum((REPO_ROOT / name).stat().st_size for name in listed.split("\0") if (REPO_ROOT / name).is_file())
+
+
 def folder_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
@@ -181,7 +195,7 @@ def pack_calls(items: list[tuple[str, int]], limit: int = CARRY_LIMIT) -> list[l
 
 
 def build_bundle(out: Path, wheels: bool = True) -> dict:
-    """out/call-N/{wheels,minilm-bf16,data}: each call's folder under CARRY_LIMIT. Returns the plan."""
+    """out/call-N/{wheels,minilm-bf16,data}: each call's folder plus the working tree under CARRY_LIMIT."""
     shutil.rmtree(out, ignore_errors=True)
     staging = out / "staging"
     export_minilm(staging / "minilm-bf16")
@@ -195,7 +209,11 @@ def build_bundle(out: Path, wheels: bool = True) -> dict:
         rows = json.loads(WHEEL_MANIFEST.read_text())["wheels"]
     items |= {f"wheels/{row['file']}": row["bytes"] for row in rows}
     plan = []
-    for n, names in enumerate(pack_calls(list(items.items())), 1):
+    limit = CARRY_LIMIT - tree_bytes()
+    # The call that carries the model and data runs the check, so it goes last: should the machine go cold
+    # after an earlier call, only what that call installed (e.g. bitsandbytes: qlora) is missing, and recorded.
+    calls = sorted(pack_calls(list(items.items()), limit), key=lambda names: "minilm-bf16" in names)
+    for n, names in enumerate(calls, 1):
         for name in names:
             if (staging / name).exists():
                 (out / f"call-{n}" / name).parent.mkdir(parents=True, exist_ok=True)
@@ -204,7 +222,8 @@ def build_bundle(out: Path, wheels: bool = True) -> dict:
             {"call": n, "carry": f".gpu-bundle/call-{n}", "bytes": sum(items[i] for i in names), "items": names}
         )
     shutil.rmtree(staging)
-    summary = {"limit_bytes": CARRY_LIMIT, "calls": plan, "total_bytes": sum(c["bytes"] for c in plan)}
+    summary = {"limit_bytes": limit, "working_tree_bytes": CARRY_LIMIT - limit, "calls": plan}
+    summary["total_bytes"] = sum(c["bytes"] for c in plan)
     write_json_atomic(out / "plan.json", summary)
     return summary
 
@@ -519,7 +538,8 @@ def main(argv: list[str] | None = None) -> int:
         for call in plan["calls"]:
             items = ", ".join(call["items"])
             print(f"call {call['call']}: carry {call['carry']} ({call['bytes'] / MiB:.1f} MiB): {items}")
-        print(f"total {plan['total_bytes'] / MiB:.1f} MiB in {len(plan['calls'])} call(s) of <= 64 MiB")
+        calls = len(plan["calls"])
+        print(f"total {plan['total_bytes'] / MiB:.1f} MiB in {calls} call(s) of <= 64 MiB with the working tree")
         return 0
     summary = run_check(Path(args.out), args.cpu, args.steps, Path(args.bundle), args.methods)
     return 0 if all(s["status"] != "failed" for s in summary["steps"]) else 1

@@ -42,6 +42,7 @@ case "${1:-}" in
   ""|-*) echo "usage: gpu_check.sh [--cpu] OUTDIR | --install-only" >&2; exit 2 ;;
 esac
 install_carried
+mkdir -p "$1" && "$PY" -m pip check > "$1/pip-check.txt" 2>&1  # the image's versions against what was carried
 HF_HUB_OFFLINE=1 "$PY" -m tunebench.benchmarks.gpu_check run "$1" --bundle "$BUNDLE"
 status=$?
 "$PY" - "$1" <<'PYEOF'
