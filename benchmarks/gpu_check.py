@@ -242,6 +242,7 @@ class Setting:
         self.batch, self.seq, self.steps = (8, 512, 4) if self.cuda else (4, 32, 2)
         self.methods = methods
         self.pairs = 3 if self.cuda else 1
+        self.train_examples = self.batch * self.steps * (4 if self.cuda else 1)  # per throughput run
         self.work = out / "work"
 
     def carried(self, name: str) -> Path | None:
@@ -286,13 +287,13 @@ class Setting:
         if not path.exists():
             source = load_task(get_task(self.task("rotten_tomatoes")), build_config("full")["data"]).splits["train"]
             per_text = math.ceil(self.seq / 8)  # a review is > 8 tokens; truncation cuts the rest
-            rows = math.ceil(self.batch * self.steps / 0.8) + 10  # the file's 10% validation and test splits
+            rows = math.ceil(self.train_examples / 0.8) + 10  # the file's 10% validation and test splits
             texts, labels = source["text"], source["label"]
-            joined = [" ".join(texts[i * per_text : (i + 1) * per_text]) for i in range(rows)]
+            # past the end of the reviews, start again: the texts only have to be real and long enough
+            joined = [" ".join(texts[(i * per_text + k) % len(texts)] for k in range(per_text)) for i in range(rows)]
+            first = [labels[i * per_text % len(texts)] for i in range(rows)]
             self.work.mkdir(parents=True, exist_ok=True)
-            pd.DataFrame({"text": joined, "label": [labels[i * per_text] for i in range(rows)]}).to_csv(
-                path, index=False
-            )
+            pd.DataFrame({"text": joined, "label": first}).to_csv(path, index=False)
         return str(path)
 
     def overrides(self, **train) -> dict:
@@ -340,7 +341,11 @@ def step_planner(s: Setting) -> dict:
             if s.cuda:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
-            result = train(cfg, run_dir)
+            try:
+                result = train(cfg, run_dir)
+            except Exception as exc:  # one method's failure (e.g. qlora without bitsandbytes) is recorded
+                rows.append({"model": label, "method": method, "status": "failed", "error": f"{exc!r}"[:2000]})
+                continue
             after = cuda_state()
             row = {"model": label, "method": method, "status": result["status"], "result": str(run_dir)}
             predicted = validate_results(str(run_dir))
@@ -399,11 +404,15 @@ def step_throughput(s: Setting) -> dict:
         )
         flops_per_token = step.flops / (s.batch * s.seq)
         overrides = s.overrides() | {"model": model, "task": s.long_text_task()}
-        overrides["data"]["max_train_samples"] = s.batch * s.steps * (4 if s.cuda else 1)
-        row = compare(method, s.pairs, overrides)
+        overrides["data"]["max_train_samples"] = s.train_examples
+        try:
+            row = compare(method, s.pairs, overrides)
+        except Exception as exc:  # one method's failure (e.g. qlora without bitsandbytes) is recorded, not fatal
+            rows.append({"method": method, "status": "failed", "error": f"{type(exc).__name__}: {exc}"})
+            continue
         for side in ("tunebench", "trainer"):
             row[f"{side}_mfu"] = [r["tokens_per_second"] * flops_per_token / peak for r in row[side]] if peak else None
-        row |= {"flops_per_token": flops_per_token, "peak_flops": peak, "gpu_entry": entry}
+        row |= {"status": "ok", "flops_per_token": flops_per_token, "peak_flops": peak, "gpu_entry": entry}
         rows.append(row)
     out = {"model": "llama-1b-shape" if s.cuda else "llama-tiny", "rows": rows}
     write_json_atomic(s.out / "throughput.json", out)
