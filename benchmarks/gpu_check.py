@@ -455,6 +455,7 @@ def step_suite(s: Setting) -> dict:
             command = [sys.executable, "-m", "tunebench.cli", "report", *map(str, folders), "-o", str(s.out / name)]
             made = subprocess.run(command, capture_output=True, text=True)
             out["reports"][name] = {"exit_code": made.returncode, "stderr_tail": made.stderr[-1000:]}
+    write_json_atomic(s.out / "suite.json", out)
     if code:
         raise RuntimeError(f"the suite exited {code}; see {s.out / 'suite'}")
     return out
