@@ -350,9 +350,9 @@ def step_planner(s: Setting) -> dict:
             row = {"model": label, "method": method, "status": result["status"], "result": str(run_dir)}
             predicted = validate_results(str(run_dir))
             if predicted:
-                row |= {
-                    k: predicted[0][k] for k in ("predicted_bytes", "measured_bytes", "error_percent", "measured_by")
-                }
+                # validate_results compares with the result's own peak (CUDA max allocated on a GPU)
+                row |= {k: predicted[0][k] for k in ("predicted_bytes", "error_percent", "measured_by")}
+                row["measured_bytes"] = predicted[0]["tracker_bytes"]
             if after:
                 cuda = (result["memory"] or {}).get("cuda") or {}
                 allocated, reserved = cuda.get("max_allocated_bytes"), cuda.get("max_reserved_bytes")
@@ -381,13 +381,13 @@ def step_throughput(s: Setting) -> dict:
     """The loop's tokens/s and MFU per method on the Llama shape, and the Trainer ratio, alternated."""
     from tunebench.benchmarks.vs_trainer import COMPARABLE, compare
     from tunebench.methods import get_method
-    from tunebench.planner import _match_gpu, load_gpus, resolve_spec
+    from tunebench.planner import load_gpus, match_gpu, resolve_spec
     from tunebench.tracing import trace_step
 
     model = s.llama()
     spec = resolve_spec(model)
     gpus, _ = load_gpus()
-    entry = _match_gpu(gpus, cuda_state()["device_name"]) if s.cuda else None
+    entry = match_gpu(gpus, cuda_state()["device_name"]) if s.cuda else None
     peak = entry["bf16_tflops"] * 1e12 if entry else None
     rows = []
     for method in [m for m in s.methods if m in COMPARABLE and (s.cuda or m != "qlora")]:

@@ -85,6 +85,8 @@ def run_trainer(cfg: Config, out_dir: Path) -> dict:
         fp16=precision == "fp16",
         train_sampling_strategy="group_by_length" if cfg["data"]["group_by_length"] else "random",
         length_column_name="length",
+        # tunebench's Classifier takes **inputs: Trainer cannot read the columns it uses from forward's signature
+        remove_unused_columns=False,
         activation_checkpointing=train_cfg["gradient_checkpointing"],
         eval_strategy="no",
         save_strategy="no",
