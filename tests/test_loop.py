@@ -227,6 +227,7 @@ def test_two_processes_reshuffle_and_keep_one_schedule(tmp_path: Path) -> None:
     assert result["status"] == "ok" and result["environment"]["world_size"] == 2
     assert (result["optimizer_steps"], result["examples_seen"]) == (10, 80)
     assert "10/10" in out.stderr  # the progress bar's total is the steps the run takes
+    assert "features train" in out.stderr  # the feature cache shows its own progress bar
 
     # warmup int(0.25 * 10) = 2, decay to zero at step 10: not twice as fast, as it would be per process
     rates = [p["lr"] for p in result["curves"]["train_loss"]]

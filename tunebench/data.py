@@ -8,6 +8,8 @@ from datasets import Dataset, DatasetDict
 from torch.utils.data import BatchSampler, DataLoader, Sampler
 from transformers import DataCollatorWithPadding
 
+PIN_MEMORY = torch.cuda.is_available()
+
 
 def tokenize(splits: DatasetDict, tokenizer, max_length: int) -> DatasetDict:
     """input_ids/attention_mask per example, unpadded; `length` for grouping, `index` for re-ordering."""
@@ -98,7 +100,8 @@ def train_loader(split: Dataset, tokenizer, batch_size: int, seed: int, group_by
         sampler = LengthGroupedBatches(split["length"], batch_size, seed)
     else:
         sampler = shuffled_batches(len(split), batch_size, seed)
-    return DataLoader(split, batch_sampler=sampler, collate_fn=_collator(tokenizer))
+    # pinned host memory lets the copy to a GPU run without waiting for it (Accelerate's non_blocking)
+    return DataLoader(split, batch_sampler=sampler, collate_fn=_collator(tokenizer), pin_memory=PIN_MEMORY)
 
 
 def eval_loader(split: Dataset, tokenizer, batch_size: int) -> DataLoader:
@@ -117,4 +120,4 @@ def feature_loader(features: torch.Tensor, labels: torch.Tensor, batch_size: int
         if seed is not None
         else [list(range(i, min(i + batch_size, len(data)))) for i in range(0, len(data), batch_size)]
     )
-    return DataLoader(data, batch_sampler=sampler, collate_fn=torch.utils.data.default_collate)
+    return DataLoader(data, batch_sampler=sampler, collate_fn=torch.utils.data.default_collate, pin_memory=PIN_MEMORY)

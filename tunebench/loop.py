@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DataLoaderConfiguration, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
@@ -60,6 +60,7 @@ def train(cfg: Config, run_dir: str | Path, result_path: str | Path | None = Non
     accelerator = Accelerator(
         mixed_precision=cfg["train"]["mixed_precision"],
         log_with=cfg["train"]["trackers"] or None,
+        dataloader_config=DataLoaderConfiguration(non_blocking=True),  # batches reach the GPU without a wait
         project_dir=str(run_dir / "logs"),
     )
     main = accelerator.is_main_process
