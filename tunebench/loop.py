@@ -156,15 +156,11 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
     train_lengths = torch.tensor(encoded["train"]["length"])
     cache_seconds = 0.0
     if options.get("cache_features") and hasattr(method, "cache_features"):
-        # Run the frozen backbone once; from here on the head trains on pooled features.
+        # Run the frozen backbone once (processes share each split); from here on the head trains on pooled features.
         features = {}
         for name, split in encoded.items():
             start = time.perf_counter()
-            features[name] = method.cache_features(
-                accelerator.unwrap_model(model),
-                batching.eval_loader(split, tokenizer, eval_batch_size),
-                accelerator.device,
-            )
+            features[name] = cached_features(method, model, split, tokenizer, eval_batch_size, accelerator)
             if name == "train":
                 cache_seconds = time.perf_counter() - start
         train_loader = batching.feature_loader(features["train"], labels["train"], batch_size, cfg["seed"])
@@ -332,17 +328,37 @@ def evaluate(model, loader, accelerator: Accelerator, extra_metrics: list = ()) 
     model.eval()
     predictions, labels, indices = [], [], []
     for batch in loader:
-        index = batch.pop("index")
-        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-        pred, ref, idx = accelerator.gather((logits.argmax(-1), batch["labels"], index))
-        predictions.append(pred.cpu())
-        labels.append(ref.cpu())
-        indices.append(idx.cpu())
-    # Sharding pads the last batches with repeated examples so every process gets one; each example
-    # carries its dataset index, so keep its first copy, in dataset order.
-    _, first = np.unique(torch.cat(indices).numpy(), return_index=True)
-    predictions, labels = torch.cat(predictions).numpy()[first], torch.cat(labels).numpy()[first]
+        indices.append(batch.pop("index"))
+        labels.append(batch.pop("labels"))
+        predictions.append(model(**batch).logits.argmax(-1))
+    predictions, labels = in_dataset_order(accelerator, torch.cat(indices), torch.cat(predictions), torch.cat(labels))
+    predictions, labels = predictions.numpy(), labels.numpy()
     return classification_metrics(predictions, labels, extra_metrics), predictions
+
+
+def cached_features(method, model, split, tokenizer, batch_size: int, accelerator: Accelerator) -> torch.Tensor:
+    """The method's pooled backbone features of every example in split, in dataset order, on the CPU.
+    Each process embeds its share of the batches."""
+    loader = accelerator.prepare(batching.eval_loader(split, tokenizer, batch_size))
+    features, index = method.cache_features(accelerator.unwrap_model(model), loader, accelerator.device)
+    [features] = in_dataset_order(accelerator, index, features)
+    return features
+
+
+def in_dataset_order(accelerator: Accelerator, index: torch.Tensor, *values: torch.Tensor) -> list[torch.Tensor]:
+    """values (rows matching index, this process's examples) from every process: one row per example,
+    in dataset order, on the CPU.
+
+    Processes hold different numbers of rows (the last batches differ in size), so each pads to the
+    longest before the gather, marking its padding with index -1. Sharding also repeats examples so
+    that every process gets as many batches: keep each example's first copy.
+    """
+    device = accelerator.device
+    index = accelerator.gather(accelerator.pad_across_processes(index.to(device), pad_index=-1)).cpu()
+    values = [accelerator.gather(accelerator.pad_across_processes(v.to(device))).cpu() for v in values]
+    examples, first = np.unique(index.numpy(), return_index=True)
+    first = torch.from_numpy(first[examples >= 0])
+    return [v[first] for v in values]
 
 
 def _trainable_state(model, accelerator: Accelerator) -> dict:
