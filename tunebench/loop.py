@@ -33,7 +33,7 @@ from tunebench.metrics import classification_metrics, load_extra
 from tunebench.modeling import count_parameters, decay_param_groups
 from tunebench.models import load_config, load_tokenizer, resolve_model
 from tunebench.optim import build_adamw, resolve_adamw
-from tunebench.results import SCHEMA_VERSION, write_json_atomic
+from tunebench.results import SCHEMA_VERSION, rank_failure_path, read_rank_failures, write_json_atomic
 from tunebench.tasks import get_task, load_task
 
 log = logging.getLogger("tunebench")
@@ -41,6 +41,9 @@ log = logging.getLogger("tunebench")
 # Set by the CLI's SIGTERM handler. Its KeyboardInterrupt can be lost (Python drops exceptions raised
 # inside a __del__ during garbage collection), so the loop also checks this each step.
 stop_requested = threading.Event()
+# Set while train() records how the run ended; a SIGTERM then (torchrun stopping the other ranks after one
+# failed) must not cut that short.
+finishing = threading.Event()
 
 OOM_HINT = "out of memory: try a smaller --batch-size or --max-length, or a lighter method (lora, qlora, head)"
 
@@ -55,6 +58,7 @@ def train(cfg: Config, run_dir: str | Path, result_path: str | Path | None = Non
     run_dir = Path(run_dir)
     result_path = Path(result_path or run_dir / "result.json")
     stop_requested.clear()
+    finishing.clear()
     accelerator = Accelerator(
         mixed_precision=cfg["train"]["mixed_precision"],
         gradient_accumulation_steps=cfg["train"]["grad_accum"],
@@ -62,6 +66,7 @@ def train(cfg: Config, run_dir: str | Path, result_path: str | Path | None = Non
         project_dir=str(run_dir / "logs"),
     )
     main = accelerator.is_main_process
+    rank_failure_path(run_dir, accelerator.process_index).unlink(missing_ok=True)  # from an earlier attempt
     result = {
         "schema": SCHEMA_VERSION,
         "status": "running",
@@ -100,12 +105,16 @@ def train(cfg: Config, run_dir: str | Path, result_path: str | Path | None = Non
         result.update(status="failed", error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         raise
     finally:
+        finishing.set()
         result["finished_at"] = _now()
+        if accelerator.num_processes > 1:
+            _record_rank_failures(accelerator, run_dir, result)
         save_result()
         accelerator.end_training()
         if log_file is not None:
             log.removeHandler(log_file)
             log_file.close()
+        finishing.clear()
     return result
 
 
@@ -359,6 +368,25 @@ def in_dataset_order(accelerator: Accelerator, index: torch.Tensor, *values: tor
     examples, first = np.unique(index.numpy(), return_index=True)
     first = torch.from_numpy(first[examples >= 0])
     return [v[first] for v in values]
+
+
+def _record_rank_failures(accelerator: Accelerator, run_dir: Path, result: dict) -> None:
+    """Only rank 0 writes the result, and a failure elsewhere reaches rank 0 only as a torn collective or
+    torchrun's SIGTERM (which reads `interrupted`). So every other rank leaves how it failed in the run
+    folder, before it leaves the process group, and rank 0 records the failures it finds: the result
+    names the rank and its error."""
+    rank = accelerator.process_index
+    if rank:
+        if result["status"] in ("failed", "oom"):
+            failure = {"rank": rank, "status": result["status"], "error": result["error"]}
+            write_json_atomic(rank_failure_path(run_dir, rank), failure)
+        return
+    failures = read_rank_failures(run_dir)  # the cause: rank 0's own error is then a torn collective
+    if not failures and result["status"] in ("failed", "oom"):
+        failures = [{"rank": 0, "status": result["status"], "error": result["error"]}]
+    if failures:
+        error = "; ".join(f"rank {failure['rank']}: {failure['error']}" for failure in failures)
+        result.update(status=failures[0]["status"], error=error)
 
 
 def _trainable_state(model, accelerator: Accelerator) -> dict:
