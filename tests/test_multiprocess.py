@@ -19,7 +19,6 @@ from fixtures.rank1_fails import ERROR
 
 from tunebench.benchmarks.harness import _record_crash, load_suite
 from tunebench.config import build_config
-from tunebench.evaluation import evaluate_run
 from tunebench.results import rank_failure_path, read_result, write_json_atomic
 from tunebench.tasks import get_task, load_task
 
@@ -35,13 +34,16 @@ def cpu_env(**extra: str) -> dict:
 
 def test_two_processes_predict_what_one_does_at_any_split_and_batch_size(decoder_folder, tmp_path):
     # A random 2-layer Llama keeps 2 x 5 variants x 15 evaluations fast; the code path is every method's.
-    runs = {}
-    for processes in (1, 2):
-        out = tmp_path / f"{processes}.json"
+    launches = {}
+    for processes in (1, 2):  # side by side: the one-process run leaves a core free
         command = [*TORCHRUN, "--standalone", f"--nproc_per_node={processes}", str(REPO / "tests" / "eval_grid.py")]
-        done = subprocess.run([*command, decoder_folder, str(out)], env=cpu_env(), capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr[-3000:]
-        runs[processes] = json.loads(out.read_text())
+        command += [decoder_folder, str(tmp_path / f"{processes}.json")]
+        launches[processes] = subprocess.Popen(command, env=cpu_env(), stderr=subprocess.PIPE, text=True)
+    runs = {}
+    for processes, launch in launches.items():
+        _, stderr = launch.communicate(timeout=600)
+        assert launch.returncode == 0, stderr[-3000:]
+        runs[processes] = json.loads((tmp_path / f"{processes}.json").read_text())
     assert [runs[n]["world_size"] for n in (1, 2)] == [1, 2]
     task = load_task(get_task("rotten_tomatoes"), build_config("full", "rotten_tomatoes")["data"])
     labels = np.array(task.splits["test"]["label"])
@@ -70,16 +72,14 @@ def test_readme_multiprocess_command_runs_as_written(tmp_path):
     words = shlex.split(readme_cpu_command())
     env = dict(re.fullmatch(r"(\w+)=(.*)", w).groups() for w in words[: words.index("torchrun")])
     command = [*TORCHRUN, *words[words.index("torchrun") + 1 :]]
-    # small sample counts; 200 evaluation examples make batches of 128 and 72, split across two processes
-    command += ["--max-train-samples", "64", "--max-eval-samples", "200", "--out", str(tmp_path / "run")]
+    # small sample counts; 200 evaluation examples make batches of 128 and 72, one for each process
+    command += ["--max-train-samples", "32", "--max-eval-samples", "200", "--out", str(tmp_path / "run")]
     done = subprocess.run(command, env={**os.environ, **env}, cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     result = read_result(tmp_path / "run" / "result.json")
     assert result["status"] == "ok" and result["environment"]["world_size"] == 2
     assert result["task"]["sizes"]["test"] == 200
     assert len(json.loads((tmp_path / "run" / "test_predictions.json").read_text())) == 200
-    again = evaluate_run(tmp_path / "run")  # one process, the saved adapter
-    assert again["agreement_with_training"] == 1.0 and again["accuracy"] == result["test_accuracy"]
 
 
 def test_failure_on_one_rank_ends_every_rank_and_the_result_names_it(tmp_path):
