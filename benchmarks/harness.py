@@ -44,7 +44,7 @@ import yaml
 
 from tunebench.config import build_config, read_yaml, set_dotted
 from tunebench.errors import UserError
-from tunebench.results import FINAL, read_result, write_json_atomic
+from tunebench.results import FINAL, read_rank_failures, read_result, write_json_atomic
 
 SUITE_KEYS = {"name", "description", "config", "grid", "methods", "tasks", "processes"}
 REQUIRED_AXES = ("model", "task", "method", "seed")
@@ -212,9 +212,13 @@ def _die_with_parent() -> None:
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+def _run_dir(run: Run, out: Path) -> Path:
+    return out / "runs" / run.run_id
+
+
 def launch(run: Run, out: Path, processes: int) -> int:
     """Run one training in a fresh process (clean memory accounting; a crash stays contained)."""
-    run_dir = out / "runs" / run.run_id
+    run_dir = _run_dir(run, out)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "suite_config.yaml"
     config_path.write_text(yaml.safe_dump(run.config, sort_keys=False))
@@ -251,13 +255,15 @@ def launch(run: Run, out: Path, processes: int) -> int:
 
 
 def _record_crash(path: Path, run: Run, returncode: int) -> None:
-    """A run that died without writing its own end (segfault, OOM killer) is recorded as failed."""
+    """A run that died without writing its own end (segfault, OOM killer, rank 0 stopped before it could
+    record another rank's failure) is recorded as failed, with the errors the ranks left."""
     result = read_result(path)
     if result is not None and result["status"] != "running":
         return
     result = result or {"schema": 1, "config": run.config, "started_at": None, "run_id": run.run_id, "grid": run.grid}
     killed = f"killed by signal {-returncode}" if returncode < 0 else f"exited with status {returncode}"
-    result.update(status="failed", error=f"run process {killed} before writing its result")
+    errors = [f"rank {f['rank']}: {f['error']}" for f in read_rank_failures(_run_dir(run, out=path.parent))]
+    result.update(status="failed", error="; ".join([f"run process {killed} before writing its result", *errors]))
     write_json_atomic(path, result)
 
 

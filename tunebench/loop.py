@@ -33,7 +33,7 @@ from tunebench.metrics import classification_metrics, load_extra
 from tunebench.modeling import count_parameters, decay_param_groups
 from tunebench.models import load_config, load_tokenizer, resolve_model
 from tunebench.optim import build_adamw, resolve_adamw
-from tunebench.results import SCHEMA_VERSION, write_json_atomic
+from tunebench.results import SCHEMA_VERSION, rank_failure_path, read_rank_failures, write_json_atomic
 from tunebench.tasks import get_task, load_task
 
 log = logging.getLogger("tunebench")
@@ -41,6 +41,9 @@ log = logging.getLogger("tunebench")
 # Set by the CLI's SIGTERM handler. Its KeyboardInterrupt can be lost (Python drops exceptions raised
 # inside a __del__ during garbage collection), so the loop also checks this each step.
 stop_requested = threading.Event()
+# Set while train() records how the run ended; a SIGTERM then (torchrun stopping the other ranks after one
+# failed) must not cut that short.
+finishing = threading.Event()
 
 CUDA_PEAK_INCLUDES = "CUDA allocator peak over the whole run: model, training, evaluation"
 TRACKER_PEAK_INCLUDES = "live tensors in the traced training steps: weights, gradients, optimizer state, activations"
@@ -57,6 +60,7 @@ def train(cfg: Config, run_dir: str | Path, result_path: str | Path | None = Non
     run_dir = Path(run_dir)
     result_path = Path(result_path or run_dir / "result.json")
     stop_requested.clear()
+    finishing.clear()
     accelerator = Accelerator(
         mixed_precision=cfg["train"]["mixed_precision"],
         log_with=cfg["train"]["trackers"] or None,
@@ -64,6 +68,7 @@ def train(cfg: Config, run_dir: str | Path, result_path: str | Path | None = Non
         project_dir=str(run_dir / "logs"),
     )
     main = accelerator.is_main_process
+    rank_failure_path(run_dir, accelerator.process_index).unlink(missing_ok=True)  # from an earlier attempt
     result = {
         "schema": SCHEMA_VERSION,
         "status": "running",
@@ -102,12 +107,16 @@ def train(cfg: Config, run_dir: str | Path, result_path: str | Path | None = Non
         result.update(status="failed", error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         raise
     finally:
+        finishing.set()
         result["finished_at"] = _now()
+        if accelerator.num_processes > 1:
+            _record_rank_failures(accelerator, run_dir, result)
         save_result()
         accelerator.end_training()
         if log_file is not None:
             log.removeHandler(log_file)
             log_file.close()
+        finishing.clear()
     return result
 
 
@@ -168,14 +177,11 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
     # Non-padding tokens the backbone runs over outside the steps: the head's one cached pass over train.
     cached_tokens = 0
     if options.get("cache_features") and hasattr(method, "cache_features"):
-        # Run the frozen backbone once; from here on the head trains on pooled features.
+        # Run the frozen backbone once (processes share each split); from here on the head trains on pooled features.
         features = {}
         for name, split in encoded.items():
             start = time.perf_counter()
-            loader = batching.eval_loader(split, tokenizer, eval_batch_size)
-            features[name] = method.cache_features(
-                accelerator.unwrap_model(model), tqdm(loader, desc=f"features {name}", disable=not main), device
-            )
+            features[name] = cached_features(method, model, split, name, tokenizer, eval_batch_size, accelerator)
             if name == "train":
                 meter.setup_seconds = time.perf_counter() - start  # part of the head method's training
                 cached_tokens = sum(split["length"])
@@ -365,17 +371,59 @@ def evaluate(model, loader, accelerator: Accelerator, extra_metrics: list = ()) 
     model.eval()
     predictions, labels, indices = [], [], []
     for batch in loader:
-        index = batch.pop("index")
-        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-        pred, ref, idx = accelerator.gather((logits.argmax(-1), batch["labels"], index))
-        predictions.append(pred.cpu())
-        labels.append(ref.cpu())
-        indices.append(idx.cpu())
-    # Sharding pads the last batches with repeated examples so every process gets one; each example
-    # carries its dataset index, so keep its first copy, in dataset order.
-    _, first = np.unique(torch.cat(indices).numpy(), return_index=True)
-    predictions, labels = torch.cat(predictions).numpy()[first], torch.cat(labels).numpy()[first]
+        indices.append(batch.pop("index"))
+        labels.append(batch.pop("labels"))
+        predictions.append(model(**batch).logits.argmax(-1))
+    predictions, labels = in_dataset_order(accelerator, torch.cat(indices), torch.cat(predictions), torch.cat(labels))
+    predictions, labels = predictions.numpy(), labels.numpy()
     return classification_metrics(predictions, labels, extra_metrics), predictions
+
+
+def cached_features(
+    method, model, split, name: str, tokenizer, batch_size: int, accelerator: Accelerator
+) -> torch.Tensor:
+    """The method's pooled backbone features of every example in split, in dataset order, on the CPU.
+    Each process embeds its share of the batches."""
+    loader = accelerator.prepare(batching.eval_loader(split, tokenizer, batch_size))
+    loader = tqdm(loader, desc=f"features {name}", disable=not accelerator.is_main_process)
+    features, index = method.cache_features(accelerator.unwrap_model(model), loader, accelerator.device)
+    [features] = in_dataset_order(accelerator, index, features)
+    return features
+
+
+def in_dataset_order(accelerator: Accelerator, index: torch.Tensor, *values: torch.Tensor) -> list[torch.Tensor]:
+    """values (rows matching index, this process's examples) from every process: one row per example,
+    in dataset order, on the CPU.
+
+    Processes hold different numbers of rows (the last batches differ in size), so each pads to the
+    longest before the gather, marking its padding with index -1. Sharding also repeats examples so
+    that every process gets as many batches: keep each example's first copy.
+    """
+    device = accelerator.device
+    index = accelerator.gather(accelerator.pad_across_processes(index.to(device), pad_index=-1)).cpu()
+    values = [accelerator.gather(accelerator.pad_across_processes(v.to(device))).cpu() for v in values]
+    examples, first = np.unique(index.numpy(), return_index=True)
+    first = torch.from_numpy(first[examples >= 0])
+    return [v[first] for v in values]
+
+
+def _record_rank_failures(accelerator: Accelerator, run_dir: Path, result: dict) -> None:
+    """Only rank 0 writes the result, and a failure elsewhere reaches rank 0 only as a torn collective or
+    torchrun's SIGTERM (which reads `interrupted`). So every other rank leaves how it failed in the run
+    folder, before it leaves the process group, and rank 0 records the failures it finds: the result
+    names the rank and its error."""
+    rank = accelerator.process_index
+    if rank:
+        if result["status"] in ("failed", "oom"):
+            failure = {"rank": rank, "status": result["status"], "error": result["error"]}
+            write_json_atomic(rank_failure_path(run_dir, rank), failure)
+        return
+    failures = read_rank_failures(run_dir)  # the cause: rank 0's own error is then a torn collective
+    if not failures and result["status"] in ("failed", "oom"):
+        failures = [{"rank": 0, "status": result["status"], "error": result["error"]}]
+    if failures:
+        error = "; ".join(f"rank {failure['rank']}: {failure['error']}" for failure in failures)
+        result.update(status=failures[0]["status"], error=error)
 
 
 def _trainable_state(model, accelerator: Accelerator) -> dict:

@@ -54,3 +54,19 @@ def result_files(folder: str | Path) -> list[Path]:
 def is_complete(path: str | Path) -> bool:
     result = read_result(path)
     return result is not None and result["status"] in FINAL
+
+
+def rank_failure_path(run_dir: str | Path, rank: int) -> Path:
+    """Where a process other than rank 0 of a multi-process run leaves how it failed."""
+    return Path(run_dir) / f"rank{rank}.failure"
+
+
+def read_rank_failures(run_dir: str | Path) -> list[dict]:
+    """The failures other ranks left in run_dir ({rank, status, error}), by rank."""
+    failures = []
+    for path in Path(run_dir).glob("rank*.failure"):
+        try:
+            failures.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return sorted(failures, key=lambda failure: failure["rank"])
