@@ -42,7 +42,7 @@ def check_options(options: dict) -> None:
 
 def build(model_path: str, task, tokenizer, cfg: dict, device) -> nn.Module:
     top = cfg["method_options"]["unfreeze_top"]
-    model = load_classifier(model_path, task.num_labels, cfg["pooling"])
+    model = load_classifier(model_path, task.num_labels, cfg)
     model.backbone.requires_grad_(False)
     if top:
         layers = _layers(model.backbone)

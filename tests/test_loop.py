@@ -93,14 +93,14 @@ def test_grad_accumulation_updates_as_one_big_batch(tmp_path: Path, tiny_config)
             overrides={
                 "data": {"max_train_samples": 48, "group_by_length": False},
                 "train": {"batch_size": batch_size, "grad_accum": accum, "max_grad_norm": 0, "save": "best_and_last"},
-                "method_options": {"dropout": 0.0},
+                "head_dropout": 0.0,
             },
         )
         run_dir = tmp_path / f"b{batch_size}x{accum}"
         result = train(cfg, run_dir)
         assert result["status"] == "ok", result["error"]
         assert (result["optimizer_steps"], result["micro_batches"]) == (2, 3 if accum == 2 else 2)
-        weights[accum] = load_file(str(run_dir / "last" / "head.safetensors"))
+        weights[accum] = load_file(str(run_dir / "last" / "classifier.safetensors"))
     for name, tensor in weights[1].items():
         torch.testing.assert_close(weights[2][name], tensor, rtol=1e-5, atol=1e-6)
 
@@ -117,7 +117,7 @@ def test_test_predictions_come_from_the_best_step(tmp_path: Path, tiny_config) -
     validation = result["curves"]["validation"]
     assert result["best_step"] < validation[-1]["step"]
     assert validation[-1]["accuracy"] < result["best_validation_accuracy"]
-    best, last = (load_file(str(run_dir / name / "head.safetensors")) for name in ("best", "last"))
+    best, last = (load_file(str(run_dir / name / "classifier.safetensors")) for name in ("best", "last"))
     assert not torch.equal(best["classifier.weight"], last["classifier.weight"])
     # reloading best/ gives the best validation accuracy, and the test predictions the run wrote
     assert evaluate_run(run_dir, split="validation")["accuracy"] == result["best_validation_accuracy"]
@@ -195,11 +195,11 @@ def test_bf16_autocast_trains_on_the_cpu(tmp_path: Path, tiny_config, fresh_acce
     result = train(cfg, tmp_path / "run")
     assert result["status"] == "ok", result["error"]
     assert all(math.isfinite(p["loss"]) for p in result["curves"]["train_loss"])
-    trained = load_file(str(tmp_path / "run" / "last" / "model.safetensors"))
+    trained = load_file(str(tmp_path / "run" / "last" / "classifier.safetensors"))
     pretrained = load_file(str(Path(resolve_model("minilm")) / "model.safetensors"))
     name = "encoder.layer.0.attention.self.query.weight"
-    assert trained["bert." + name].dtype == torch.float32
-    assert not torch.equal(trained["bert." + name], pretrained[name])
+    assert trained["backbone." + name].dtype == torch.float32
+    assert not torch.equal(trained["backbone." + name], pretrained[name])
 
 
 def test_every_seed_and_epoch_pair_gives_its_own_order() -> None:
