@@ -44,7 +44,7 @@ import yaml
 
 from tunebench.config import build_config, read_yaml, set_dotted
 from tunebench.errors import UserError
-from tunebench.results import FINAL, read_result, write_json_atomic
+from tunebench.results import SCHEMA_VERSION, final_result, read_result, write_json_atomic
 
 SUITE_KEYS = {"name", "description", "config", "grid", "methods", "tasks", "processes"}
 REQUIRED_AXES = ("model", "task", "method", "seed")
@@ -255,7 +255,13 @@ def _record_crash(path: Path, run: Run, returncode: int) -> None:
     result = read_result(path)
     if result is not None and result["status"] != "running":
         return
-    result = result or {"schema": 1, "config": run.config, "started_at": None, "run_id": run.run_id, "grid": run.grid}
+    result = result or {
+        "schema": SCHEMA_VERSION,
+        "config": run.config,
+        "started_at": None,
+        "run_id": run.run_id,
+        "grid": run.grid,
+    }
     killed = f"killed by signal {-returncode}" if returncode < 0 else f"exited with status {returncode}"
     result.update(status="failed", error=f"run process {killed} before writing its result")
     write_json_atomic(path, result)
@@ -286,8 +292,8 @@ def run_suite(
     runs = select_shard(runs, shard)
     out_dir = Path(out or default_out(suite, suite_path))
     processes = int(suite.get("processes") or 1)
-    finished = {r.run_id: read_result(out_dir / f"{r.run_id}.json") for r in runs}
-    finished = {k: v for k, v in finished.items() if v is not None and v["status"] in FINAL}
+    finished = {r.run_id: final_result(out_dir / f"{r.run_id}.json") for r in runs}
+    finished = {k: v for k, v in finished.items() if v is not None}
     stale, note = {}, ""
     if finished and (dry_run or rerun_stale):
         try:

@@ -11,6 +11,7 @@ from tunebench.cli import main
 from tunebench.errors import UserError
 from tunebench.methods import get_method
 from tunebench.planner import GiB, MethodPlan, Shape
+from tunebench.results import SCHEMA_VERSION
 from tunebench.tracing import (
     affine_max_batch,
     affine_peak,
@@ -308,7 +309,7 @@ def test_mfu_calibration_uses_only_the_same_model_precision_and_shape(tmp_path):
 
     def write(name, tokens_per_second, model="m", mixed_precision="bf16", batch_size=8, max_length=128, gpu="A10"):
         result = {
-            "schema": 1,
+            "schema": SCHEMA_VERSION,
             "status": "ok",
             "started_at": "x",
             "test_accuracy": 0.5,

@@ -51,6 +51,11 @@ def result_files(folder: str | Path) -> list[Path]:
     return sorted(set(folder.glob("*.json")) | set(folder.rglob("result.json")))
 
 
-def is_complete(path: str | Path) -> bool:
+def final_result(path: str | Path) -> dict | None:
+    """The result at path if its run has finished for good (FINAL), else None: a rerun repeats that run."""
     result = read_result(path)
-    return result is not None and result["status"] in FINAL
+    return result if result is not None and result["status"] in FINAL else None
+
+
+def is_complete(path: str | Path) -> bool:
+    return final_result(path) is not None
