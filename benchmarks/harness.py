@@ -42,8 +42,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from tunebench.config import build_config, read_yaml, set_dotted
+from tunebench.config import build_config, set_dotted
 from tunebench.errors import UserError
+from tunebench.files import read_yaml
 from tunebench.results import SCHEMA_VERSION, final_result, read_result, write_json_atomic
 
 SUITE_KEYS = {"name", "description", "config", "grid", "methods", "tasks", "processes"}

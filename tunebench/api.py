@@ -139,7 +139,7 @@ def bench(
     Returns {"exit_status": 0 unless a run failed, "results_dir": the folder, "results": its result dicts}.
     """
     from tunebench.benchmarks.harness import default_out, run_suite
-    from tunebench.config import read_yaml
+    from tunebench.files import read_yaml
     from tunebench.results import read_result, result_files
 
     suite_file = resolve_suite(suite)

@@ -15,24 +15,10 @@ import yaml
 
 from tunebench import CONFIG_DIR
 from tunebench.errors import UserError
+from tunebench.files import read_yaml
 from tunebench.optim import ADAMW_IMPLEMENTATIONS
 
 Config = dict[str, Any]
-
-
-def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"config file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UserError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
-    return data
 
 
 def _coerce(value: Any, like: Any, key: str) -> Any:

@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tunebench import CONFIG_DIR
-from tunebench.config import read_yaml
 from tunebench.errors import UserError, unknown_choice
+from tunebench.files import read_yaml
 
 PLANNER_DIR = CONFIG_DIR / "planner"
 METHODS = ("full", "lora", "qlora", "head")  # also the order of preference: the more of the model trains, the better
