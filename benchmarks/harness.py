@@ -45,7 +45,7 @@ import yaml
 from tunebench.config import build_config, set_dotted
 from tunebench.errors import UserError
 from tunebench.files import read_yaml
-from tunebench.results import SCHEMA_VERSION, final_result, read_result, write_json_atomic
+from tunebench.results import SCHEMA_VERSION, final_result, read_result, run_name, write_json_atomic
 
 SUITE_KEYS = {"name", "description", "config", "grid", "methods", "tasks", "processes"}
 REQUIRED_AXES = ("model", "task", "method", "seed")
@@ -133,8 +133,7 @@ def run_id(config: dict) -> str:
     """Stable id: task-method-model-seed plus a hash of the whole effective config (out excluded)."""
     canonical = json.dumps({k: v for k, v in config.items() if k != "out"}, sort_keys=True, default=str)
     digest = hashlib.sha256(canonical.encode()).hexdigest()[:10]
-    model = Path(str(config["model"])).name
-    return f"{Path(config['task']).stem}-{config['method']}-{model}-s{config['seed']}-{digest}"
+    return f"{run_name(config)}-s{config['seed']}-{digest}"
 
 
 def load_suite(path: str | Path, track_memory: bool = True) -> tuple[dict, list[Run]]:

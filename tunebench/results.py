@@ -44,6 +44,11 @@ def read_result(path: str | Path) -> dict | None:
     return data
 
 
+def run_name(config: dict) -> str:
+    """What a run folder and a suite's run id start with: <task>-<method>-<model>, from the effective config."""
+    return f"{Path(config['task']).stem}-{config['method']}-{Path(str(config['model'])).name}"
+
+
 def result_files(folder: str | Path) -> list[Path]:
     """Where results live in a folder: its *.json (the harness's <run_id>.json) and any RUN/result.json
     below it (`tunebench train`). Other JSON there (checkpoint configs, predictions) is not a candidate."""
