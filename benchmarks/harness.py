@@ -46,6 +46,7 @@ from tunebench.config import build_config, set_dotted
 from tunebench.errors import UserError
 from tunebench.files import read_yaml
 from tunebench.results import SCHEMA_VERSION, final_result, read_result, run_name, write_json_atomic
+from tunebench.units import format_seconds
 
 SUITE_KEYS = {"name", "description", "config", "grid", "methods", "tasks", "processes"}
 REQUIRED_AXES = ("model", "task", "method", "seed")
@@ -267,11 +268,6 @@ def _record_crash(path: Path, run: Run, returncode: int) -> None:
     write_json_atomic(path, result)
 
 
-def _duration(seconds: float) -> str:
-    minutes, seconds = divmod(int(seconds), 60)
-    return f"{minutes}m{seconds:02d}s"
-
-
 def default_out(suite: dict, suite_path: str | Path) -> Path:
     """Where a suite's results go unless --out says: results/<suite name>."""
     return Path("results") / (suite.get("name") or Path(suite_path).stem)
@@ -318,7 +314,7 @@ def run_suite(
     for number, run in enumerate(todo, 1):
         finished = len(done) + number - 1
         elapsed = time.monotonic() - started
-        eta = f", ETA {_duration(elapsed / (number - 1) * (len(todo) - number + 1))}" if number > 1 else ""
+        eta = f", ETA {format_seconds(elapsed / (number - 1) * (len(todo) - number + 1))}" if number > 1 else ""
         bar = "#" * round(20 * finished / len(runs))
         print(
             f"\nsuite [{bar:<20}] {finished}/{len(runs)} done, {len(runs) - finished} left{eta} -> {run.label}",
@@ -334,7 +330,7 @@ def run_suite(
 
 
 def _summarize(out_dir: Path, runs: list[Run], seconds: float) -> int:
-    print(f"\nsuite finished in {_duration(seconds)}:")
+    print(f"\nsuite finished in {format_seconds(seconds)}:")
     failed = 0
     for run in runs:
         result = read_result(out_dir / f"{run.run_id}.json") or {"status": "missing"}

@@ -10,7 +10,7 @@ from tunebench import planner
 from tunebench.cli import main
 from tunebench.errors import UserError
 from tunebench.methods import get_method
-from tunebench.planner import GiB, MethodPlan, Shape
+from tunebench.planner import MethodPlan, Shape
 from tunebench.results import SCHEMA_VERSION
 from tunebench.tracing import (
     affine_max_batch,
@@ -21,6 +21,7 @@ from tunebench.tracing import (
     trace_step,
     trace_step_extrapolated,
 )
+from tunebench.units import GiB
 
 SMALL = Shape(batch_size=4, seq_len=32, num_labels=2)
 

@@ -27,6 +27,7 @@ from tunebench.config import flatten
 from tunebench.errors import UserError
 from tunebench.plots import MEMORY_PARTS
 from tunebench.results import read_result, result_files
+from tunebench.units import format_bytes, format_seconds
 
 METHOD_ORDER = ("full", "lora", "qlora", "head")
 TOLERANCE_POINTS = 1.0  # "within a point of the best": the accuracy a cheaper method may give up
@@ -300,25 +301,6 @@ def _mark_fronts(groups: list[Group]) -> None:
 # -- formatting -------------------------------------------------------------------------------------
 
 
-def fmt_bytes(n: float | None) -> str:
-    if n is None:
-        return "—"
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= size:
-            value = n / size
-            return f"{value:.3g} {unit}" if value < 100 else f"{value:.0f} {unit}"
-    return f"{n:.0f} B"
-
-
-def fmt_seconds(s: float | None) -> str:
-    if s is None:
-        return "—"
-    if s < 60:
-        return f"{s:.3g} s"
-    minutes, seconds = divmod(round(s), 60)
-    return f"{minutes} min {seconds:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
-
-
 def fmt_rate(x: float | None) -> str:
     if x is None:
         return "—"
@@ -444,7 +426,7 @@ def summary_table(groups: list[Group], sweeps: Sequence[Sweep] = ()) -> Table:
     mixed = len(sources) > 1
 
     def memory_cell(g: Group) -> str:
-        cell = fmt_bytes(g.mean("peak_memory_bytes"))
+        cell = format_bytes(g.mean("peak_memory_bytes"))
         return f"{cell} ({', '.join(sorted(MEMORY_SOURCES.get(s, s) for s in g.memory_sources))})" if mixed else cell
 
     def front_cell(g: Group) -> str:
@@ -459,11 +441,11 @@ def summary_table(groups: list[Group], sweeps: Sequence[Sweep] = ()) -> Table:
             memory_cell(g),
             fmt_rate(g.mean("tokens_per_second")),
             fmt_rate(g.mean("samples_per_second")),
-            fmt_seconds(g.mean("train_seconds")),
+            format_seconds(g.mean("train_seconds")),
             epochs_of(g),
             f"{'/'.join(fmt_lr(lr) for lr in sorted({r.result['config']['train']['lr'] for r in g.runs}))} "
             f"({lr_rule(g, sweeps)})",
-            fmt_bytes(g.mean("checkpoint_bytes")),
+            format_bytes(g.mean("checkpoint_bytes")),
             front_cell(g),
         ]
         for g in groups
@@ -520,8 +502,8 @@ def breakdown_table(groups: list[Group]) -> Table:
     rows = []
     for g in groups:
         parts = g.memory_at_peak()
-        cells = [fmt_bytes(parts[p]) if parts else "—" for p in MEMORY_PARTS]
-        rows.append([g.label, *cells, fmt_bytes(math.fsum(parts.values())) if parts else "—"])
+        cells = [format_bytes(parts[p]) if parts else "—" for p in MEMORY_PARTS]
+        rows.append([g.label, *cells, format_bytes(math.fsum(parts.values())) if parts else "—"])
     return Table(
         ["Method", "Weights", "Buffers", "Gradients", "Optimizer state", "Activations", "Other", "Total"],
         rows,
@@ -591,13 +573,14 @@ def recommendation(groups: list[Group], num_labels: int | None) -> list[str]:
             extras.append(f"{fmt_ratio(throughput)} its throughput")
         checkpoint = _ratio(g.mean("checkpoint_bytes"), baseline.mean("checkpoint_bytes"))
         if checkpoint is not None and checkpoint < 0.5:  # only worth saying when the saving is large
-            extras.append(f"a {fmt_bytes(g.mean('checkpoint_bytes'))} checkpoint ({fmt_share(checkpoint)} of its size)")
+            size = format_bytes(g.mean("checkpoint_bytes"))
+            extras.append(f"a {size} checkpoint ({fmt_share(checkpoint)} of its size)")
         lines.append(sentence + (f", with {' and '.join(extras)}" if extras else "") + ".")
 
     if lowest is not None and lowest is not lightest:
         lines.append(
             f"On the tightest memory budget, **{lowest.label}** needs the least: "
-            f"{fmt_bytes(lowest.mean('peak_memory_bytes'))} at peak, "
+            f"{format_bytes(lowest.mean('peak_memory_bytes'))} at peak, "
             f"{best.accuracy - lowest.accuracy:.1f} points below the best."
         )
 
@@ -763,7 +746,8 @@ def _environment_summary(env: dict) -> dict[str, str]:
         "Machine": f"{env.get('platform', '?')}; {env.get('cpu', '?')}, {env.get('cpu_count', '?')} CPUs, "
         f"{env.get('torch_threads', '?')} torch threads",
         "GPU": (
-            f"{gpu.get('count', 1)}× {gpu.get('name')} ({fmt_bytes(gpu.get('memory_bytes'))}), CUDA {gpu.get('cuda')}, "
+            f"{gpu.get('count', 1)}× {gpu.get('name')} ({format_bytes(gpu.get('memory_bytes'))}), "
+            f"CUDA {gpu.get('cuda')}, "
             f"driver {gpu.get('driver')}"
             if gpu
             else "none (CPU run)"
