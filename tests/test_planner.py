@@ -55,7 +55,7 @@ def minilm_traces(minilm):
 
 @pytest.fixture(scope="module")
 def validation(minilm):
-    return {row["method"]: row for row in planner.validate("minilm", list(planner.METHODS), SMALL)}
+    return {row["method"]: row for row in planner.validate_steps("minilm", list(planner.METHODS), SMALL)}
 
 
 @pytest.mark.slow

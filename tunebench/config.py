@@ -111,7 +111,7 @@ def build_config(
     # the layers above were chosen for this method and task: a `method:` or `task:` in a later layer must not
     # replace them (it would run one method with another's options)
     cfg["method"], cfg["task"] = method, task
-    validate(cfg)
+    check_config(cfg)
     if hasattr(spec, "check_options"):
         spec.check_options(cfg["method_options"])
     return cfg
@@ -125,7 +125,8 @@ CHOICES = {
 }
 
 
-def validate(cfg: Config) -> None:
+def check_config(cfg: Config) -> None:
+    """Raise UserError for a value out of its range or choices: before any work, not mid-run."""
     from tunebench.modeling import check_pooling
 
     check_pooling(cfg["pooling"])

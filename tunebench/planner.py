@@ -586,7 +586,9 @@ def tiny_llama_folder(folder: str | Path) -> str:
     return str(folder)
 
 
-def validate(model: str, methods: list[str], shape: Shape = VALIDATION_SHAPE, precision: str = "fp32") -> list[dict]:
+def validate_steps(
+    model: str, methods: list[str], shape: Shape = VALIDATION_SHAPE, precision: str = "fp32"
+) -> list[dict]:
     """Per method: the fake-trace prediction against two real steps of the loop on this machine, on a padded
     batch, with the AdamW implementation the loop uses here; measured by TensorTracker and independently
     (tracing.measure_step: the CPU allocator's events, or torch.cuda.max_memory_allocated)."""
@@ -792,7 +794,7 @@ def validation_rows(args: argparse.Namespace) -> list[dict]:
         models = [args.model] if args.model else ["minilm", tiny_llama_folder(Path(tmp) / "tiny-llama")]
         rows = []
         for model in models:
-            rows += validate(model, methods)
+            rows += validate_steps(model, methods)
             rows += validate_loop(model, methods, "bf16", Path(tmp) / "runs")
     for row in rows:
         if row["model"].endswith("tiny-llama"):

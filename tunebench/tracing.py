@@ -304,7 +304,7 @@ def make_batch(
 
     The other examples are shorter (down to half), so the model applies the attention mask: the path every
     padded batch takes. Under FakeTensorMode transformers cannot see the mask's values and always takes it;
-    a real batch with no padding at all drops the mask (a slightly cheaper path, see validate()).
+    a real batch with no padding at all drops the mask (a slightly cheaper path, see planner.validate_steps).
     """
     generator = torch.Generator().manual_seed(0)
     lengths = torch.linspace(seq_len, max(1, seq_len // 2), batch_size).round().long()
