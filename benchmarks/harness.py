@@ -63,7 +63,9 @@ SOURCE_PATHS = ("tunebench", "methods", "benchmarks", "configs", "pyproject.toml
 
 
 @dataclass
-class Run:
+class SuiteRun:
+    """One run a suite expands to, before it runs: its id, grid point and effective config."""
+
     run_id: str
     grid: dict
     config: dict
@@ -137,7 +139,7 @@ def run_id(config: dict) -> str:
     return f"{run_name(config)}-s{config['seed']}-{digest}"
 
 
-def load_suite(path: str | Path, track_memory: bool = True) -> tuple[dict, list[Run]]:
+def load_suite(path: str | Path, track_memory: bool = True) -> tuple[dict, list[SuiteRun]]:
     suite = read_yaml(path)
     unknown = set(suite) - SUITE_KEYS
     if unknown:
@@ -152,14 +154,14 @@ def load_suite(path: str | Path, track_memory: bool = True) -> tuple[dict, list[
             grid_point = {k: config[k] for k in REQUIRED_AXES} | {
                 a: config[key.split(".")[0]][key.split(".")[1]] for a, key in EXTRA_AXES.items() if a in point
             }
-            runs.append(Run(run_id(config), grid_point, config))
+            runs.append(SuiteRun(run_id(config), grid_point, config))
     ids = [r.run_id for r in runs]
     if len(set(ids)) != len(ids):
         raise UserError(f"suite {path} expands to duplicate runs (the same config twice)")
     return suite, runs
 
 
-def select_shard(runs: list[Run], spec: str | None) -> list[Run]:
+def select_shard(runs: list[SuiteRun], spec: str | None) -> list[SuiteRun]:
     """--shard i/n keeps runs i, i+n, i+2n... (1-based) of the id-sorted list: disjoint and complete."""
     runs = sorted(runs, key=lambda r: r.run_id)
     if spec is None:
@@ -213,7 +215,7 @@ def _die_with_parent() -> None:
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def launch(run: Run, out: Path, processes: int) -> int:
+def launch(run: SuiteRun, out: Path, processes: int) -> int:
     """Run one training in a fresh process (clean memory accounting; a crash stays contained)."""
     run_dir = out / "runs" / run.run_id
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -251,7 +253,7 @@ def launch(run: Run, out: Path, processes: int) -> int:
     return subprocess.run(command, env=env, preexec_fn=preexec).returncode
 
 
-def _record_crash(path: Path, run: Run, returncode: int) -> None:
+def _record_crash(path: Path, run: SuiteRun, returncode: int) -> None:
     """A run that died without writing its own end (segfault, OOM killer) is recorded as failed."""
     result = read_result(path)
     if result is not None and result["status"] != "running":
@@ -329,7 +331,7 @@ def run_suite(
     return _summarize(out_dir, runs, time.monotonic() - started)
 
 
-def _summarize(out_dir: Path, runs: list[Run], seconds: float) -> int:
+def _summarize(out_dir: Path, runs: list[SuiteRun], seconds: float) -> int:
     print(f"\nsuite finished in {format_seconds(seconds)}:")
     failed = 0
     for run in runs:

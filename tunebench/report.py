@@ -53,7 +53,9 @@ BUDGET_KEYS = ("train.epochs", "train.max_steps")
 
 
 @dataclass
-class Run:
+class RunResult:
+    """One result file as the report reads it: the run's id, its result and its grid point."""
+
     run_id: str
     result: dict
     grid: dict  # model, task, method, seed, batch_size, max_length, precision, plus the harness's axes
@@ -67,7 +69,7 @@ class Run:
 class ResultSet:
     label: str
     folder: Path
-    runs: list[Run]
+    runs: list[RunResult]
     skipped_files: int  # JSON files that were not readable tunebench results (partial, corrupt, other)
 
 
@@ -87,7 +89,7 @@ def load_sets(folders: Sequence[str]) -> list[ResultSet]:
             if result is None:
                 skipped += 1
                 continue
-            runs.append(Run(_run_id(path, result), result, _grid(result)))
+            runs.append(RunResult(_run_id(path, result), result, _grid(result)))
         if not runs:
             raise UserError(f"no tunebench result files in {folder}")
         sets.append(ResultSet(folder.resolve().name, folder, runs, skipped))
@@ -167,7 +169,7 @@ class Group:
     task: str
     method: str
     label: str
-    runs: list[Run]
+    runs: list[RunResult]
     front_memory: bool = False
     front_throughput: bool = False
     accuracy: float = field(init=False)  # percent
@@ -210,7 +212,7 @@ def _method_rank(method: str) -> tuple[int, str]:
     return (METHOD_ORDER.index(method), "") if method in METHOD_ORDER else (len(METHOD_ORDER), method)
 
 
-def _axes(runs: Sequence[Run]) -> list[str]:
+def _axes(runs: Sequence[RunResult]) -> list[str]:
     """Grid axes (besides task, method and seed) that take several values within one method.
 
     Those runs must not be averaged together, so the axis joins the label. An axis that differs only
@@ -225,7 +227,7 @@ def _axes(runs: Sequence[Run]) -> list[str]:
     return [k for k in keys if any(varies(k, m) for m in methods)]
 
 
-def _label(run: Run, axes: Sequence[str]) -> str:
+def _label(run: RunResult, axes: Sequence[str]) -> str:
     method = str(run.grid.get("method"))
     return " · ".join([method, *(f"{k}={run.grid.get(k)}" for k in axes)]) if axes else method
 
@@ -239,19 +241,19 @@ class Sweep:
     """One method's learning-rate sweep: (lr, runs) per rate, and the rate kept."""
 
     label: str
-    by_lr: dict[float, list[Run]]
+    by_lr: dict[float, list[RunResult]]
     selected: float
 
 
-def _validation(runs: Sequence[Run]) -> float:
+def _validation(runs: Sequence[RunResult]) -> float:
     return math.fsum(r.result["best_validation_accuracy"] for r in runs) / len(runs)
 
 
-def select_learning_rates(runs: Sequence[Run]) -> tuple[list[Run], list[Sweep]]:
+def select_learning_rates(runs: Sequence[RunResult]) -> tuple[list[RunResult], list[Sweep]]:
     """Where runs differ only in the harness's `lr` axis (and seed), keep the rate with the best mean
     validation accuracy over seeds; ties go to the smaller rate. One rule for every method; test accuracy
     plays no part. Returns the runs kept and each sweep."""
-    partitions: dict[str, dict[float, list[Run]]] = {}
+    partitions: dict[str, dict[float, list[RunResult]]] = {}
     for run in runs:
         rest = {k: v for k, v in run.grid.items() if k not in ("lr", "seed")}
         partitions.setdefault(json.dumps(rest, sort_keys=True, default=str), {}).setdefault(
@@ -268,7 +270,7 @@ def select_learning_rates(runs: Sequence[Run]) -> tuple[list[Run], list[Sweep]]:
     return kept, sweeps
 
 
-def _completed(result_set: ResultSet, task: str) -> list[Run]:
+def _completed(result_set: ResultSet, task: str) -> list[RunResult]:
     return [r for r in result_set.runs if r.grid["task"] == task and r.status == "ok"]
 
 
@@ -277,7 +279,7 @@ def group_runs(result_set: ResultSet, task: str) -> list[Group]:
     qlora, head, then others."""
     completed, _ = select_learning_rates(_completed(result_set, task))
     axes = [a for a in _axes(completed) if a != "lr"]  # the rate kept is stated in the table, not the label
-    by_label: dict[str, list[Run]] = {}
+    by_label: dict[str, list[RunResult]] = {}
     for run in completed:
         by_label.setdefault(_label(run, axes), []).append(run)
     groups = [Group(task, runs[0].grid["method"], label, runs) for label, runs in by_label.items()]
