@@ -127,7 +127,7 @@ CHOICES = {
 
 def check_config(cfg: Config) -> None:
     """Raise UserError for a value out of its range or choices: before any work, not mid-run."""
-    from tunebench.modeling import check_pooling
+    from tunebench.classifier import check_pooling
 
     check_pooling(cfg["pooling"])
     for dotted, choices in CHOICES.items():
