@@ -338,7 +338,7 @@ def _summarize(out_dir: Path, runs: list[SuiteRun], seconds: float) -> int:
         result = read_result(out_dir / f"{run.run_id}.json") or {"status": "missing"}
         failed += result["status"] not in ("ok", "oom")
         detail = (
-            f"test acc {result['test_accuracy']:.4f}  train {result['train_seconds']:.1f}s"
+            f"test acc {result['test_accuracy']:.4f}  train {format_seconds(result['train_seconds'])}"
             if result["status"] == "ok"
             else (result.get("error") or "")
         )
