@@ -60,7 +60,3 @@ def final_result(path: str | Path) -> dict | None:
     """The result at path if its run has finished for good (FINAL), else None: a rerun repeats that run."""
     result = read_result(path)
     return result if result is not None and result["status"] in FINAL else None
-
-
-def is_complete(path: str | Path) -> bool:
-    return final_result(path) is not None
