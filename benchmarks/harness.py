@@ -75,15 +75,6 @@ class SuiteRun:
         return " ".join(f"{v}" for v in self.grid.values())
 
 
-def _deep_update(base: dict, layer: dict) -> dict:
-    out = dict(base)
-    for key, value in layer.items():
-        out[key] = (
-            _deep_update(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-        )
-    return out
-
-
 def _grid_points(grid: dict, path: str | Path, method_sweeps: dict) -> list[dict]:
     bad_axes = set(grid) - set(REQUIRED_AXES) - set(EXTRA_AXES)
     if bad_axes:
@@ -115,21 +106,22 @@ def _method_sweeps(suite: dict, path: str | Path) -> dict[str, list]:
     return sweeps
 
 
-def _run_layer(suite: dict, point: dict, track_memory: bool) -> dict:
-    """Config overrides for one grid point: suite config, then its task's, then its method's, then the axes."""
-    layer = suite.get("config") or {}
-    layer = _deep_update(layer, (suite.get("tasks") or {}).get(point["task"], {}))
+def _run_layers(suite: dict, point: dict, track_memory: bool, path: str | Path) -> list[tuple[str, dict]]:
+    """Config layers for one grid point, each named for errors: the suite's config, its task's, its method's,
+    then the grid axes."""
     method_layer = {k: v for k, v in ((suite.get("methods") or {}).get(point["method"]) or {}).items() if k != "lr"}
-    layer = _deep_update(layer, method_layer)
-    for axis in ("model", "seed"):
-        if point[axis] is not None:
-            layer = _deep_update(layer, {axis: point[axis]})
+    axes: dict = {axis: point[axis] for axis in ("model", "seed") if point[axis] is not None}
     for axis, key in EXTRA_AXES.items():
         if axis in point:
-            layer = _deep_update(layer, set_dotted({}, key, point[axis]))
+            set_dotted(axes, key, point[axis])
     if not track_memory:
-        layer = _deep_update(layer, {"measure": {"track_memory": False}})
-    return layer
+        set_dotted(axes, "measure.track_memory", False)
+    return [
+        (f"suite {path} config", suite.get("config") or {}),
+        (f"suite {path} tasks.{point['task']}", (suite.get("tasks") or {}).get(point["task"]) or {}),
+        (f"suite {path} methods.{point['method']}", method_layer),
+        (f"suite {path} grid", axes),
+    ]
 
 
 def run_id(config: dict) -> str:
@@ -149,7 +141,7 @@ def load_suite(path: str | Path, track_memory: bool = True) -> tuple[dict, list[
     runs = []
     for grid in grids if isinstance(grids, list) else [grids]:  # a list of grids is their union
         for point in _grid_points(grid, path, sweeps):
-            config = build_config(point["method"], point["task"], overrides=_run_layer(suite, point, track_memory))
+            config = build_config(point["method"], point["task"], layers=_run_layers(suite, point, track_memory, path))
             # the axes' effective values (YAML reads 1e-4 as a string; the config holds the number)
             grid_point = {k: config[k] for k in REQUIRED_AXES} | {
                 a: config[key.split(".")[0]][key.split(".")[1]] for a, key in EXTRA_AXES.items() if a in point

@@ -152,7 +152,7 @@ def test_bad_suite_is_a_usage_error(tmp_path):
         yaml.safe_dump({"grid": {"task": ["rotten_tomatoes"], "method": ["lora"]}, "config": {"train": {"lrate": 1}}})
     )
     out = bench(str(path), "--dry-run")
-    assert out.returncode == 2 and "unknown config key 'train.lrate'" in out.stderr
+    assert out.returncode == 2 and f"unknown config key 'train.lrate' in suite {path} config;" in out.stderr
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import copy
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,10 +85,13 @@ def build_config(
     task: str | None = None,
     user_file: str | Path | None = None,
     overrides: dict | None = None,
+    layers: Sequence[tuple[str, dict]] = (),
 ) -> Config:
     """Compose the effective config for one run.
 
-    method and task may also come from the user file or overrides; the explicit argument wins.
+    layers are (where, layer) pairs applied in order after the user file and before overrides (a suite's
+    config, task, method and grid layers); where names the layer in errors. method and task may also come
+    from the user file or overrides; the explicit argument wins.
     """
     from tunebench.methods import get_method
     from tunebench.tasks import get_task
@@ -106,6 +110,8 @@ def build_config(
     cfg = merge(cfg, get_task(task).config, f"task {task!r}")
     if user:
         cfg = merge(cfg, user, str(user_file))
+    for where, layer in layers:
+        cfg = merge(cfg, layer, where)
     if overrides:
         cfg = merge(cfg, overrides, "command-line overrides")
     # the layers above were chosen for this method and task: a `method:` or `task:` in a later layer must not
