@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint smollm2 report-check clean
+.PHONY: setup demo test lint smollm2 report-check gpu-bundle clean
 
 setup: $(STAMP)
 
@@ -38,9 +38,14 @@ REPORT ?= reports/quick
 report-check: setup
 	$(BIN)/python tests/render_check.py $(REPORT)/index.html --png runs/render-check.png
 
+# What travels to a bare GPU machine for benchmarks/gpu_check.sh: .gpu-bundle/call-N/, each <= 64 MiB
+# (wheels it lacks, MiniLM in bf16, the task data as CSV). Prints each call's size; fails over the limit.
+gpu-bundle: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m tunebench.benchmarks.gpu_check bundle
+
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs .pytest_cache .gpu-bundle

@@ -45,7 +45,14 @@ import yaml
 from tunebench.config import build_config, set_dotted
 from tunebench.errors import UserError
 from tunebench.files import read_yaml
-from tunebench.results import SCHEMA_VERSION, final_result, read_result, run_name, write_json_atomic
+from tunebench.results import (
+    SCHEMA_VERSION,
+    final_result,
+    read_rank_failures,
+    read_result,
+    run_name,
+    write_json_atomic,
+)
 from tunebench.units import format_seconds
 
 SUITE_KEYS = {"name", "description", "config", "grid", "methods", "tasks", "processes"}
@@ -207,9 +214,13 @@ def _die_with_parent() -> None:
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+def _run_dir(run: SuiteRun, out: Path) -> Path:
+    return out / "runs" / run.run_id
+
+
 def launch(run: SuiteRun, out: Path, processes: int) -> int:
     """Run one training in a fresh process (clean memory accounting; a crash stays contained)."""
-    run_dir = out / "runs" / run.run_id
+    run_dir = _run_dir(run, out)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "suite_config.yaml"
     config_path.write_text(yaml.safe_dump(run.config, sort_keys=False))
@@ -246,7 +257,8 @@ def launch(run: SuiteRun, out: Path, processes: int) -> int:
 
 
 def _record_crash(path: Path, run: SuiteRun, returncode: int) -> None:
-    """A run that died without writing its own end (segfault, OOM killer) is recorded as failed."""
+    """A run that died without writing its own end (segfault, OOM killer, rank 0 stopped before it could
+    record another rank's failure) is recorded as failed, with the errors the ranks left."""
     result = read_result(path)
     if result is not None and result["status"] != "running":
         return
@@ -258,7 +270,8 @@ def _record_crash(path: Path, run: SuiteRun, returncode: int) -> None:
         "grid": run.grid,
     }
     killed = f"killed by signal {-returncode}" if returncode < 0 else f"exited with status {returncode}"
-    result.update(status="failed", error=f"run process {killed} before writing its result")
+    errors = [f"rank {f['rank']}: {f['error']}" for f in read_rank_failures(_run_dir(run, out=path.parent))]
+    result.update(status="failed", error="; ".join([f"run process {killed} before writing its result", *errors]))
     write_json_atomic(path, result)
 
 

@@ -7,7 +7,11 @@ A method module provides:
   load(folder, model_path, task, tokenizer, cfg, device) -> model   inverse of save
 and optionally
   check_options(method_options)  rejects bad options when the config is built, before anything loads
-  cache_features(model, loader, device) -> tensor    backbone run once, head trained on the result
+  cache_features(model, loader, device) -> (features, dataset indices)   backbone run once, the head
+                                 trains on the result (the loop gathers it across processes, in dataset order)
+
+`method` in a config may also be the dotted path of any importable module that provides the same
+(tests use one that fails on one rank).
 """
 
 from __future__ import annotations
@@ -26,6 +30,12 @@ METHODS = {
 
 
 def get_method(name: str) -> ModuleType:
-    if name not in METHODS:
-        raise unknown_choice("method", name, list(METHODS))
-    return importlib.import_module(METHODS[name])
+    if name in METHODS:
+        return importlib.import_module(METHODS[name])
+    if "." in name:
+        try:
+            return importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if not f"{name}.".startswith(f"{exc.name}."):  # a module it imports is missing, not the method
+                raise
+    raise unknown_choice("method", name, list(METHODS))

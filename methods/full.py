@@ -10,7 +10,7 @@ DEFAULTS = {"train": {"lr": 5.0e-5}, "method_options": {}}
 
 
 def build(model_path: str, task, tokenizer, cfg: dict, device) -> nn.Module:
-    model = load_classifier(model_path, task.num_labels, cfg["pooling"])
+    model = load_classifier(model_path, task.num_labels, cfg)
     model.requires_grad_(True)
     return model
 

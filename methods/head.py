@@ -42,7 +42,7 @@ def check_options(options: dict) -> None:
 
 def build(model_path: str, task, tokenizer, cfg: dict, device) -> nn.Module:
     top = cfg["method_options"]["unfreeze_top"]
-    model = load_classifier(model_path, task.num_labels, cfg["pooling"])
+    model = load_classifier(model_path, task.num_labels, cfg)
     model.backbone.requires_grad_(False)
     if top:
         layers = _layers(model.backbone)
@@ -54,16 +54,15 @@ def build(model_path: str, task, tokenizer, cfg: dict, device) -> nn.Module:
 
 
 @torch.inference_mode()
-def cache_features(model: Classifier, loader, device: torch.device) -> torch.Tensor:
-    """Pooled features for every example, in the loader's dataset order (the loader may sort by length)."""
+def cache_features(model: Classifier, loader, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled features of the loader's examples and their dataset indices, in the loader's order."""
     model.eval()
-    chunks, order = [], []
+    chunks, index = [], []
     for batch in loader:
-        order.append(batch.pop("index"))
+        index.append(batch.pop("index"))
         batch.pop("labels", None)
-        chunks.append(model.features(**{k: v.to(device) for k, v in batch.items()}).float().cpu())
-    features = torch.cat(chunks)
-    return features[torch.argsort(torch.cat(order))]
+        chunks.append(model.features(**{k: v.to(device) for k, v in batch.items()}).float())
+    return torch.cat(chunks), torch.cat(index)
 
 
 save = save_trained

@@ -71,7 +71,7 @@ def attach_adapter(model: nn.Module, options: dict) -> nn.Module:
 
 
 def build(model_path: str, task, tokenizer, cfg: dict, device) -> nn.Module:
-    return attach_adapter(load_classifier(model_path, task.num_labels, cfg["pooling"]), cfg["method_options"])
+    return attach_adapter(load_classifier(model_path, task.num_labels, cfg), cfg["method_options"])
 
 
 def save(model: nn.Module, folder: str) -> None:
@@ -81,4 +81,4 @@ def save(model: nn.Module, folder: str) -> None:
 def load(folder: str, model_path: str, task, tokenizer, cfg: dict, device) -> nn.Module:
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(load_classifier(model_path, task.num_labels, cfg["pooling"]), folder)
+    return PeftModel.from_pretrained(load_classifier(model_path, task.num_labels, cfg), folder)

@@ -51,7 +51,7 @@ def _quantized_base(model_path: str, task, tokenizer, cfg: dict, device) -> nn.M
     model = load_classifier(
         model_path,
         task.num_labels,
-        cfg["pooling"],
+        cfg,
         quantization_config=quantization_config(cfg["method_options"]["bits"], device),
         device_map={"": device},  # bitsandbytes quantizes as the weights land on the device
     )

@@ -48,6 +48,24 @@ def tiny_config() -> Callable[..., dict]:
 
 
 @pytest.fixture(scope="session")
+def decoder_folder(tmp_path_factory) -> str:
+    """A small random Llama (2 layers, hidden 64) with MiniLM's tokenizer and no pad token, like most decoders."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from tunebench.models import resolve_model
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("minilm"))
+    tokenizer.pad_token = None
+    tokenizer.eos_token = "[SEP]"
+    tokenizer.save_pretrained(folder)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
 def review_frame() -> pd.DataFrame:
     """200 real Rotten Tomatoes sentences, balanced, with their own column names and string labels."""
     from tunebench.tasks import get_task

@@ -134,7 +134,7 @@ def test_bad_model_task_or_metric_fails_before_training(capsys, tmp_path: Path, 
         assert "HF_HUB_OFFLINE" in line
     result = read_result(run_dir / "result.json")
     assert result["status"] == "failed" and result["error"] in line
-    assert result.get("steps") is None and not (run_dir / "best").exists()
+    assert result.get("optimizer_steps") is None and not (run_dir / "best").exists()
 
 
 def test_bad_data_fails_before_any_model_loads(capsys, tmp_path: Path, review_files: dict[str, Path]) -> None:

@@ -105,6 +105,8 @@ def test_free_form_leaves_accept_mappings_and_lists() -> None:
         ({"data": {"max_eval_samples": 0}}, "data.max_eval_samples must be a positive integer or null"),
         ({"train": {"max_steps": -5}}, "train.max_steps must be a positive integer or null"),
         ({"measure": {"memory_cap": "1GB"}}, "measure.memory_cap must be a positive number of bytes or null"),
+        ({"head_dropout": 1.0}, "head_dropout must be a number in [0, 1) or null, got 1.0"),
+        ({"pooling": "max"}, "pooling must be one of mean, cls, last or null, got 'max'"),
     ],
 )
 def test_bad_values_are_user_errors(overrides: dict, message: str) -> None:

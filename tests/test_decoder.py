@@ -1,31 +1,17 @@
 """Decoder models for sequence classification: pad token, last-token pooling, save and reload.
 
-A small randomly initialised Llama in a local folder stands in for SmolLM2 (an optional download):
-the code path is the same, from a model folder whose tokenizer has no pad token.
+A small randomly initialised Llama in a local folder (conftest's decoder_folder) stands in for SmolLM2
+(an optional download): the code path is the same, from a model folder whose tokenizer has no pad token.
 """
 
 from __future__ import annotations
 
 import pytest
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from tunebench.config import build_config
 from tunebench.evaluation import evaluate_run
 from tunebench.loop import train
-from tunebench.models import default_pooling, load_config, load_tokenizer, resolve_model
-
-
-@pytest.fixture(scope="module")
-def decoder_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model("minilm"))
-    tokenizer.pad_token = None  # like most decoder checkpoints
-    tokenizer.eos_token = "[SEP]"
-    tokenizer.save_pretrained(folder)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)  # fmt: skip
-    LlamaForCausalLM(config).save_pretrained(folder)
-    return str(folder)
+from tunebench.models import default_pooling, load_config, load_tokenizer
 
 
 def test_decoder_tokenizer_gets_a_pad_token_and_last_token_pooling(decoder_folder):

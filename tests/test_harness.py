@@ -189,13 +189,21 @@ def test_result_schema(suite_results):
             "trainable_params",
             "total_params",
             "train_seconds",
+            "run_seconds",
             "samples_per_second",
             "tokens_per_second",
+            "epochs_per_second",
+            "tokens_processed",
+            "examples_seen",
+            "optimizer_steps",
+            "micro_batches",
             "step_seconds_median",
             "step_seconds_p10",
             "step_seconds_p90",
             "checkpoint_bytes",
             "peak_memory_bytes",
+            "peak_memory_source",
+            "peak_memory_includes",
             "started_at",
             "finished_at",
         ):
@@ -205,7 +213,8 @@ def test_result_schema(suite_results):
         assert result["step_seconds_p10"] <= result["step_seconds_median"] <= result["step_seconds_p90"]
         # tokens/s counts non-padding tokens only: fewer than batch x padded length
         assert result["tokens_per_second"] < result["samples_per_second"] * 32
-        assert len(result["curves"]["train_loss"]) == 3 and result["curves"]["validation"]
+        # log_every 10 over 3 steps: the loss of step 1, then the mean of steps 2-3 before the final evaluation
+        assert [p["step"] for p in result["curves"]["train_loss"]] == [1, 3] and result["curves"]["validation"]
         memory = result["memory"]
         assert memory["peak_rss_bytes"] > 0 and memory["cuda"] is None
         roles = {"weights", "buffers", "gradients", "optimizer_state", "activations", "other"}

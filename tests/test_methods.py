@@ -31,14 +31,15 @@ from tunebench.tasks import TaskData, get_task, load_task
 pytestmark = pytest.mark.slow
 
 # Per method: enough steps at a high enough rate that the training loss drops for sure on 32 examples.
+# log_every 1: the train-loss curve then holds every step's loss.
 SETTINGS = {
-    "full": {"train": {"lr": 1e-4, "epochs": 3}},
-    "lora": {"train": {"lr": 3e-3, "epochs": 3}},
-    "qlora": {"train": {"lr": 3e-3, "epochs": 3}},
+    "full": {"train": {"lr": 1e-4, "epochs": 3, "log_every": 1}},
+    "lora": {"train": {"lr": 3e-3, "epochs": 3, "log_every": 1}},
+    "qlora": {"train": {"lr": 3e-3, "epochs": 3, "log_every": 1}},
     # head trains on cached features, so its steps are nearly free; it runs on a local file task with its
     # own column names and string labels, and with an extra metric loaded from a local script
     "head": {
-        "train": {"lr": 1e-2, "epochs": 10},
+        "train": {"lr": 1e-2, "epochs": 10, "log_every": 1},
         "data": {"text_column": "review", "label_column": "sentiment"},
         "metrics": [str(BALANCED_ACCURACY)],
     },
@@ -144,7 +145,7 @@ def test_run_folder_holds_what_the_run_promises(trained, method: str) -> None:
     assert set(predictions) <= {0, 1}
     trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
     assert run.result["trainable_params"] == trainable
-    assert run.result["steps"] == len(run.result["curves"]["train_loss"])
+    assert run.result["optimizer_steps"] == len(run.result["curves"]["train_loss"])
     assert 0 < run.result["checkpoint_bytes"]
     assert not list(run.run_dir.glob("*.partial")), "a checkpoint folder was left half-written"
 

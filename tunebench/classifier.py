@@ -18,7 +18,7 @@ POOLINGS = ("mean", "cls", "last")
 TASK_HEAD = "classifier"
 # Kept in full precision under quantization: peft cannot train a quantized head.
 UNQUANTIZED = (TASK_HEAD, "pooler")
-DROPOUT = 0.1  # before the head, as BERT's own classification head
+DROPOUT = 0.1  # before the head, as BERT's own classification head; config key head_dropout (null: this)
 SAVED = "classifier.safetensors"  # the trained parameters of full and head (lora and qlora save peft adapters)
 
 
@@ -29,11 +29,11 @@ class Classifier(nn.Module):
     quantized backbone) or the head alone (head). The backbone's own pooler, if any, is not used.
     """
 
-    def __init__(self, backbone: nn.Module, num_labels: int, pooling: str):
+    def __init__(self, backbone: nn.Module, num_labels: int, pooling: str, dropout: float = DROPOUT):
         super().__init__()
         self.backbone = backbone
         self.pooling = pooling
-        self.dropout = nn.Dropout(DROPOUT)
+        self.dropout = nn.Dropout(dropout)
         # in the backbone's dtype, as transformers' own classification heads (a bf16 checkpoint trains in bf16)
         self.classifier = nn.Linear(backbone.config.hidden_size, num_labels, dtype=backbone.dtype)
 
@@ -82,8 +82,9 @@ def resolve_pooling(pooling: str | None, model_path: str, config) -> str:
     return pooling or default_pooling(model_path, config)
 
 
-def load_classifier(model_path: str, num_labels: int, pooling: str | None, **kwargs) -> Classifier:
-    """The backbone from model_path (kwargs go to AutoModel.from_pretrained) under a fresh task head."""
+def load_classifier(model_path: str, num_labels: int, cfg: dict, **kwargs) -> Classifier:
+    """The backbone from model_path (kwargs go to AutoModel.from_pretrained) under a fresh task head, with the
+    config's pooling and head dropout."""
     from transformers import AutoModel
 
     config = load_config(model_path)
@@ -91,7 +92,9 @@ def load_classifier(model_path: str, num_labels: int, pooling: str | None, **kwa
         backbone = AutoModel.from_pretrained(model_path, **kwargs)
     except OSError as exc:
         raise hub_error(model_path, exc) from None
-    return Classifier(drop_pooler(backbone), num_labels, resolve_pooling(pooling, model_path, config))
+    pooling = resolve_pooling(cfg["pooling"], model_path, config)
+    dropout = DROPOUT if cfg["head_dropout"] is None else cfg["head_dropout"]
+    return Classifier(drop_pooler(backbone), num_labels, pooling, dropout)
 
 
 def drop_pooler(backbone: nn.Module) -> nn.Module:

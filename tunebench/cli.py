@@ -194,6 +194,8 @@ def _interrupt_on_sigterm() -> None:
     def handler(signum, frame):
         loop = sys.modules.get("tunebench.loop")
         if loop is not None:
+            if loop.finishing.is_set():
+                return  # the run is writing how it ended, and ends by itself
             loop.stop_requested.set()
         raise KeyboardInterrupt
 

@@ -136,6 +136,10 @@ def check_config(cfg: Config) -> None:
     from tunebench.classifier import check_pooling
 
     check_pooling(cfg["pooling"])
+    dropout = cfg["head_dropout"]
+    number = isinstance(dropout, (int, float)) and not isinstance(dropout, bool)
+    if dropout is not None and not (number and 0 <= dropout < 1):
+        raise UserError(f"head_dropout must be a number in [0, 1) or null, got {dropout!r}")
     for dotted, choices in CHOICES.items():
         section, key = dotted.split(".")
         if cfg[section][key] not in choices:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import random
-
+import numpy as np
 import torch
 from datasets import Dataset, DatasetDict
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Sampler
 from transformers import DataCollatorWithPadding
+
+PIN_MEMORY = torch.cuda.is_available()
 
 
 def tokenize(splits: DatasetDict, tokenizer, max_length: int) -> DatasetDict:
@@ -27,24 +28,46 @@ def tokenize(splits: DatasetDict, tokenizer, max_length: int) -> DatasetDict:
     return encoded
 
 
+class EpochPermutation(Sampler[int]):
+    """A random order of range(n), a new one each epoch, drawn from the (seed, epoch) pair.
+
+    numpy's SeedSequence mixes the pair, so no two pairs share an order (a plain seed + epoch would:
+    seed 1 epoch 0 is seed 0 epoch 1). Accelerate calls set_epoch on a batch sampler's `sampler`,
+    also through the shard wrapper it puts around a batch sampler on several processes. (Not named
+    `generator`: Accelerate would treat that as a torch.Generator to synchronise.)
+    """
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def rng(self) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch])
+
+    def __iter__(self):
+        return iter(self.rng().permutation(self.n).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
 class LengthGroupedBatches(Sampler[list[int]]):
     """Shuffled mega-batches, each sorted by length and cut into batches: little padding, random order.
 
     The batch with the longest examples goes second: step one creates the optimizer state, so step
     two meets the largest activations with every persistent tensor alive. An out-of-memory shows up
-    at once and the memory tracker sees the true peak early. A new seed per epoch reshuffles.
+    at once and the memory tracker sees the true peak early. Each epoch reshuffles (see EpochPermutation).
     """
 
     def __init__(self, lengths: list[int], batch_size: int, seed: int, mega: int = 50):
-        self.lengths, self.batch_size, self.seed, self.mega, self.epoch = lengths, batch_size, seed, mega, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.lengths, self.batch_size, self.mega = lengths, batch_size, mega
+        self.sampler = EpochPermutation(len(lengths), seed)
 
     def __iter__(self):
-        rng = random.Random(self.seed + self.epoch)
-        order = list(range(len(self.lengths)))
-        rng.shuffle(order)
+        rng = self.sampler.rng()
+        order = rng.permutation(len(self.lengths)).tolist()
         size = self.batch_size * self.mega
         batches = []
         for start in range(0, len(order), size):
@@ -52,27 +75,15 @@ class LengthGroupedBatches(Sampler[list[int]]):
             batches += [group[i : i + self.batch_size] for i in range(0, len(group), self.batch_size)]
         longest = max(range(len(batches)), key=lambda b: max(self.lengths[i] for i in batches[b]))
         largest = batches.pop(longest)
-        rng.shuffle(batches)
+        batches = [batches[i] for i in rng.permutation(len(batches))]
         return iter([*batches[:1], largest, *batches[1:]])
 
     def __len__(self) -> int:
         return -(-len(self.lengths) // self.batch_size)
 
 
-class ShuffledBatches(Sampler[list[int]]):
-    def __init__(self, n: int, batch_size: int, seed: int):
-        self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(self.n, generator=generator).tolist()
-        return iter([order[i : i + self.batch_size] for i in range(0, self.n, self.batch_size)])
-
-    def __len__(self) -> int:
-        return -(-self.n // self.batch_size)
+def shuffled_batches(n: int, batch_size: int, seed: int) -> BatchSampler:
+    return BatchSampler(EpochPermutation(n, seed), batch_size, drop_last=False)
 
 
 def _collator(tokenizer):
@@ -88,8 +99,9 @@ def train_loader(split: Dataset, tokenizer, batch_size: int, seed: int, group_by
     if group_by_length:
         sampler = LengthGroupedBatches(split["length"], batch_size, seed)
     else:
-        sampler = ShuffledBatches(len(split), batch_size, seed)
-    return DataLoader(split, batch_sampler=sampler, collate_fn=_collator(tokenizer))
+        sampler = shuffled_batches(len(split), batch_size, seed)
+    # pinned host memory lets the copy to a GPU run without waiting for it (Accelerate's non_blocking)
+    return DataLoader(split, batch_sampler=sampler, collate_fn=_collator(tokenizer), pin_memory=PIN_MEMORY)
 
 
 def eval_loader(split: Dataset, tokenizer, batch_size: int) -> DataLoader:
@@ -104,8 +116,8 @@ def feature_loader(features: torch.Tensor, labels: torch.Tensor, batch_size: int
     """Batches of cached features for the head method; seed None means fixed order (evaluation)."""
     data = [{"features": f, "labels": y, "index": i} for i, (f, y) in enumerate(zip(features, labels, strict=True))]
     sampler = (
-        ShuffledBatches(len(data), batch_size, seed)
+        shuffled_batches(len(data), batch_size, seed)
         if seed is not None
         else [list(range(i, min(i + batch_size, len(data)))) for i in range(0, len(data), batch_size)]
     )
-    return DataLoader(data, batch_sampler=sampler, collate_fn=torch.utils.data.default_collate)
+    return DataLoader(data, batch_sampler=sampler, collate_fn=torch.utils.data.default_collate, pin_memory=PIN_MEMORY)

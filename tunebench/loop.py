@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DataLoaderConfiguration, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
@@ -33,7 +33,7 @@ from tunebench.methods import get_method
 from tunebench.metrics import classification_metrics, load_extra
 from tunebench.models import load_config, load_tokenizer, resolve_model
 from tunebench.optim import build_adamw, resolve_adamw
-from tunebench.results import SCHEMA_VERSION, write_json_atomic
+from tunebench.results import SCHEMA_VERSION, rank_failure_path, read_rank_failures, write_json_atomic
 from tunebench.tasks import get_task, load_task
 
 log = logging.getLogger("tunebench")
@@ -41,7 +41,12 @@ log = logging.getLogger("tunebench")
 # Set by the CLI's SIGTERM handler. Its KeyboardInterrupt can be lost (Python drops exceptions raised
 # inside a __del__ during garbage collection), so the loop also checks this each step.
 stop_requested = threading.Event()
+# Set while train() records how the run ended; a SIGTERM then (torchrun stopping the other ranks after one
+# failed) must not cut that short.
+finishing = threading.Event()
 
+CUDA_PEAK_INCLUDES = "CUDA allocator peak over the whole run: model, training, evaluation"
+TRACKER_PEAK_INCLUDES = "live tensors in the traced training steps: weights, gradients, optimizer state, activations"
 OOM_HINT = "out of memory: try a smaller --batch-size or --max-length, or a lighter method (lora, qlora, head)"
 
 
@@ -55,13 +60,15 @@ def train(cfg: Config, run_dir: str | Path, result_path: str | Path | None = Non
     run_dir = Path(run_dir)
     result_path = Path(result_path or run_dir / "result.json")
     stop_requested.clear()
+    finishing.clear()
     accelerator = Accelerator(
         mixed_precision=cfg["train"]["mixed_precision"],
-        gradient_accumulation_steps=cfg["train"]["grad_accum"],
         log_with=cfg["train"]["trackers"] or None,
+        dataloader_config=DataLoaderConfiguration(non_blocking=True),  # batches reach the GPU without a wait
         project_dir=str(run_dir / "logs"),
     )
     main = accelerator.is_main_process
+    rank_failure_path(run_dir, accelerator.process_index).unlink(missing_ok=True)  # from an earlier attempt
     result = {
         "schema": SCHEMA_VERSION,
         "status": "running",
@@ -100,34 +107,48 @@ def train(cfg: Config, run_dir: str | Path, result_path: str | Path | None = Non
         result.update(status="failed", error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         raise
     finally:
+        finishing.set()
         result["finished_at"] = _now()
+        if accelerator.num_processes > 1:
+            _record_rank_failures(accelerator, run_dir, result)
         save_result()
         accelerator.end_training()
         if log_file is not None:
             log.removeHandler(log_file)
             log_file.close()
+        finishing.clear()
     return result
 
 
 def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> None:
-    main = accelerator.is_main_process
-    set_seed(cfg["seed"])
-    method = get_method(cfg["method"])
-    options = cfg["method_options"]
+    run_start = time.perf_counter()
+    main, device = accelerator.is_main_process, accelerator.device
+    seed, method_name, options = cfg["seed"], cfg["method"], cfg["method_options"]
+    data_cfg, train_cfg = cfg["data"], cfg["train"]
+    max_length, max_train = data_cfg["max_length"], data_cfg["max_train_samples"]
+    max_eval = data_cfg["max_eval_samples"]
+    epochs, max_steps, grad_accum = train_cfg["epochs"], train_cfg["max_steps"], train_cfg["grad_accum"]
+    batch_size, eval_batch_size = train_cfg["batch_size"], train_cfg["eval_batch_size"]
+    lr, weight_decay, max_grad_norm = train_cfg["lr"], train_cfg["weight_decay"], train_cfg["max_grad_norm"]
+    eval_every, log_every, save = train_cfg["eval_every"], train_cfg["log_every"], train_cfg["save"]
+    track_memory, memory_cap = cfg["measure"]["track_memory"], cfg["measure"]["memory_cap"]
+    set_seed(seed)
+    method = get_method(method_name)
+    meter = StepMeter(device)  # on CUDA: resets the peak statistics before the model loads
 
     # -- data: checked before any model is loaded ------------------------------------------------
-    task = load_task(get_task(cfg["task"]), cfg["data"])
+    task = load_task(get_task(cfg["task"]), data_cfg)
     splits = task.splits
-    if cfg["data"]["max_train_samples"]:
-        splits["train"] = splits["train"].select(range(min(cfg["data"]["max_train_samples"], len(splits["train"]))))
-    if cfg["data"]["max_eval_samples"]:
+    if max_train:
+        splits["train"] = splits["train"].select(range(min(max_train, len(splits["train"]))))
+    if max_eval:
         for name in ("validation", "test"):
-            splits[name] = splits[name].select(range(min(cfg["data"]["max_eval_samples"], len(splits[name]))))
+            splits[name] = splits[name].select(range(min(max_eval, len(splits[name]))))
     model_path = resolve_model(cfg["model"])
     model_config = load_config(model_path)
     tokenizer = load_tokenizer(model_path, model_config.model_type)
     with accelerator.main_process_first():
-        encoded = batching.tokenize(splits, tokenizer, cfg["data"]["max_length"])
+        encoded = batching.tokenize(splits, tokenizer, max_length)
     result["task"] = {
         "name": task.name,
         "num_labels": task.num_labels,
@@ -136,68 +157,63 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
     result["model"] = {"name": cfg["model"], "path": model_path, "model_type": model_config.model_type}
 
     # -- model: the method decides what trains ---------------------------------------------------
-    model = method.build(model_path, task, tokenizer, cfg, accelerator.device)
-    if cfg["train"]["gradient_checkpointing"] and hasattr(model, "gradient_checkpointing_enable"):
+    model = method.build(model_path, task, tokenizer, cfg, device)
+    if train_cfg["gradient_checkpointing"] and hasattr(model, "gradient_checkpointing_enable"):
         model.gradient_checkpointing_enable()
     trainable, total = count_parameters(model)
     result.update(trainable_params=trainable, total_params=total, trainable_percent=100 * trainable / total)
     log.info(
         "%s on %s: %s of %s parameters train (%.2f%%)",
-        cfg["method"],
+        method_name,
         task.name,
         f"{trainable:,}",
         f"{total:,}",
         100 * trainable / total,
     )
     model = accelerator.prepare(model)  # quantized models are already placed by their device_map
+    meter.model_loaded()
 
-    batch_size, eval_batch_size = cfg["train"]["batch_size"], cfg["train"]["eval_batch_size"]
     labels = {name: torch.tensor(split["label"]) for name, split in encoded.items()}
-    train_lengths = torch.tensor(encoded["train"]["length"])
-    cache_seconds = 0.0
+    # Non-padding tokens the backbone runs over outside the steps: the head's one cached pass over train.
+    cached_tokens = 0
     if options.get("cache_features") and hasattr(method, "cache_features"):
-        # Run the frozen backbone once; from here on the head trains on pooled features.
+        # Run the frozen backbone once (processes share each split); from here on the head trains on pooled features.
         features = {}
         for name, split in encoded.items():
             start = time.perf_counter()
-            features[name] = method.cache_features(
-                accelerator.unwrap_model(model),
-                batching.eval_loader(split, tokenizer, eval_batch_size),
-                accelerator.device,
-            )
+            features[name] = cached_features(method, model, split, name, tokenizer, eval_batch_size, accelerator)
             if name == "train":
-                cache_seconds = time.perf_counter() - start
-        train_loader = batching.feature_loader(features["train"], labels["train"], batch_size, cfg["seed"])
+                meter.setup_seconds = time.perf_counter() - start  # part of the head method's training
+                cached_tokens = sum(split["length"])
+        train_loader = batching.feature_loader(features["train"], labels["train"], batch_size, seed)
         eval_loaders = {
             name: batching.feature_loader(features[name], labels[name], eval_batch_size, None)
             for name in ("validation", "test")
         }
     else:
-        train_loader = batching.train_loader(
-            encoded["train"], tokenizer, batch_size, cfg["seed"], cfg["data"]["group_by_length"]
-        )
+        train_loader = batching.train_loader(encoded["train"], tokenizer, batch_size, seed, data_cfg["group_by_length"])
         eval_loaders = {
             name: batching.eval_loader(encoded[name], tokenizer, eval_batch_size) for name in ("validation", "test")
         }
+    train_loader, *eval_list = accelerator.prepare(train_loader, *eval_loaders.values())
+    eval_loaders = dict(zip(eval_loaders, eval_list, strict=True))
 
-    # -- optimizer and schedule ------------------------------------------------------------------
-    adamw = resolve_adamw(cfg["train"]["adamw"], accelerator.device.type)
-    optimizer = build_adamw(decay_param_groups(model, cfg["train"]["weight_decay"]), cfg["train"]["lr"], adamw)
+    # -- optimizer and schedule: counted on this process's shard of the batches -------------------
+    micro_batches_per_epoch = len(train_loader)
+    total_steps = math.ceil(micro_batches_per_epoch / grad_accum) * epochs
+    if max_steps:
+        total_steps = min(total_steps, max_steps)
+    adamw = resolve_adamw(train_cfg["adamw"], device.type)
+    optimizer = build_adamw(decay_param_groups(model, weight_decay), lr, adamw)
     result["optimizer"] = {"name": "adamw", "implementation": adamw}
-    steps_per_epoch = math.ceil(len(train_loader) / cfg["train"]["grad_accum"])
-    total_steps = steps_per_epoch * cfg["train"]["epochs"]
-    if cfg["train"]["max_steps"]:
-        total_steps = min(total_steps, cfg["train"]["max_steps"])
+    # Not passed to accelerator.prepare: Accelerate's scheduler steps once per process for each optimizer step.
     scheduler = get_scheduler(
-        "constant_with_warmup" if cfg["train"]["scheduler"] == "constant" else cfg["train"]["scheduler"],
+        "constant_with_warmup" if train_cfg["scheduler"] == "constant" else train_cfg["scheduler"],
         optimizer,
-        num_warmup_steps=int(cfg["train"]["warmup_ratio"] * total_steps),
+        num_warmup_steps=int(train_cfg["warmup_ratio"] * total_steps),
         num_training_steps=total_steps,
     )
-    optimizer, train_loader, scheduler, *eval_list = accelerator.prepare(
-        optimizer, train_loader, scheduler, *eval_loaders.values()
-    )
-    eval_loaders = dict(zip(eval_loaders, eval_list, strict=True))
+    optimizer = accelerator.prepare(optimizer)
     extra_metrics = load_extra(cfg["metrics"])
     # trackers take flat scalar hyper-parameters
     hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(cfg).items()}
@@ -205,15 +221,15 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
 
     # -- the loop --------------------------------------------------------------------------------
     tracker = (
-        TensorTracker(accelerator.unwrap_model(model), optimizer, cfg["measure"]["memory_cap"])
-        if cfg["measure"]["track_memory"] or cfg["measure"]["memory_cap"]
-        else None
+        TensorTracker(accelerator.unwrap_model(model), optimizer, memory_cap) if track_memory or memory_cap else None
     )
-    meter = StepMeter(accelerator.device)
     curves = {"train_loss": [], "validation": []}
     best = {"accuracy": -1.0, "step": 0, "state": None}
-    step, largest_tracked = 0, 0
+    step = micro_batches = examples = largest_tracked = logged_step = 0
     eval_seconds = 0.0
+    # Per-step figures stay on the device; they are read back (a wait for the device) only when logging.
+    loss_sum = torch.zeros((), device=device)  # each optimizer step's mean micro-batch loss, since the last log
+    tokens = torch.zeros((), dtype=torch.long, device=device)  # non-padding tokens of the training batches
 
     def run_eval(at_step: int) -> None:
         nonlocal eval_seconds
@@ -227,85 +243,100 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
         log.info("step %d validation %s", at_step, metrics)
 
     model.train()
-    wall_start = time.perf_counter()
-    with tqdm(total=total_steps, disable=not main, desc=f"{cfg['method']} {task.name}", unit="step") as progress:
-        for epoch in range(cfg["train"]["epochs"]):
-            if hasattr(train_loader, "set_epoch"):
-                train_loader.set_epoch(epoch)
-            for batch in train_loader:
+    meter.resume()
+    with tqdm(total=total_steps, disable=not main, desc=f"{method_name} {task.name}", unit="step") as progress:
+        for epoch in range(epochs):
+            train_loader.set_epoch(epoch)  # reaches the sampler, which reshuffles
+            for i, batch in enumerate(train_loader):
                 if stop_requested.is_set():
                     raise KeyboardInterrupt
-                index = batch.pop("index")
-                # non-padding tokens; a cached-feature batch stands for the tokens its examples had
-                tokens = (
-                    int(batch["attention_mask"].sum())
-                    if "attention_mask" in batch
-                    else int(train_lengths[index.cpu()].sum())
-                )
+                del batch["index"]
+                # The epoch's last optimizer step may gather fewer micro-batches; its loss is their mean too.
+                group = min(grad_accum, micro_batches_per_epoch - i // grad_accum * grad_accum)
+                update = (i + 1) % grad_accum == 0 or i + 1 == micro_batches_per_epoch
+                examples += len(batch["labels"])
+                if "attention_mask" in batch:  # cached features stand for tokens counted once, above
+                    tokens += batch["attention_mask"].sum()
                 shape = batch["input_ids"].numel() if "input_ids" in batch else batch["features"].numel()
                 # Memory is a function of the batch shape: trace the first two steps (the optimizer state
                 # appears in step one) and every batch larger than any traced before; or all, under a cap.
                 track = tracker is not None and (step < 2 or shape > largest_tracked or tracker.cap_bytes)
                 largest_tracked = max(largest_tracked, shape) if track else largest_tracked
-                meter.start()
-                with accelerator.accumulate(model), tracker if track else nullcontext():
-                    loss = model(**batch).loss
+                with (
+                    nullcontext() if update else accelerator.no_sync(model),
+                    tracker if track else nullcontext(),
+                ):
+                    loss = model(**batch).loss / group
                     accelerator.backward(loss)
                     if track:
                         tracker.classify_state()
-                    if accelerator.sync_gradients and cfg["train"]["max_grad_norm"]:
-                        accelerator.clip_grad_norm_(model.parameters(), cfg["train"]["max_grad_norm"])
-                    optimizer.step()
-                    scheduler.step()
-                    if track:
-                        tracker.classify_state()
-                    optimizer.zero_grad(set_to_none=True)
-                meter.stop(len(batch["labels"]) * accelerator.num_processes, tokens * accelerator.num_processes)
-                if not accelerator.sync_gradients:
+                    if update:
+                        if max_grad_norm:
+                            accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+                        step_lr = scheduler.get_last_lr()[0]
+                        optimizer.step()
+                        if not accelerator.optimizer_step_was_skipped:
+                            scheduler.step()
+                        if track:
+                            tracker.classify_state()
+                        optimizer.zero_grad(set_to_none=True)
+                loss_sum += loss.detach()
+                micro_batches += 1
+                if not update:
                     continue
                 step += 1
-                loss_value = loss.item()
-                curves["train_loss"].append({"step": step, "loss": loss_value})
-                if step % cfg["train"]["log_every"] == 0 or step == 1:
-                    accelerator.log({"train/loss": loss_value, "train/lr": scheduler.get_last_lr()[0]}, step=step)
                 progress.update(1)
-                progress.set_postfix(
-                    loss=f"{loss_value:.4f}", samples_s=f"{meter.samples / max(sum(meter.step_seconds), 1e-9):.1f}"
-                )
-                if cfg["train"]["eval_every"] and step % cfg["train"]["eval_every"] == 0:
-                    run_eval(step)
-                    model.train()
-                if step >= total_steps:
+                done = step == total_steps
+                evaluate_now = (eval_every and step % eval_every == 0) or i + 1 == micro_batches_per_epoch or done
+                if step == 1 or step % log_every == 0 or evaluate_now:
+                    meter.lap(step - logged_step)  # waits for the device; the clock stays stopped until resume()
+                    mean_loss = (accelerator.reduce(loss_sum, "mean") / (step - logged_step)).item()
+                    loss_sum.zero_()
+                    logged_step = step
+                    curves["train_loss"].append({"step": step, "loss": mean_loss, "lr": step_lr})
+                    accelerator.log({"train/loss": mean_loss, "train/lr": step_lr}, step=step)
+                    progress.set_postfix(
+                        loss=f"{mean_loss:.4f}",
+                        samples_s=f"{examples * accelerator.num_processes / meter.train_seconds:.1f}",
+                    )
+                    if evaluate_now:
+                        run_eval(step)
+                        model.train()
+                    meter.resume()
+                if done:
                     break
-            if not cfg["train"]["eval_every"] or step % cfg["train"]["eval_every"]:
-                run_eval(step)
-                model.train()
-            if step >= total_steps:
+            if step == total_steps:
                 break
-    wall_seconds = time.perf_counter() - wall_start
+    examples, tokens = accelerator.reduce(torch.stack([torch.tensor(examples, device=device), tokens]), "sum").tolist()
+    train_seconds = meter.train_seconds
 
     # -- save and test ---------------------------------------------------------------------------
     unwrapped = accelerator.unwrap_model(model)
     accelerator.wait_for_everyone()
-    if main and cfg["train"]["save"] == "best_and_last":
+    if main and save == "best_and_last":
         _save(method, unwrapped, run_dir / "last")
     if best["state"] is not None:
-        unwrapped.load_state_dict(best["state"], strict=False)
-    if main and cfg["train"]["save"] != "none":
+        _restore(unwrapped, best["state"])
+    if main and save != "none":
         _save(method, unwrapped, run_dir / "best")
     test_metrics, predictions = evaluate(model, eval_loaders["test"], accelerator, extra_metrics)
     if main:
         (run_dir / "test_predictions.json").write_text(json.dumps(predictions.tolist()))
 
-    meter.setup_seconds = cache_seconds  # the backbone pass over train is part of the head method's training
-    speed = meter.summary()
+    tokens += cached_tokens
+    timing = meter.summary()
     memory = {
-        "peak_rss_bytes": speed.pop("peak_rss_bytes"),
+        "peak_rss_bytes": timing.pop("peak_rss_bytes"),
         "tensor": tracker.summary() if tracker else None,
-        "cuda": speed.pop("cuda", None),
+        "cuda": timing.pop("cuda"),
     }
     memory["per_rank"] = _per_rank_peaks(accelerator, memory)
-    cuda_peak = memory["cuda"]["max_allocated_bytes"] if memory["cuda"] else None
+    if memory["cuda"]:
+        peak = (memory["cuda"]["max_allocated_bytes"], "cuda_max_allocated", CUDA_PEAK_INCLUDES)
+    elif memory["tensor"]:
+        peak = (memory["tensor"]["peak_bytes"], "tensor_tracker", TRACKER_PEAK_INCLUDES)
+    else:
+        peak = (None, None, None)
     result.update(
         validation=curves["validation"][-1] if curves["validation"] else None,
         best_validation_accuracy=best["accuracy"],
@@ -314,12 +345,20 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
         test_accuracy=test_metrics["accuracy"],
         test_f1=test_metrics["f1_macro"],
         curves=curves,
-        **speed,
-        wall_seconds=wall_seconds,
+        optimizer_steps=step,
+        micro_batches=micro_batches,
+        examples_seen=examples,
+        tokens_processed=tokens,
+        tokens_per_second=tokens / train_seconds,
+        samples_per_second=examples / train_seconds,
+        epochs_per_second=micro_batches / micro_batches_per_epoch / train_seconds,
+        **timing,
         eval_seconds=eval_seconds,
+        run_seconds=time.perf_counter() - run_start,
         memory=memory,
-        peak_memory_bytes=cuda_peak if cuda_peak is not None else (memory["tensor"] or {}).get("peak_bytes"),
-        peak_memory_source="cuda_max_allocated" if cuda_peak is not None else "tensor_tracker",
+        peak_memory_bytes=peak[0],
+        peak_memory_source=peak[1],
+        peak_memory_includes=peak[2],
         checkpoint_bytes=_folder_bytes(run_dir / "best"),
     )
     accelerator.log({"test/accuracy": test_metrics["accuracy"], "test/f1_macro": test_metrics["f1_macro"]}, step=step)
@@ -332,17 +371,59 @@ def evaluate(model, loader, accelerator: Accelerator, extra_metrics: list = ()) 
     model.eval()
     predictions, labels, indices = [], [], []
     for batch in loader:
-        index = batch.pop("index")
-        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-        pred, ref, idx = accelerator.gather((logits.argmax(-1), batch["labels"], index))
-        predictions.append(pred.cpu())
-        labels.append(ref.cpu())
-        indices.append(idx.cpu())
-    # Sharding pads the last batches with repeated examples so every process gets one; each example
-    # carries its dataset index, so keep its first copy, in dataset order.
-    _, first = np.unique(torch.cat(indices).numpy(), return_index=True)
-    predictions, labels = torch.cat(predictions).numpy()[first], torch.cat(labels).numpy()[first]
+        indices.append(batch.pop("index"))
+        labels.append(batch.pop("labels"))
+        predictions.append(model(**batch).logits.argmax(-1))
+    predictions, labels = in_dataset_order(accelerator, torch.cat(indices), torch.cat(predictions), torch.cat(labels))
+    predictions, labels = predictions.numpy(), labels.numpy()
     return classification_metrics(predictions, labels, extra_metrics), predictions
+
+
+def cached_features(
+    method, model, split, name: str, tokenizer, batch_size: int, accelerator: Accelerator
+) -> torch.Tensor:
+    """The method's pooled backbone features of every example in split, in dataset order, on the CPU.
+    Each process embeds its share of the batches."""
+    loader = accelerator.prepare(batching.eval_loader(split, tokenizer, batch_size))
+    loader = tqdm(loader, desc=f"features {name}", disable=not accelerator.is_main_process)
+    features, index = method.cache_features(accelerator.unwrap_model(model), loader, accelerator.device)
+    [features] = in_dataset_order(accelerator, index, features)
+    return features
+
+
+def in_dataset_order(accelerator: Accelerator, index: torch.Tensor, *values: torch.Tensor) -> list[torch.Tensor]:
+    """values (rows matching index, this process's examples) from every process: one row per example,
+    in dataset order, on the CPU.
+
+    Processes hold different numbers of rows (the last batches differ in size), so each pads to the
+    longest before the gather, marking its padding with index -1. Sharding also repeats examples so
+    that every process gets as many batches: keep each example's first copy.
+    """
+    device = accelerator.device
+    index = accelerator.gather(accelerator.pad_across_processes(index.to(device), pad_index=-1)).cpu()
+    values = [accelerator.gather(accelerator.pad_across_processes(v.to(device))).cpu() for v in values]
+    examples, first = np.unique(index.numpy(), return_index=True)
+    first = torch.from_numpy(first[examples >= 0])
+    return [v[first] for v in values]
+
+
+def _record_rank_failures(accelerator: Accelerator, run_dir: Path, result: dict) -> None:
+    """Only rank 0 writes the result, and a failure elsewhere reaches rank 0 only as a torn collective or
+    torchrun's SIGTERM (which reads `interrupted`). So every other rank leaves how it failed in the run
+    folder, before it leaves the process group, and rank 0 records the failures it finds: the result
+    names the rank and its error."""
+    rank = accelerator.process_index
+    if rank:
+        if result["status"] in ("failed", "oom"):
+            failure = {"rank": rank, "status": result["status"], "error": result["error"]}
+            write_json_atomic(rank_failure_path(run_dir, rank), failure)
+        return
+    failures = read_rank_failures(run_dir)  # the cause: rank 0's own error is then a torn collective
+    if not failures and result["status"] in ("failed", "oom"):
+        failures = [{"rank": 0, "status": result["status"], "error": result["error"]}]
+    if failures:
+        error = "; ".join(f"rank {failure['rank']}: {failure['error']}" for failure in failures)
+        result.update(status=failures[0]["status"], error=error)
 
 
 def _trainable_state(model, accelerator: Accelerator) -> dict:
@@ -350,6 +431,17 @@ def _trainable_state(model, accelerator: Accelerator) -> dict:
     unwrapped = accelerator.unwrap_model(model)
     trainable = {n for n, p in unwrapped.named_parameters() if p.requires_grad}
     return {n: t.detach().to("cpu", copy=True) for n, t in unwrapped.state_dict().items() if n in trainable}
+
+
+def _restore(model, state: dict) -> None:
+    """Load the best step's trainable tensors; any trainable tensor missing, or any extra one, is an error."""
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    unexpected = model.load_state_dict(state, strict=False).unexpected_keys
+    missing = trainable - set(state)
+    if missing or unexpected:
+        raise RuntimeError(
+            f"restoring the best step: missing trainable {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}"
+        )
 
 
 def _save(method, model, folder: Path) -> None:

@@ -228,60 +228,64 @@ def _unique_storages(tensors) -> list[torch.Tensor]:
 
 
 class StepMeter:
-    """Per-step wall time, samples and non-padding tokens, plus device memory sampled each step.
+    """Training time and device memory, measured without making any step wait for the device.
 
-    On CUDA: peak statistics are reset and a baseline taken at the start, so the max
-    allocated/reserved figures are above what was resident before training.
+    Time runs in laps, each closed by lap(n) after n optimizer steps: it waits for the device once, so
+    the n steps are timed together (on CUDA one step's wall time is only the time to queue it). The loop
+    laps where it reads values back anyway (when it logs) and keeps the clock stopped between lap() and
+    resume() (logging, evaluation). Data loading and collation fall inside the laps.
+
+    On CUDA the peak statistics are reset when the meter is made, before the model loads: the maxima
+    are absolute, everything the allocator held during the run.
     """
 
     def __init__(self, device: torch.device):
         self.device = device
-        self.step_seconds: list[float] = []
-        self.samples = self.tokens = 0
-        self.allocated: list[int] = []
-        self.reserved: list[int] = []
         self.cuda = device.type == "cuda"
+        self.laps: list[tuple[int, float]] = []  # (optimizer steps, seconds)
+        self.setup_seconds = 0.0  # training work outside the steps: the head method's feature cache over train
+        self.model_loaded_bytes: int | None = None
+        self._start = 0.0
         if self.cuda:
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
-            self.baseline_allocated = torch.cuda.memory_allocated(device)
-            self.baseline_reserved = torch.cuda.memory_reserved(device)
-        self._start = 0.0
-        self.setup_seconds = 0.0  # training work outside the steps, e.g. the head method's feature cache
 
-    def start(self) -> None:
+    def model_loaded(self) -> None:
+        """Call once the model sits on its device."""
+        if self.cuda:
+            self.model_loaded_bytes = torch.cuda.memory_allocated(self.device)
+
+    def resume(self) -> None:
         self._start = time.perf_counter()
 
-    def stop(self, samples: int, tokens: int) -> None:
+    def lap(self, steps: int) -> None:
         if self.cuda:
             torch.cuda.synchronize(self.device)
-            self.allocated.append(torch.cuda.memory_allocated(self.device))
-            self.reserved.append(torch.cuda.memory_reserved(self.device))
-        self.step_seconds.append(time.perf_counter() - self._start)
-        self.samples += samples
-        self.tokens += tokens
+        self.laps.append((steps, time.perf_counter() - self._start))
+
+    @property
+    def train_seconds(self) -> float:
+        return sum(seconds for _, seconds in self.laps) + self.setup_seconds
 
     def summary(self) -> dict:
-        seconds = sum(self.step_seconds) + self.setup_seconds
-        steps = sorted(self.step_seconds)
+        """Times, the spread of the step time over laps (each lap's mean step time), peak memory."""
+        per_step = sorted(seconds / steps for steps, seconds in self.laps if steps)
         out = {
-            "train_seconds": seconds,
+            "train_seconds": self.train_seconds,
             "setup_seconds": self.setup_seconds,
-            "steps": len(steps),
-            "samples_per_second": self.samples / seconds if seconds else None,
-            "tokens_per_second": self.tokens / seconds if seconds else None,
-            "step_seconds_median": statistics.median(steps) if steps else None,
-            "step_seconds_p10": _quantile(steps, 0.10),
-            "step_seconds_p90": _quantile(steps, 0.90),
+            "step_seconds_median": statistics.median(per_step) if per_step else None,
+            "step_seconds_p10": _quantile(per_step, 0.10),
+            "step_seconds_p90": _quantile(per_step, 0.90),
             "peak_rss_bytes": peak_rss_bytes(),
+            "cuda": None,
         }
         if self.cuda:
+            max_allocated = torch.cuda.max_memory_allocated(self.device)
             out["cuda"] = {
-                "baseline_allocated_bytes": self.baseline_allocated,
-                "max_allocated_bytes": torch.cuda.max_memory_allocated(self.device) - self.baseline_allocated,
-                "max_reserved_bytes": torch.cuda.max_memory_reserved(self.device) - self.baseline_reserved,
-                "sampled_allocated": _spread(self.allocated, self.baseline_allocated),
-                "sampled_reserved": _spread(self.reserved, self.baseline_reserved),
+                "max_allocated_bytes": max_allocated,
+                "max_reserved_bytes": torch.cuda.max_memory_reserved(self.device),
+                "model_loaded_bytes": self.model_loaded_bytes,
+                "max_allocated_above_model_bytes": max_allocated - self.model_loaded_bytes,
             }
         return out
 
@@ -290,11 +294,6 @@ def _quantile(sorted_values: list[float], q: float) -> float | None:
     if not sorted_values:
         return None
     return sorted_values[min(len(sorted_values) - 1, round(q * (len(sorted_values) - 1)))]
-
-
-def _spread(values: list[int], baseline: int) -> dict:
-    above = sorted(v - baseline for v in values)
-    return {"max": above[-1], "mean": statistics.fmean(above), "p99": _quantile(above, 0.99)} if above else {}
 
 
 def peak_rss_bytes() -> int:

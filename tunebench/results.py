@@ -60,3 +60,19 @@ def final_result(path: str | Path) -> dict | None:
     """The result at path if its run has finished for good (FINAL), else None: a rerun repeats that run."""
     result = read_result(path)
     return result if result is not None and result["status"] in FINAL else None
+
+
+def rank_failure_path(run_dir: str | Path, rank: int) -> Path:
+    """Where a process other than rank 0 of a multi-process run leaves how it failed."""
+    return Path(run_dir) / f"rank{rank}.failure"
+
+
+def read_rank_failures(run_dir: str | Path) -> list[dict]:
+    """The failures other ranks left in run_dir ({rank, status, error}), by rank."""
+    failures = []
+    for path in Path(run_dir).glob("rank*.failure"):
+        try:
+            failures.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return sorted(failures, key=lambda failure: failure["rank"])
