@@ -94,7 +94,7 @@ def test_gradients_count_as_gradients_during_backward(minilm):
     from tunebench.measure import TensorTracker
     from tunebench.tracing import make_batch
 
-    cfg = {"pooling": None, "method_options": {}, "train": {"gradient_checkpointing": False}}
+    cfg = {"pooling": None, "head_dropout": None, "method_options": {}, "train": {"gradient_checkpointing": False}}
     model = get_method("full").build(minilm.path, _task(2), _pad_tokenizer(0), cfg, "cpu")
     tracker = TensorTracker(model)
     seen = []
