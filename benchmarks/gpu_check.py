@@ -34,8 +34,8 @@ from pathlib import Path
 from tunebench import CONFIG_DIR, REPO_ROOT
 from tunebench.planner import METHODS
 from tunebench.results import write_json_atomic
+from tunebench.units import GiB, MiB
 
-MiB = 2**20
 CARRY_LIMIT = 64 * MiB
 BUNDLE_DIR = REPO_ROOT / ".gpu-bundle"
 WHEEL_MANIFEST = REPO_ROOT / "benchmarks" / "gpu_wheels.json"  # written by `bundle`, read by the test
@@ -363,7 +363,7 @@ def step_planner(s: Setting) -> dict:
                 if "predicted_bytes" in row:
                     row["predicted_device_bytes"] = (
                         row["predicted_bytes"] * (1 + device_defaults["allocator_margin"])
-                        + device_defaults["context_gib"] * 2**30
+                        + device_defaults["context_gib"] * GiB
                     )
                     row["measured_device_bytes"] = row["context_bytes"] + (reserved or 0)
             rows.append(row)

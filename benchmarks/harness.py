@@ -42,9 +42,18 @@ from pathlib import Path
 import torch
 import yaml
 
-from tunebench.config import build_config, read_yaml, set_dotted
+from tunebench.config import build_config, set_dotted
 from tunebench.errors import UserError
-from tunebench.results import FINAL, read_rank_failures, read_result, write_json_atomic
+from tunebench.files import read_yaml
+from tunebench.results import (
+    SCHEMA_VERSION,
+    final_result,
+    read_rank_failures,
+    read_result,
+    run_name,
+    write_json_atomic,
+)
+from tunebench.units import format_seconds
 
 SUITE_KEYS = {"name", "description", "config", "grid", "methods", "tasks", "processes"}
 REQUIRED_AXES = ("model", "task", "method", "seed")
@@ -61,7 +70,9 @@ SOURCE_PATHS = ("tunebench", "methods", "benchmarks", "configs", "pyproject.toml
 
 
 @dataclass
-class Run:
+class SuiteRun:
+    """One run a suite expands to, before it runs: its id, grid point and effective config."""
+
     run_id: str
     grid: dict
     config: dict
@@ -69,15 +80,6 @@ class Run:
     @property
     def label(self) -> str:
         return " ".join(f"{v}" for v in self.grid.values())
-
-
-def _deep_update(base: dict, layer: dict) -> dict:
-    out = dict(base)
-    for key, value in layer.items():
-        out[key] = (
-            _deep_update(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-        )
-    return out
 
 
 def _grid_points(grid: dict, path: str | Path, method_sweeps: dict) -> list[dict]:
@@ -111,32 +113,32 @@ def _method_sweeps(suite: dict, path: str | Path) -> dict[str, list]:
     return sweeps
 
 
-def _run_layer(suite: dict, point: dict, track_memory: bool) -> dict:
-    """Config overrides for one grid point: suite config, then its task's, then its method's, then the axes."""
-    layer = suite.get("config") or {}
-    layer = _deep_update(layer, (suite.get("tasks") or {}).get(point["task"], {}))
+def _run_layers(suite: dict, point: dict, track_memory: bool, path: str | Path) -> list[tuple[str, dict]]:
+    """Config layers for one grid point, each named for errors: the suite's config, its task's, its method's,
+    then the grid axes."""
     method_layer = {k: v for k, v in ((suite.get("methods") or {}).get(point["method"]) or {}).items() if k != "lr"}
-    layer = _deep_update(layer, method_layer)
-    for axis in ("model", "seed"):
-        if point[axis] is not None:
-            layer = _deep_update(layer, {axis: point[axis]})
+    axes: dict = {axis: point[axis] for axis in ("model", "seed") if point[axis] is not None}
     for axis, key in EXTRA_AXES.items():
         if axis in point:
-            layer = _deep_update(layer, set_dotted({}, key, point[axis]))
+            set_dotted(axes, key, point[axis])
     if not track_memory:
-        layer = _deep_update(layer, {"measure": {"track_memory": False}})
-    return layer
+        set_dotted(axes, "measure.track_memory", False)
+    return [
+        (f"suite {path} config", suite.get("config") or {}),
+        (f"suite {path} tasks.{point['task']}", (suite.get("tasks") or {}).get(point["task"]) or {}),
+        (f"suite {path} methods.{point['method']}", method_layer),
+        (f"suite {path} grid", axes),
+    ]
 
 
 def run_id(config: dict) -> str:
     """Stable id: task-method-model-seed plus a hash of the whole effective config (out excluded)."""
     canonical = json.dumps({k: v for k, v in config.items() if k != "out"}, sort_keys=True, default=str)
     digest = hashlib.sha256(canonical.encode()).hexdigest()[:10]
-    model = Path(str(config["model"])).name
-    return f"{Path(config['task']).stem}-{config['method']}-{model}-s{config['seed']}-{digest}"
+    return f"{run_name(config)}-s{config['seed']}-{digest}"
 
 
-def load_suite(path: str | Path, track_memory: bool = True) -> tuple[dict, list[Run]]:
+def load_suite(path: str | Path, track_memory: bool = True) -> tuple[dict, list[SuiteRun]]:
     suite = read_yaml(path)
     unknown = set(suite) - SUITE_KEYS
     if unknown:
@@ -146,19 +148,19 @@ def load_suite(path: str | Path, track_memory: bool = True) -> tuple[dict, list[
     runs = []
     for grid in grids if isinstance(grids, list) else [grids]:  # a list of grids is their union
         for point in _grid_points(grid, path, sweeps):
-            config = build_config(point["method"], point["task"], overrides=_run_layer(suite, point, track_memory))
+            config = build_config(point["method"], point["task"], layers=_run_layers(suite, point, track_memory, path))
             # the axes' effective values (YAML reads 1e-4 as a string; the config holds the number)
             grid_point = {k: config[k] for k in REQUIRED_AXES} | {
                 a: config[key.split(".")[0]][key.split(".")[1]] for a, key in EXTRA_AXES.items() if a in point
             }
-            runs.append(Run(run_id(config), grid_point, config))
+            runs.append(SuiteRun(run_id(config), grid_point, config))
     ids = [r.run_id for r in runs]
     if len(set(ids)) != len(ids):
         raise UserError(f"suite {path} expands to duplicate runs (the same config twice)")
     return suite, runs
 
 
-def select_shard(runs: list[Run], spec: str | None) -> list[Run]:
+def select_shard(runs: list[SuiteRun], spec: str | None) -> list[SuiteRun]:
     """--shard i/n keeps runs i, i+n, i+2n... (1-based) of the id-sorted list: disjoint and complete."""
     runs = sorted(runs, key=lambda r: r.run_id)
     if spec is None:
@@ -212,11 +214,11 @@ def _die_with_parent() -> None:
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _run_dir(run: Run, out: Path) -> Path:
+def _run_dir(run: SuiteRun, out: Path) -> Path:
     return out / "runs" / run.run_id
 
 
-def launch(run: Run, out: Path, processes: int) -> int:
+def launch(run: SuiteRun, out: Path, processes: int) -> int:
     """Run one training in a fresh process (clean memory accounting; a crash stays contained)."""
     run_dir = _run_dir(run, out)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -254,22 +256,23 @@ def launch(run: Run, out: Path, processes: int) -> int:
     return subprocess.run(command, env=env, preexec_fn=preexec).returncode
 
 
-def _record_crash(path: Path, run: Run, returncode: int) -> None:
+def _record_crash(path: Path, run: SuiteRun, returncode: int) -> None:
     """A run that died without writing its own end (segfault, OOM killer, rank 0 stopped before it could
     record another rank's failure) is recorded as failed, with the errors the ranks left."""
     result = read_result(path)
     if result is not None and result["status"] != "running":
         return
-    result = result or {"schema": 1, "config": run.config, "started_at": None, "run_id": run.run_id, "grid": run.grid}
+    result = result or {
+        "schema": SCHEMA_VERSION,
+        "config": run.config,
+        "started_at": None,
+        "run_id": run.run_id,
+        "grid": run.grid,
+    }
     killed = f"killed by signal {-returncode}" if returncode < 0 else f"exited with status {returncode}"
     errors = [f"rank {f['rank']}: {f['error']}" for f in read_rank_failures(_run_dir(run, out=path.parent))]
     result.update(status="failed", error="; ".join([f"run process {killed} before writing its result", *errors]))
     write_json_atomic(path, result)
-
-
-def _duration(seconds: float) -> str:
-    minutes, seconds = divmod(int(seconds), 60)
-    return f"{minutes}m{seconds:02d}s"
 
 
 def default_out(suite: dict, suite_path: str | Path) -> Path:
@@ -292,8 +295,8 @@ def run_suite(
     runs = select_shard(runs, shard)
     out_dir = Path(out or default_out(suite, suite_path))
     processes = int(suite.get("processes") or 1)
-    finished = {r.run_id: read_result(out_dir / f"{r.run_id}.json") for r in runs}
-    finished = {k: v for k, v in finished.items() if v is not None and v["status"] in FINAL}
+    finished = {r.run_id: final_result(out_dir / f"{r.run_id}.json") for r in runs}
+    finished = {k: v for k, v in finished.items() if v is not None}
     stale, note = {}, ""
     if finished and (dry_run or rerun_stale):
         try:
@@ -318,7 +321,7 @@ def run_suite(
     for number, run in enumerate(todo, 1):
         finished = len(done) + number - 1
         elapsed = time.monotonic() - started
-        eta = f", ETA {_duration(elapsed / (number - 1) * (len(todo) - number + 1))}" if number > 1 else ""
+        eta = f", ETA {format_seconds(elapsed / (number - 1) * (len(todo) - number + 1))}" if number > 1 else ""
         bar = "#" * round(20 * finished / len(runs))
         print(
             f"\nsuite [{bar:<20}] {finished}/{len(runs)} done, {len(runs) - finished} left{eta} -> {run.label}",
@@ -333,14 +336,14 @@ def run_suite(
     return _summarize(out_dir, runs, time.monotonic() - started)
 
 
-def _summarize(out_dir: Path, runs: list[Run], seconds: float) -> int:
-    print(f"\nsuite finished in {_duration(seconds)}:")
+def _summarize(out_dir: Path, runs: list[SuiteRun], seconds: float) -> int:
+    print(f"\nsuite finished in {format_seconds(seconds)}:")
     failed = 0
     for run in runs:
         result = read_result(out_dir / f"{run.run_id}.json") or {"status": "missing"}
         failed += result["status"] not in ("ok", "oom")
         detail = (
-            f"test acc {result['test_accuracy']:.4f}  train {result['train_seconds']:.1f}s"
+            f"test acc {result['test_accuracy']:.4f}  train {format_seconds(result['train_seconds'])}"
             if result["status"] == "ok"
             else (result.get("error") or "")
         )

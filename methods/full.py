@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from tunebench.modeling import load_classifier, load_trained, save_trained
+from tunebench.classifier import load_classifier, load_trained, save_trained
 
 DEFAULTS = {"train": {"lr": 5.0e-5}, "method_options": {}}
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tunebench.classifier import Classifier, load_classifier, load_trained, save_trained
 from tunebench.errors import UserError
-from tunebench.modeling import Classifier, load_classifier, load_trained, save_trained
 
 DEFAULTS = {
     "train": {"lr": 1.0e-2, "weight_decay": 0.0},  # a linear probe on fixed features takes a large step

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from tunebench.classifier import TASK_HEAD, load_classifier
 from tunebench.errors import UserError
-from tunebench.modeling import TASK_HEAD, load_classifier
 
 DEFAULTS = {
     "train": {"lr": 1.0e-3},

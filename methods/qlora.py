@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tunebench.classifier import UNQUANTIZED, load_classifier
 from tunebench.errors import UserError
 from tunebench.methods import lora
-from tunebench.modeling import UNQUANTIZED, load_classifier
 
 DEFAULTS = {
     "train": {"lr": 1.0e-3},

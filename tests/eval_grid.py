@@ -48,7 +48,7 @@ def main(model_path: str, out: str) -> None:
             split = test.select(range(size))
             for batch_size in EVAL_BATCH_SIZES:
                 if options.get("cache_features"):
-                    features = cached_features(method, model, split, tokenizer, batch_size, accelerator)
+                    features = cached_features(method, model, split, "test", tokenizer, batch_size, accelerator)
                     loader = batching.feature_loader(features, torch.tensor(split["label"]), batch_size, None)
                 else:
                     loader = batching.eval_loader(split, tokenizer, batch_size)

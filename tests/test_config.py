@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from tunebench import CONFIG_DIR
-from tunebench.config import build_config, merge, parse_set, read_yaml
+from tunebench.config import build_config, merge, parse_set
 from tunebench.errors import UserError
+from tunebench.files import read_yaml
 from tunebench.methods import METHODS, get_method
 
 

@@ -16,7 +16,7 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from tunebench.cli import main
 from tunebench.loop import OOM_HINT, train
-from tunebench.results import FINAL, SCHEMA_VERSION, STATUSES, is_complete, read_result, write_json_atomic
+from tunebench.results import FINAL, SCHEMA_VERSION, STATUSES, final_result, read_result, write_json_atomic
 
 TINY_FLAGS = ["--max-train-samples", "32", "--max-eval-samples", "32", "--max-length", "32", "--batch-size", "16"]
 
@@ -34,7 +34,7 @@ def test_out_of_memory_is_a_clean_oom_result_with_a_hint(tmp_path: Path, tiny_co
     saved = read_result(tmp_path / "run" / "result.json")
     assert saved["status"] == "oom" and saved["error"] == result["error"] and saved["finished_at"]
     assert "test_accuracy" not in saved and not (tmp_path / "run" / "best").exists()
-    assert is_complete(tmp_path / "run" / "result.json")  # final: a rerun of the suite does not repeat it
+    assert final_result(tmp_path / "run" / "result.json") is not None  # final: a rerun of the suite does not repeat it
     # the memory tracker let go of the process: no dispatch mode or saved-tensor hook left behind
     assert _get_current_dispatch_mode() is None
     assert torch._C._autograd._top_saved_tensors_default_hooks(False) is None
@@ -99,7 +99,7 @@ def test_ctrl_c_marks_the_run_interrupted_never_complete(tmp_path: Path) -> None
     assert result is not None and result["status"] == "interrupted"
     assert result["error"].startswith("interrupted") and result["finished_at"]
     assert "test_accuracy" not in result
-    assert not is_complete(result_path)
+    assert final_result(result_path) is None
     assert not list(run_dir.glob(".result.json.*")), "a temporary result file was left behind"
 
 
@@ -161,10 +161,10 @@ def test_write_json_atomic_replaces_and_creates_folders(tmp_path: Path) -> None:
 def test_only_final_results_are_complete(tmp_path: Path, content: str, complete: bool) -> None:
     path = tmp_path / "result.json"
     path.write_text(content)
-    assert is_complete(path) is complete
+    assert (final_result(path) is not None) is complete
     assert (read_result(path) is not None) is (complete or '"interrupted"' in content or '"running"' in content)
 
 
 def test_statuses() -> None:
     assert set(FINAL) == {"ok", "oom", "failed"} and set(STATUSES) - set(FINAL) == {"interrupted", "running"}
-    assert not is_complete("/no/such/result.json")
+    assert final_result("/no/such/result.json") is None

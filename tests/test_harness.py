@@ -18,7 +18,7 @@ from tunebench.benchmarks.harness import load_suite, run_id, select_shard, stale
 from tunebench.config import build_config
 from tunebench.errors import UserError
 from tunebench.evaluation import evaluate_run
-from tunebench.results import read_result
+from tunebench.results import SCHEMA_VERSION, read_result
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = {
@@ -129,7 +129,7 @@ def test_dry_run_lists_stale_results_and_rerun_stale_reruns_them(tmp_path):
     _, [run] = load_suite(suite)
     results = tmp_path / "results"
     results.mkdir()
-    old = {"schema": 1, "status": "ok", "config": run.config, "started_at": "x", "test_accuracy": 0.5}
+    old = {"schema": SCHEMA_VERSION, "status": "ok", "config": run.config, "started_at": "x", "test_accuracy": 0.5}
     old["environment"] = {"git": {"commit": "0" * 40, "dirty": False}}  # a commit this checkout does not have
     (results / f"{run.run_id}.json").write_text(json.dumps(old))
     out = bench(str(suite), "--out", str(results), "--dry-run")
@@ -152,7 +152,7 @@ def test_bad_suite_is_a_usage_error(tmp_path):
         yaml.safe_dump({"grid": {"task": ["rotten_tomatoes"], "method": ["lora"]}, "config": {"train": {"lrate": 1}}})
     )
     out = bench(str(path), "--dry-run")
-    assert out.returncode == 2 and "unknown config key 'train.lrate'" in out.stderr
+    assert out.returncode == 2 and f"unknown config key 'train.lrate' in suite {path} config;" in out.stderr
 
 
 @pytest.fixture(scope="module")
@@ -296,10 +296,10 @@ def test_partial_result_file_is_rerun(tmp_path):
     _, [run] = load_suite(suite)
     results = tmp_path / "results"
     results.mkdir()
-    (results / f"{run.run_id}.json").write_text('{"schema": 1, "status": "ok", "config": {')  # truncated
+    good = {"schema": SCHEMA_VERSION, "status": "ok", "config": run.config, "started_at": "x", "test_accuracy": 0.5}
+    (results / f"{run.run_id}.json").write_text(json.dumps(good)[:40])  # truncated
     out = bench(str(suite), "--out", str(results), "--dry-run")
     assert "1 runs, 0 done, 1 to run" in out.stdout
-    good = {"schema": 1, "status": "ok", "config": run.config, "started_at": "x", "test_accuracy": 0.5}
     (results / f"{run.run_id}.json").write_text(json.dumps(good))
     out = bench(str(suite), "--out", str(results), "--dry-run")
     assert "1 runs, 1 done, 0 to run" in out.stdout

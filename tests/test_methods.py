@@ -25,7 +25,7 @@ from tunebench.evaluation import evaluate_run
 from tunebench.loop import train
 from tunebench.methods import get_method
 from tunebench.models import load_tokenizer, resolve_model
-from tunebench.results import is_complete, read_result
+from tunebench.results import final_result, read_result
 from tunebench.tasks import TaskData, get_task, load_task
 
 pytestmark = pytest.mark.slow
@@ -124,7 +124,7 @@ def _epoch_mean_losses(result: dict) -> list[float]:
 def test_run_completes_and_loss_goes_down(trained, method: str) -> None:
     run = trained(method)
     assert run.result["status"] == "ok", run.result["error"]
-    assert is_complete(run.run_dir / "result.json")
+    assert final_result(run.run_dir / "result.json") is not None
     assert read_result(run.run_dir / "result.json")["test_accuracy"] == run.result["test_accuracy"]
 
     epochs = _epoch_mean_losses(run.result)

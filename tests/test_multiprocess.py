@@ -19,7 +19,7 @@ from fixtures.rank1_fails import ERROR
 
 from tunebench.benchmarks.harness import _record_crash, load_suite
 from tunebench.config import build_config
-from tunebench.results import rank_failure_path, read_result, write_json_atomic
+from tunebench.results import SCHEMA_VERSION, rank_failure_path, read_result, write_json_atomic
 from tunebench.tasks import get_task, load_task
 
 REPO = Path(__file__).resolve().parent.parent
@@ -101,7 +101,7 @@ def test_harness_names_the_failed_rank_when_rank_0_died_first(tmp_path):
     suite.write_text("grid: {task: [rotten_tomatoes], method: [lora]}\nprocesses: 2\n")
     _, [run] = load_suite(suite)
     path = tmp_path / "results" / f"{run.run_id}.json"
-    write_json_atomic(path, {"schema": 1, "status": "running", "config": run.config, "started_at": "x"})
+    write_json_atomic(path, {"schema": SCHEMA_VERSION, "status": "running", "config": run.config, "started_at": "x"})
     failure = {"rank": 1, "status": "failed", "error": "ValueError: bad shard"}
     write_json_atomic(rank_failure_path(tmp_path / "results" / "runs" / run.run_id, 1), failure)
     _record_crash(path, run, -9)

@@ -10,7 +10,8 @@ from tunebench import planner
 from tunebench.cli import main
 from tunebench.errors import UserError
 from tunebench.methods import get_method
-from tunebench.planner import GiB, MethodPlan, Shape
+from tunebench.planner import MethodPlan, Shape
+from tunebench.results import SCHEMA_VERSION
 from tunebench.tracing import (
     affine_max_batch,
     affine_peak,
@@ -20,6 +21,7 @@ from tunebench.tracing import (
     trace_step,
     trace_step_extrapolated,
 )
+from tunebench.units import GiB
 
 SMALL = Shape(batch_size=4, seq_len=32, num_labels=2)
 
@@ -53,7 +55,7 @@ def minilm_traces(minilm):
 
 @pytest.fixture(scope="module")
 def validation(minilm):
-    return {row["method"]: row for row in planner.validate("minilm", list(planner.METHODS), SMALL)}
+    return {row["method"]: row for row in planner.validate_steps("minilm", list(planner.METHODS), SMALL)}
 
 
 @pytest.mark.slow
@@ -92,7 +94,7 @@ def test_gradients_count_as_gradients_during_backward(minilm):
     from tunebench.measure import TensorTracker
     from tunebench.tracing import make_batch
 
-    cfg = {"method_options": {}, "train": {"gradient_checkpointing": False}}
+    cfg = {"pooling": None, "head_dropout": None, "method_options": {}, "train": {"gradient_checkpointing": False}}
     model = get_method("full").build(minilm.path, _task(2), _pad_tokenizer(0), cfg, "cpu")
     tracker = TensorTracker(model)
     seen = []
@@ -308,7 +310,7 @@ def test_mfu_calibration_uses_only_the_same_model_precision_and_shape(tmp_path):
 
     def write(name, tokens_per_second, model="m", mixed_precision="bf16", batch_size=8, max_length=128, gpu="A10"):
         result = {
-            "schema": 1,
+            "schema": SCHEMA_VERSION,
             "status": "ok",
             "started_at": "x",
             "test_accuracy": 0.5,

@@ -84,9 +84,11 @@ def train(
     The run folder is out, else runs/<task>-<method>-<model>-<time>; the result is also written to
     result_path (default RUN_DIR/result.json). meta is what `bench` records about the run.
     """
+    from tunebench.results import run_name
+
     cfg = run_config(method, task, config=config, overrides=overrides, out=out, **shortcuts)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = cfg["out"] or f"runs/{Path(cfg['task']).stem}-{cfg['method']}-{Path(cfg['model']).name}-{stamp}"
+    run_dir = cfg["out"] or f"runs/{run_name(cfg)}-{stamp}"
     if int(os.environ.get("RANK", "0")) == 0:
         print(
             f"{cfg['model']}: pretrained backbone; new classification head for {Path(cfg['task']).stem} "
@@ -139,7 +141,7 @@ def bench(
     Returns {"exit_status": 0 unless a run failed, "results_dir": the folder, "results": its result dicts}.
     """
     from tunebench.benchmarks.harness import default_out, run_suite
-    from tunebench.config import read_yaml
+    from tunebench.files import read_yaml
     from tunebench.results import read_result, result_files
 
     suite_file = resolve_suite(suite)

@@ -14,6 +14,7 @@ import sys
 from tunebench import api
 from tunebench.errors import UserError, unknown_choice
 from tunebench.quiet import quiet
+from tunebench.units import format_seconds
 
 
 class _Parser(argparse.ArgumentParser):
@@ -112,7 +113,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(
             f"{result['config']['method']} on {result['task']['name']}: test accuracy {result['test_accuracy']:.4f}, "
             f"macro-F1 {result['test_f1']:.4f}, {result['trainable_params']:,} trainable params, "
-            f"train {result['train_seconds']:.1f} s ({result['samples_per_second']:.1f} samples/s); "
+            f"train {format_seconds(result['train_seconds'])} ({result['samples_per_second']:.1f} samples/s); "
             f"run folder {result['run_dir']}"
         )
     return 0

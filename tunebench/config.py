@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import copy
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,24 +16,10 @@ import yaml
 
 from tunebench import CONFIG_DIR
 from tunebench.errors import UserError
+from tunebench.files import read_yaml
 from tunebench.optim import ADAMW_IMPLEMENTATIONS
 
 Config = dict[str, Any]
-
-
-def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"config file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UserError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
-    return data
 
 
 def _coerce(value: Any, like: Any, key: str) -> Any:
@@ -98,10 +85,13 @@ def build_config(
     task: str | None = None,
     user_file: str | Path | None = None,
     overrides: dict | None = None,
+    layers: Sequence[tuple[str, dict]] = (),
 ) -> Config:
     """Compose the effective config for one run.
 
-    method and task may also come from the user file or overrides; the explicit argument wins.
+    layers are (where, layer) pairs applied in order after the user file and before overrides (a suite's
+    config, task, method and grid layers); where names the layer in errors. method and task may also come
+    from the user file or overrides; the explicit argument wins.
     """
     from tunebench.methods import get_method
     from tunebench.tasks import get_task
@@ -120,12 +110,14 @@ def build_config(
     cfg = merge(cfg, get_task(task).config, f"task {task!r}")
     if user:
         cfg = merge(cfg, user, str(user_file))
+    for where, layer in layers:
+        cfg = merge(cfg, layer, where)
     if overrides:
         cfg = merge(cfg, overrides, "command-line overrides")
     # the layers above were chosen for this method and task: a `method:` or `task:` in a later layer must not
     # replace them (it would run one method with another's options)
     cfg["method"], cfg["task"] = method, task
-    validate(cfg)
+    check_config(cfg)
     if hasattr(spec, "check_options"):
         spec.check_options(cfg["method_options"])
     return cfg
@@ -139,8 +131,9 @@ CHOICES = {
 }
 
 
-def validate(cfg: Config) -> None:
-    from tunebench.modeling import check_pooling
+def check_config(cfg: Config) -> None:
+    """Raise UserError for a value out of its range or choices: before any work, not mid-run."""
+    from tunebench.classifier import check_pooling
 
     check_pooling(cfg["pooling"])
     dropout = cfg["head_dropout"]

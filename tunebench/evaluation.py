@@ -9,8 +9,8 @@ import numpy as np
 from accelerate import Accelerator
 
 from tunebench import data as batching
-from tunebench.config import read_yaml
 from tunebench.errors import UserError
+from tunebench.files import read_yaml
 from tunebench.loop import evaluate
 from tunebench.methods import get_method
 from tunebench.metrics import load_extra

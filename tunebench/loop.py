@@ -25,12 +25,12 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from tunebench import data as batching
+from tunebench.classifier import count_parameters, decay_param_groups
 from tunebench.config import Config, dump, flatten
 from tunebench.errors import UserError
 from tunebench.measure import StepMeter, TensorTracker, environment
 from tunebench.methods import get_method
 from tunebench.metrics import classification_metrics, load_extra
-from tunebench.modeling import count_parameters, decay_param_groups
 from tunebench.models import load_config, load_tokenizer, resolve_model
 from tunebench.optim import build_adamw, resolve_adamw
 from tunebench.results import SCHEMA_VERSION, rank_failure_path, read_rank_failures, write_json_atomic

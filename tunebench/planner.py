@@ -19,12 +19,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tunebench import CONFIG_DIR
-from tunebench.config import read_yaml
 from tunebench.errors import UserError, unknown_choice
+from tunebench.files import read_yaml
+from tunebench.units import GiB, MiB, format_gib
 
 PLANNER_DIR = CONFIG_DIR / "planner"
 METHODS = ("full", "lora", "qlora", "head")  # also the order of preference: the more of the model trains, the better
-GiB = 2**30
 MAX_BATCH = 4096
 # Model FLOPs utilization when no result calibrates it. Single-GPU fine-tuning with HF models at moderate
 # batch typically reaches 30-45% of dense peak (the PaLM paper's MFU definition; 46% is its large-scale
@@ -320,15 +320,15 @@ def recommend(plans: list[MethodPlan], budget: int | None) -> str:
     plans = sorted(plans, key=lambda p: METHODS.index(p.method))
     fitting = [p for p in plans if p.fits]
     if not fitting:
-        return f"nothing fits {_gib(budget)} at batch {plans[0].batch_size}; see the next steps"
+        return f"nothing fits {format_gib(budget)} at batch {plans[0].batch_size}; see the next steps"
     best = fitting[0]
-    reason = f"{best.method}: fits at batch {best.batch_size} with {_gib(best.spare_bytes)} to spare"
+    reason = f"{best.method}: fits at batch {best.batch_size} with {format_gib(best.spare_bytes)} to spare"
     others = [p for p in fitting[1:] if p.tokens_per_second and best.tokens_per_second]
     if others:
         ratio = best.tokens_per_second / others[0].tokens_per_second
         reason += f", est. {ratio:.1f}x the throughput of {others[0].method}"
     needs = [
-        f"{p.method} needs {_gib(p.device_bytes)}"
+        f"{p.method} needs {format_gib(p.device_bytes)}"
         for p in plans
         if not p.fits and METHODS.index(p.method) < METHODS.index(best.method)
     ]
@@ -365,7 +365,7 @@ def next_steps(
         need = device.bytes_for(step.peak_bytes)
         steps.append(
             f"{plan.method} with gradient checkpointing (--set train.gradient_checkpointing=true) "
-            f"{'fits' if need <= budget else 'still needs'} {_gib(need)} at batch {shape.batch_size} "
+            f"{'fits' if need <= budget else 'still needs'} {format_gib(need)} at batch {shape.batch_size} "
             f"(traced; largest batch {max_batch})"
         )
     value_bytes = PRECISIONS[precision][0].itemsize
@@ -375,13 +375,9 @@ def next_steps(
             verdict = "fits" if need <= budget else "still needs"
             steps.append(
                 f"full with 8-bit AdamW states (bitsandbytes AdamW8bit, not in tunebench's loop) {verdict} "
-                f"~{_gib(need)} (estimate)"
+                f"~{format_gib(need)} (estimate)"
             )
     return steps
-
-
-def _gib(value: float) -> str:
-    return f"{value / GiB:.1f} GiB"
 
 
 # -- the command ---------------------------------------------------------------------------------
@@ -482,7 +478,7 @@ def make_plan(
                 for d in sorted(depths)
             ),
             f"device bytes = tensor peak x {1 + device.allocator_margin:.2f} "
-            f"+ {_gib(device.context_bytes)} CUDA context",
+            f"+ {format_gib(device.context_bytes)} CUDA context",
             "qlora: bitsandbytes NF4 double-quant base (~0.516 byte/weight), other weights fp32, LoRA adapters fp32",
             "head: frozen backbone run under no_grad each step (cache_features runs it once per example instead)",
         ],
@@ -524,7 +520,7 @@ def format_plan(plan: dict) -> str:
     lines = [
         f"{plan['model']['name']} ({plan['model']['source']}, {plan['model']['model_type']}): "
         f"batch {shape['batch_size']} x {shape['seq_len']} tokens, {shape['num_labels']} labels, {plan['precision']}; "
-        f"budget {_gib(budget) if budget else 'none'} on {device['name']}"
+        f"budget {format_gib(budget) if budget else 'none'} on {device['name']}"
         + (f" ({device['peak_flops'] / 1e12:.0f} TFLOP/s peak)" if device["peak_flops"] else ""),
         "",
         f"{'method':7} {'trainable':>10} {'peak':>9} {'weights':>8} {'buffers':>8} {'grads':>8} {'optim':>8}"
@@ -590,7 +586,9 @@ def tiny_llama_folder(folder: str | Path) -> str:
     return str(folder)
 
 
-def validate(model: str, methods: list[str], shape: Shape = VALIDATION_SHAPE, precision: str = "fp32") -> list[dict]:
+def validate_steps(
+    model: str, methods: list[str], shape: Shape = VALIDATION_SHAPE, precision: str = "fp32"
+) -> list[dict]:
     """Per method: the fake-trace prediction against two real steps of the loop on this machine, on a padded
     batch, with the AdamW implementation the loop uses here; measured by TensorTracker and independently
     (tracing.measure_step: the CPU allocator's events, or torch.cuda.max_memory_allocated)."""
@@ -632,7 +630,7 @@ def validate(model: str, methods: list[str], shape: Shape = VALIDATION_SHAPE, pr
             planned_margin = device_constants["allocator_margin"]
             measured_by += (
                 f"; reserved +{100 * margin:.1f}% (gpus.yaml margin: +{100 * planned_margin:.0f}%),"
-                f" {_gib(independent['outside_allocator_bytes'])} outside the allocator"
+                f" {format_gib(independent['outside_allocator_bytes'])} outside the allocator"
                 f" (gpus.yaml context: {device_constants['context_gib']} GiB)"
             )
         rows.append(
@@ -771,10 +769,10 @@ def run_validate(args: argparse.Namespace) -> int:
     )
     for row in rows:
         independent = row["independent_bytes"]
-        independent = f"{independent / 2**20:11.2f}" if independent is not None else "-".rjust(11)
+        independent = f"{independent / MiB:11.2f}" if independent is not None else "-".rjust(11)
         print(
             f"{row['model'][:26]:26} {row['method']:6} {row['precision']:4} {row['measured_on'][:11]:11} "
-            f"{row['predicted_bytes'] / 2**20:10.2f} {row['tracker_bytes'] / 2**20:10.2f} {independent} "
+            f"{row['predicted_bytes'] / MiB:10.2f} {row['tracker_bytes'] / MiB:10.2f} {independent} "
             f"{row['error_percent']:+7.2f}%  {row['measured_by']}"
         )
     print(
@@ -796,7 +794,7 @@ def validation_rows(args: argparse.Namespace) -> list[dict]:
         models = [args.model] if args.model else ["minilm", tiny_llama_folder(Path(tmp) / "tiny-llama")]
         rows = []
         for model in models:
-            rows += validate(model, methods)
+            rows += validate_steps(model, methods)
             rows += validate_loop(model, methods, "bf16", Path(tmp) / "runs")
     for row in rows:
         if row["model"].endswith("tiny-llama"):

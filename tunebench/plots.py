@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
 from tunebench.measure import CATEGORIES  # noqa: E402
+from tunebench.units import MiB  # noqa: E402
 
 STYLE = {
     "svg.fonttype": "none",  # text stays text: smaller files, and the browser's font renders it
@@ -29,7 +30,6 @@ STYLE = {
     "grid.alpha": 0.3,
     "legend.frameon": False,
 }
-MIB = 2**20
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22")
 MEMORY_PARTS = CATEGORIES  # the tensor tracker's roles, in its order
 PART_COLORS = ("#4c72b0", "#8172b3", "#dd8452", "#c44e52", "#55a868", "#b0b0b0")
@@ -64,7 +64,7 @@ def pareto_figure(points: Sequence[dict], colors: dict[str, str]) -> str:
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.6), layout="constrained")
         panels = (
-            (axes[0], "memory_bytes", "front_memory", "Peak memory (MiB)", MIB, "less memory →"),
+            (axes[0], "memory_bytes", "front_memory", "Peak memory (MiB)", MiB, "less memory →"),
             (axes[1], "tokens_per_second", "front_throughput", "Tokens/s", 1, "faster →"),
         )
         placed = []
@@ -167,7 +167,7 @@ def memory_figure(rows: Sequence[dict]) -> str:
         labels = [r["label"] for r in rows]
         left = [0.0] * len(rows)
         for part, color in zip(MEMORY_PARTS, PART_COLORS, strict=True):
-            widths = [(r["at_peak"] or {}).get(part, 0) / MIB for r in rows]
+            widths = [(r["at_peak"] or {}).get(part, 0) / MiB for r in rows]
             ax.barh(labels, widths, left=left, color=color, label=part.replace("_", " "), height=0.6)
             left = [a + b for a, b in zip(left, widths, strict=True)]
         ax.invert_yaxis()  # first method on top, as in the tables

@@ -31,7 +31,7 @@ def only_new_head(report: str) -> bool:
 
     The report is a table, `Key | Status | ...` over a `---+---` rule, one row per key (ANSI-coloured on a terminal).
     """
-    from tunebench.modeling import TASK_HEAD
+    from tunebench.classifier import TASK_HEAD
 
     lines = _ANSI.sub("", report).splitlines()
     rule = next((i for i, line in enumerate(lines) if re.fullmatch(r"-+(-\+-+)+-?", line.strip())), None)

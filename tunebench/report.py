@@ -27,6 +27,7 @@ from tunebench.config import flatten
 from tunebench.errors import UserError
 from tunebench.plots import MEMORY_PARTS
 from tunebench.results import read_result, result_files
+from tunebench.units import format_bytes, format_seconds
 
 METHOD_ORDER = ("full", "lora", "qlora", "head")
 TOLERANCE_POINTS = 1.0  # "within a point of the best": the accuracy a cheaper method may give up
@@ -52,7 +53,9 @@ BUDGET_KEYS = ("train.epochs", "train.max_steps")
 
 
 @dataclass
-class Run:
+class RunResult:
+    """One result file as the report reads it: the run's id, its result and its grid point."""
+
     run_id: str
     result: dict
     grid: dict  # model, task, method, seed, batch_size, max_length, precision, plus the harness's axes
@@ -66,7 +69,7 @@ class Run:
 class ResultSet:
     label: str
     folder: Path
-    runs: list[Run]
+    runs: list[RunResult]
     skipped_files: int  # JSON files that were not readable tunebench results (partial, corrupt, other)
 
 
@@ -86,7 +89,7 @@ def load_sets(folders: Sequence[str]) -> list[ResultSet]:
             if result is None:
                 skipped += 1
                 continue
-            runs.append(Run(_run_id(path, result), result, _grid(result)))
+            runs.append(RunResult(_run_id(path, result), result, _grid(result)))
         if not runs:
             raise UserError(f"no tunebench result files in {folder}")
         sets.append(ResultSet(folder.resolve().name, folder, runs, skipped))
@@ -166,7 +169,7 @@ class Group:
     task: str
     method: str
     label: str
-    runs: list[Run]
+    runs: list[RunResult]
     front_memory: bool = False
     front_throughput: bool = False
     accuracy: float = field(init=False)  # percent
@@ -209,7 +212,7 @@ def _method_rank(method: str) -> tuple[int, str]:
     return (METHOD_ORDER.index(method), "") if method in METHOD_ORDER else (len(METHOD_ORDER), method)
 
 
-def _axes(runs: Sequence[Run]) -> list[str]:
+def _axes(runs: Sequence[RunResult]) -> list[str]:
     """Grid axes (besides task, method and seed) that take several values within one method.
 
     Those runs must not be averaged together, so the axis joins the label. An axis that differs only
@@ -224,7 +227,7 @@ def _axes(runs: Sequence[Run]) -> list[str]:
     return [k for k in keys if any(varies(k, m) for m in methods)]
 
 
-def _label(run: Run, axes: Sequence[str]) -> str:
+def _label(run: RunResult, axes: Sequence[str]) -> str:
     method = str(run.grid.get("method"))
     return " · ".join([method, *(f"{k}={run.grid.get(k)}" for k in axes)]) if axes else method
 
@@ -238,19 +241,19 @@ class Sweep:
     """One method's learning-rate sweep: (lr, runs) per rate, and the rate kept."""
 
     label: str
-    by_lr: dict[float, list[Run]]
+    by_lr: dict[float, list[RunResult]]
     selected: float
 
 
-def _validation(runs: Sequence[Run]) -> float:
+def _validation(runs: Sequence[RunResult]) -> float:
     return math.fsum(r.result["best_validation_accuracy"] for r in runs) / len(runs)
 
 
-def select_learning_rates(runs: Sequence[Run]) -> tuple[list[Run], list[Sweep]]:
+def select_learning_rates(runs: Sequence[RunResult]) -> tuple[list[RunResult], list[Sweep]]:
     """Where runs differ only in the harness's `lr` axis (and seed), keep the rate with the best mean
     validation accuracy over seeds; ties go to the smaller rate. One rule for every method; test accuracy
     plays no part. Returns the runs kept and each sweep."""
-    partitions: dict[str, dict[float, list[Run]]] = {}
+    partitions: dict[str, dict[float, list[RunResult]]] = {}
     for run in runs:
         rest = {k: v for k, v in run.grid.items() if k not in ("lr", "seed")}
         partitions.setdefault(json.dumps(rest, sort_keys=True, default=str), {}).setdefault(
@@ -267,7 +270,7 @@ def select_learning_rates(runs: Sequence[Run]) -> tuple[list[Run], list[Sweep]]:
     return kept, sweeps
 
 
-def _completed(result_set: ResultSet, task: str) -> list[Run]:
+def _completed(result_set: ResultSet, task: str) -> list[RunResult]:
     return [r for r in result_set.runs if r.grid["task"] == task and r.status == "ok"]
 
 
@@ -276,7 +279,7 @@ def group_runs(result_set: ResultSet, task: str) -> list[Group]:
     qlora, head, then others."""
     completed, _ = select_learning_rates(_completed(result_set, task))
     axes = [a for a in _axes(completed) if a != "lr"]  # the rate kept is stated in the table, not the label
-    by_label: dict[str, list[Run]] = {}
+    by_label: dict[str, list[RunResult]] = {}
     for run in completed:
         by_label.setdefault(_label(run, axes), []).append(run)
     groups = [Group(task, runs[0].grid["method"], label, runs) for label, runs in by_label.items()]
@@ -298,25 +301,6 @@ def _mark_fronts(groups: list[Group]) -> None:
 
 
 # -- formatting -------------------------------------------------------------------------------------
-
-
-def fmt_bytes(n: float | None) -> str:
-    if n is None:
-        return "—"
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= size:
-            value = n / size
-            return f"{value:.3g} {unit}" if value < 100 else f"{value:.0f} {unit}"
-    return f"{n:.0f} B"
-
-
-def fmt_seconds(s: float | None) -> str:
-    if s is None:
-        return "—"
-    if s < 60:
-        return f"{s:.3g} s"
-    minutes, seconds = divmod(round(s), 60)
-    return f"{minutes} min {seconds:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 def fmt_rate(x: float | None) -> str:
@@ -444,7 +428,7 @@ def summary_table(groups: list[Group], sweeps: Sequence[Sweep] = ()) -> Table:
     mixed = len(sources) > 1
 
     def memory_cell(g: Group) -> str:
-        cell = fmt_bytes(g.mean("peak_memory_bytes"))
+        cell = format_bytes(g.mean("peak_memory_bytes"))
         return f"{cell} ({', '.join(sorted(MEMORY_SOURCES.get(s, s) for s in g.memory_sources))})" if mixed else cell
 
     def front_cell(g: Group) -> str:
@@ -459,11 +443,11 @@ def summary_table(groups: list[Group], sweeps: Sequence[Sweep] = ()) -> Table:
             memory_cell(g),
             fmt_rate(g.mean("tokens_per_second")),
             fmt_rate(g.mean("samples_per_second")),
-            fmt_seconds(g.mean("train_seconds")),
+            format_seconds(g.mean("train_seconds")),
             epochs_of(g),
             f"{'/'.join(fmt_lr(lr) for lr in sorted({r.result['config']['train']['lr'] for r in g.runs}))} "
             f"({lr_rule(g, sweeps)})",
-            fmt_bytes(g.mean("checkpoint_bytes")),
+            format_bytes(g.mean("checkpoint_bytes")),
             front_cell(g),
         ]
         for g in groups
@@ -520,8 +504,8 @@ def breakdown_table(groups: list[Group]) -> Table:
     rows = []
     for g in groups:
         parts = g.memory_at_peak()
-        cells = [fmt_bytes(parts[p]) if parts else "—" for p in MEMORY_PARTS]
-        rows.append([g.label, *cells, fmt_bytes(math.fsum(parts.values())) if parts else "—"])
+        cells = [format_bytes(parts[p]) if parts else "—" for p in MEMORY_PARTS]
+        rows.append([g.label, *cells, format_bytes(math.fsum(parts.values())) if parts else "—"])
     return Table(
         ["Method", "Weights", "Buffers", "Gradients", "Optimizer state", "Activations", "Other", "Total"],
         rows,
@@ -591,13 +575,14 @@ def recommendation(groups: list[Group], num_labels: int | None) -> list[str]:
             extras.append(f"{fmt_ratio(throughput)} its throughput")
         checkpoint = _ratio(g.mean("checkpoint_bytes"), baseline.mean("checkpoint_bytes"))
         if checkpoint is not None and checkpoint < 0.5:  # only worth saying when the saving is large
-            extras.append(f"a {fmt_bytes(g.mean('checkpoint_bytes'))} checkpoint ({fmt_share(checkpoint)} of its size)")
+            size = format_bytes(g.mean("checkpoint_bytes"))
+            extras.append(f"a {size} checkpoint ({fmt_share(checkpoint)} of its size)")
         lines.append(sentence + (f", with {' and '.join(extras)}" if extras else "") + ".")
 
     if lowest is not None and lowest is not lightest:
         lines.append(
             f"On the tightest memory budget, **{lowest.label}** needs the least: "
-            f"{fmt_bytes(lowest.mean('peak_memory_bytes'))} at peak, "
+            f"{format_bytes(lowest.mean('peak_memory_bytes'))} at peak, "
             f"{best.accuracy - lowest.accuracy:.1f} points below the best."
         )
 
@@ -763,7 +748,8 @@ def _environment_summary(env: dict) -> dict[str, str]:
         "Machine": f"{env.get('platform', '?')}; {env.get('cpu', '?')}, {env.get('cpu_count', '?')} CPUs, "
         f"{env.get('torch_threads', '?')} torch threads",
         "GPU": (
-            f"{gpu.get('count', 1)}× {gpu.get('name')} ({fmt_bytes(gpu.get('memory_bytes'))}), CUDA {gpu.get('cuda')}, "
+            f"{gpu.get('count', 1)}× {gpu.get('name')} ({format_bytes(gpu.get('memory_bytes'))}), "
+            f"CUDA {gpu.get('cuda')}, "
             f"driver {gpu.get('driver')}"
             if gpu
             else "none (CPU run)"

@@ -44,6 +44,11 @@ def read_result(path: str | Path) -> dict | None:
     return data
 
 
+def run_name(config: dict) -> str:
+    """What a run folder and a suite's run id start with: <task>-<method>-<model>, from the effective config."""
+    return f"{Path(config['task']).stem}-{config['method']}-{Path(str(config['model'])).name}"
+
+
 def result_files(folder: str | Path) -> list[Path]:
     """Where results live in a folder: its *.json (the harness's <run_id>.json) and any RUN/result.json
     below it (`tunebench train`). Other JSON there (checkpoint configs, predictions) is not a candidate."""
@@ -51,9 +56,10 @@ def result_files(folder: str | Path) -> list[Path]:
     return sorted(set(folder.glob("*.json")) | set(folder.rglob("result.json")))
 
 
-def is_complete(path: str | Path) -> bool:
+def final_result(path: str | Path) -> dict | None:
+    """The result at path if its run has finished for good (FINAL), else None: a rerun repeats that run."""
     result = read_result(path)
-    return result is not None and result["status"] in FINAL
+    return result if result is not None and result["status"] in FINAL else None
 
 
 def rank_failure_path(run_dir: str | Path, rank: int) -> Path:

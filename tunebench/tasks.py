@@ -15,8 +15,8 @@ import pandas as pd
 from datasets import Dataset, DatasetDict
 
 from tunebench import CONFIG_DIR
-from tunebench.config import read_yaml
 from tunebench.errors import UserError, unknown_choice
+from tunebench.files import package_dir, read_yaml
 
 TASK_DIR = CONFIG_DIR / "tasks"
 DATA_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -45,14 +45,6 @@ def registered_tasks() -> list[str]:
     return sorted(p.stem for p in TASK_DIR.glob("*.yaml"))
 
 
-def _package_dir(package: str) -> Path:
-    # find_spec does not import the package: some data packages import heavy extras.
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"the data package {package!r} is not installed; run `make setup`")
-    return Path(list(spec.submodule_search_locations)[0])
-
-
 def _from_yaml(path: Path, name: str) -> TaskSpec:
     raw = read_yaml(path)
     known = {"description", "source", "label_names", "make_splits", "config"}
@@ -73,7 +65,7 @@ def _from_yaml(path: Path, name: str) -> TaskSpec:
     )
     base = path.parent
     if spec.package and spec.installed():
-        base = _package_dir(spec.package)
+        base = package_dir(spec.package)
     spec.files = {split: str((base / f).resolve()) for split, f in spec.files.items()}
     bad = set(spec.files) - set(SPLITS)
     if bad:

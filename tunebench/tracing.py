@@ -29,8 +29,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count, shape_wrapper
 
+from tunebench.classifier import UNQUANTIZED, decay_param_groups
 from tunebench.measure import CATEGORIES, ProfiledPeak, TensorTracker, quantization_state
-from tunebench.modeling import UNQUANTIZED, decay_param_groups
 from tunebench.models import DECODER_TYPES
 from tunebench.optim import build_adamw, resolve_adamw
 
@@ -103,7 +103,7 @@ def build_meta_model(
 ) -> nn.Module:
     """The method's model on the meta device: same modules, same trainable set, same dtypes.
 
-    Every method builds tunebench.modeling.Classifier, as tunebench.modeling.load_classifier does (the
+    Every method builds tunebench.classifier.Classifier, as tunebench.classifier.load_classifier does (the
     backbone without its pooler and the head, both in the checkpoint's dtype: transformers >= 5 loads a bf16
     checkpoint in bf16). full trains all of it; head freezes the backbone; lora attaches peft's adapter
     with tunebench's targets; qlora is lora on an fp32 backbone (as peft's prepare_model_for_kbit_training
@@ -111,8 +111,8 @@ def build_meta_model(
     """
     from transformers import AutoModel
 
+    from tunebench.classifier import Classifier, drop_pooler
     from tunebench.methods.lora import attach_adapter
-    from tunebench.modeling import Classifier, drop_pooler
 
     weight_dtype, autocast_dtype = PRECISIONS[precision]
     config = classifier_config(config, num_labels)
@@ -304,7 +304,7 @@ def make_batch(
 
     The other examples are shorter (down to half), so the model applies the attention mask: the path every
     padded batch takes. Under FakeTensorMode transformers cannot see the mask's values and always takes it;
-    a real batch with no padding at all drops the mask (a slightly cheaper path, see validate()).
+    a real batch with no padding at all drops the mask (a slightly cheaper path, see planner.validate_steps).
     """
     generator = torch.Generator().manual_seed(0)
     lengths = torch.linspace(seq_len, max(1, seq_len // 2), batch_size).round().long()

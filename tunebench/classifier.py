@@ -1,4 +1,5 @@
-"""What the methods share: the classifier every method builds, its save and load, parameter groups and counts."""
+"""The model every method builds (Classifier: backbone -> pooling -> dropout -> linear head), its save and load,
+and the parameter groups and counts the loop and the planner take from it."""
 
 from __future__ import annotations
 
