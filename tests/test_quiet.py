@@ -10,7 +10,7 @@ import pytest
 from transformers.utils.loading_report import LoadStateDictInfo
 
 from tunebench.cli import main
-from tunebench.quiet import only_new_head, quiet
+from tunebench.quiet import quiet
 
 TINY = ["--max-train-samples", "32", "--max-eval-samples", "16", "--max-length", "32", "--batch-size", "16"]
 TRAIN = [
@@ -57,13 +57,6 @@ def test_default_train_prints_the_bar_a_model_note_and_the_result(capfd, tmp_pat
     assert "tokenize train" in err and "Loading weights" in err
 
 
-def test_only_a_report_of_a_new_head_is_expected() -> None:
-    assert only_new_head(transformers_report(missing={"classifier.weight", "classifier.bias"}))
-    assert only_new_head(transformers_report(missing={"score.weight"}))
-    assert not only_new_head(transformers_report(missing={"classifier.weight", "bert.pooler.dense.weight"}))
-    assert not only_new_head(transformers_report(missing={"classifier.weight"}, unexpected={"cls.predictions.bias"}))
-
-
 def test_unexpected_warnings_and_reports_stay_visible() -> None:
     logger = logging.getLogger("transformers.modeling_utils")
     seen: list[str] = []
@@ -77,7 +70,6 @@ def test_unexpected_warnings_and_reports_stay_visible() -> None:
                 deprecated = "`is_gradient_checkpointing` is deprecated and will be removed in v6."
                 warnings.warn(deprecated, FutureWarning, stacklevel=1)
                 warnings.warn("something nobody expected", FutureWarning, stacklevel=1)
-                logger.warning(transformers_report(missing={"classifier.weight"}))
                 logger.warning(transformers_report(missing={"encoder.layer.0.output.dense.weight"}))
     finally:
         logger.removeHandler(handler)
