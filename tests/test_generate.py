@@ -211,3 +211,17 @@ def test_too_long_examples_can_be_dropped_and_are_counted(tiny_llm, tmp_path):
 def test_a_model_without_a_causal_lm_head_is_refused(pairs_file, tmp_path):
     with pytest.raises(UserError, match="has no causal LM head"):
         api.train("full", pairs_file, overrides=_overrides("minilm"), out=tmp_path / "run")
+
+
+def test_report_shows_generation_columns_the_untuned_row_and_samples(tiny_llm, pairs_file, tmp_path):
+    from tunebench.report import write_report
+
+    for method in ("none", "head"):
+        api.train(method, pairs_file, overrides=_overrides(tiny_llm), out=tmp_path / "runs" / method)
+    write_report([str(tmp_path / "runs")], str(tmp_path / "report"))
+    text = (tmp_path / "report" / "report.md").read_text()
+    generation_rows = text.split("### Generation")[1].split("*Exact match")[0]
+    none_row = next(line for line in generation_rows.splitlines() if line.startswith("| **none**"))
+    assert none_row.split("|")[3].strip() == "+0.0"  # the untuned model's gain over itself
+    assert "yes" in next(line for line in generation_rows.splitlines() if line.startswith("| **head**"))
+    assert "| none | Say " in text  # sample generations: prompt, reference, output
