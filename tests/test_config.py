@@ -163,7 +163,8 @@ def test_unknown_method_and_task_list_the_choices() -> None:
         build_config("lorra")
     with pytest.raises(
         UserError,
-        match="^unknown task 'rotten'; choose one of: .*banking77, banking77_gen, imdb, rotten_tomatoes, rotten_tomatoes_gen",
+        match="^unknown task 'rotten'; choose one of: .*banking77, banking77_gen, imdb, rotten_tomatoes, "
+        "rotten_tomatoes_gen",
     ):
         build_config("lora", "rotten")
 

@@ -225,3 +225,24 @@ def test_report_shows_generation_columns_the_untuned_row_and_samples(tiny_llm, p
     assert none_row.split("|")[3].strip() == "+0.0"  # the untuned model's gain over itself
     assert "yes" in next(line for line in generation_rows.splitlines() if line.startswith("| **head**"))
     assert "| none | Say " in text  # sample generations: prompt, reference, output
+
+
+def test_qlora_quantizes_the_blocks_but_not_the_embeddings_or_the_lm_head(tiny_llm, pairs_file):
+    import bitsandbytes as bnb
+
+    from tunebench.methods import get_method
+
+    cfg = build_config("qlora", pairs_file, overrides=_overrides(tiny_llm))
+    model = get_method("qlora").build(tiny_llm, None, None, cfg, torch.device("cpu"))
+    kinds = {name: type(module) for name, module in model.named_modules()}
+    assert any(issubclass(k, bnb.nn.Linear4bit) for n, k in kinds.items() if n.endswith("q_proj.base_layer"))
+    assert not any(issubclass(k, bnb.nn.Linear4bit) for n, k in kinds.items() if n.endswith("lm_head"))
+    assert model.get_input_embeddings().weight.dtype == torch.float32
+
+
+def test_the_untuned_baseline_is_refused_for_a_classification_task(tmp_path):
+    from tunebench.methods import get_method
+
+    cfg = build_config("none", "rotten_tomatoes")
+    with pytest.raises(UserError, match="needs a generate task"):
+        get_method("none").build(resolve_model("minilm"), None, None, cfg, torch.device("cpu"))
