@@ -246,3 +246,16 @@ def test_the_untuned_baseline_is_refused_for_a_classification_task(tmp_path):
     cfg = build_config("none", "rotten_tomatoes")
     with pytest.raises(UserError, match="needs a generate task"):
         get_method("none").build(resolve_model("minilm"), None, None, cfg, torch.device("cpu"))
+
+
+def test_embedded_generate_tasks_answer_in_words():
+    from tunebench.tasks import get_task, load_task
+
+    sizes = {"rotten_tomatoes_gen": (6824, 853, 853), "banking77_gen": (9003, 1000, 3080)}
+    for name, expected in sizes.items():
+        cfg = build_config("full", name)
+        splits = load_task(get_task(name), cfg["data"]).splits
+        assert tuple(len(splits[s]) for s in ("train", "validation", "test")) == expected
+        answers = set(splits["train"]["answer"])
+        assert answers == {"negative", "positive"} if name == "rotten_tomatoes_gen" else len(answers) == 77
+        assert splits["test"][0]["prompt"][0]["role"] == "user"
