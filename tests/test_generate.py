@@ -259,3 +259,15 @@ def test_embedded_generate_tasks_answer_in_words():
         answers = set(splits["train"]["answer"])
         assert answers == {"negative", "positive"} if name == "rotten_tomatoes_gen" else len(answers) == 77
         assert splits["test"][0]["prompt"][0]["role"] == "user"
+
+
+def test_cli_bad_generate_input_exits_2_with_one_line(tiny_llm, tmp_path, capsys):
+    from tunebench.cli import main
+
+    path = tmp_path / "chat.jsonl"
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": "q"}]}) + "\n")
+    argv = ["train", "--task", str(path), "--model", tiny_llm, "--set", "data.task_type=generate"]
+    code = main([*argv, "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("tunebench: error: ") and "no assistant turn" in err[-1]
