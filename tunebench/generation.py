@@ -215,7 +215,8 @@ def _answer_nll(model: nn.Module, batch: dict) -> tuple[float, int, int]:
 
 
 def _batches(split: Dataset, batch_size: int) -> list[list[int]]:
-    order = sorted(range(len(split)), key=lambda i: -split[i]["length"])  # little padding
+    lengths = split["length"]
+    order = sorted(range(len(split)), key=lambda i: -lengths[i])  # little padding
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
