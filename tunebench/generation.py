@@ -28,7 +28,8 @@ SAMPLES = 5  # sample generations kept in the result per split, for the report
 
 
 def is_generate(cfg: dict) -> bool:
-    return cfg["data"]["task_type"] == "generate"
+    # the planner's measurement (tracing.measure_step) builds methods from a partial config: classification
+    return cfg.get("data", {}).get("task_type") == "generate"
 
 
 def check_causal_lm(model_path: str, config) -> None:
