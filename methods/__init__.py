@@ -26,6 +26,7 @@ METHODS = {
     "lora": "tunebench.methods.lora",
     "qlora": "tunebench.methods.qlora",
     "head": "tunebench.methods.head",
+    "none": "tunebench.methods.none",  # generate tasks: the untuned model, no training (zero-shot baseline)
 }
 
 

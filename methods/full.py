@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from torch import nn
 
-from tunebench.classifier import load_classifier, load_trained, save_trained
+from tunebench.classifier import load_trained, save_trained
+from tunebench.generation import load_model
 
 DEFAULTS = {"train": {"lr": 5.0e-5}, "method_options": {}}
 
 
 def build(model_path: str, task, tokenizer, cfg: dict, device) -> nn.Module:
-    model = load_classifier(model_path, task.num_labels, cfg)
+    model = load_model(model_path, task, cfg)  # a classifier, or the causal LM of a generate task
     model.requires_grad_(True)
     return model
 

@@ -3,6 +3,10 @@
 The frozen part runs without autograd, so it saves no activations and gets no gradients. With
 `cache_features` the backbone runs once over the data and the head trains on the pooled features:
 the reason to pick this method when compute is scarce.
+
+For a generate task (causal LM) the head is the LM head: untied from the input embeddings first when the
+checkpoint ties them (recorded as the result's lm_head_untied). Feature caching does not apply there: the loop
+trains through the model as it is (the frozen blocks still run without autograd).
 """
 
 from __future__ import annotations
@@ -10,8 +14,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tunebench.classifier import Classifier, load_classifier, load_trained, save_trained
+from tunebench.classifier import Classifier, load_trained, save_trained
 from tunebench.errors import UserError
+from tunebench.generation import is_generate, load_model, untie_lm_head
 
 DEFAULTS = {
     "train": {"lr": 1.0e-2, "weight_decay": 0.0},  # a linear probe on fixed features takes a large step
@@ -42,10 +47,15 @@ def check_options(options: dict) -> None:
 
 def build(model_path: str, task, tokenizer, cfg: dict, device) -> nn.Module:
     top = cfg["method_options"]["unfreeze_top"]
-    model = load_classifier(model_path, task.num_labels, cfg)
-    model.backbone.requires_grad_(False)
+    model = load_model(model_path, task, cfg)
+    if is_generate(cfg):
+        model.requires_grad_(False)
+        model.lm_head_untied = untie_lm_head(model)
+        model.get_output_embeddings().requires_grad_(True)
+    else:
+        model.backbone.requires_grad_(False)
     if top:
-        layers = _layers(model.backbone)
+        layers = _layers(model)
         if top > len(layers):
             raise UserError(f"method_options.unfreeze_top={top} but the model has {len(layers)} layers")
         layers[len(layers) - top :].requires_grad_(True)

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from tunebench.classifier import TASK_HEAD, load_classifier
+from tunebench.classifier import TASK_HEAD
 from tunebench.errors import UserError
+from tunebench.generation import is_generate, load_model
 
 DEFAULTS = {
     "train": {"lr": 1.0e-3},
@@ -37,14 +38,17 @@ TARGET_MODULES = {
 }
 
 
-def peft_config(model: nn.Module, options: dict):
+def peft_config(model: nn.Module, options: dict, generate: bool = False):
     """For tunebench's Classifier: no peft task type (its forward takes the loop's batch as it is); the
-    task head is trained and saved in full (modules_to_save) and never gets an adapter."""
+    task head is trained and saved in full (modules_to_save) and never gets an adapter. For a causal LM
+    (generate): peft's CAUSAL_LM type (it generates), and the LM head stays frozen ("all-linear" skips it)."""
     from peft import LoraConfig, get_peft_config
 
+    head = {"task_type": "CAUSAL_LM"} if generate else {"task_type": None, "modules_to_save": [TASK_HEAD]}
     if options["peft_config"]:
-        raw = dict(options["peft_config"]) | {"task_type": None}
-        raw.setdefault("modules_to_save", [TASK_HEAD])
+        raw = dict(options["peft_config"]) | {"task_type": head["task_type"]}
+        if not generate:
+            raw.setdefault("modules_to_save", [TASK_HEAD])
         try:
             return get_peft_config(raw)
         except (KeyError, TypeError, ValueError) as exc:
@@ -55,23 +59,23 @@ def peft_config(model: nn.Module, options: dict):
         lora_alpha=options["alpha"],
         lora_dropout=options["dropout"],
         target_modules=targets,
-        exclude_modules=[TASK_HEAD],  # "all-linear" would otherwise adapt the head too
+        exclude_modules=None if generate else [TASK_HEAD],  # "all-linear" would otherwise adapt the head too
         use_dora=options["use_dora"],
-        modules_to_save=[TASK_HEAD],
+        **head,
     )
 
 
-def attach_adapter(model: nn.Module, options: dict) -> nn.Module:
+def attach_adapter(model: nn.Module, options: dict, generate: bool = False) -> nn.Module:
     from peft import get_peft_model
 
     try:
-        return get_peft_model(model, peft_config(model, options))
+        return get_peft_model(model, peft_config(model, options, generate))
     except ValueError as exc:  # e.g. target modules not found in the model
         raise UserError(f"peft could not wrap the model: {str(exc).splitlines()[0]}") from None
 
 
 def build(model_path: str, task, tokenizer, cfg: dict, device) -> nn.Module:
-    return attach_adapter(load_classifier(model_path, task.num_labels, cfg), cfg["method_options"])
+    return attach_adapter(load_model(model_path, task, cfg), cfg["method_options"], is_generate(cfg))
 
 
 def save(model: nn.Module, folder: str) -> None:
@@ -81,4 +85,4 @@ def save(model: nn.Module, folder: str) -> None:
 def load(folder: str, model_path: str, task, tokenizer, cfg: dict, device) -> nn.Module:
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(load_classifier(model_path, task.num_labels, cfg), folder)
+    return PeftModel.from_pretrained(load_model(model_path, task, cfg), folder)

@@ -1,6 +1,7 @@
 """QLoRA: LoRA on a bitsandbytes-quantized base (4-bit NF4 with double quantization, or 8-bit).
 
-Only the backbone is quantized; the task head stays in full precision. Runs on CUDA and, with
+Only the backbone is quantized; the task head stays in full precision (for a causal LM: the embeddings and
+the LM head). Runs on CUDA and, with
 bitsandbytes >= 0.45, on the CPU.
 """
 
@@ -9,8 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tunebench.classifier import UNQUANTIZED, load_classifier
+from tunebench.classifier import UNQUANTIZED
 from tunebench.errors import UserError
+from tunebench.generation import is_generate, load_model
 from tunebench.methods import lora
 
 DEFAULTS = {
@@ -27,7 +29,7 @@ def check_options(options: dict) -> None:
 
 # transformers matches a skip pattern from the start of a module's path, or as its suffix: a bare "pooler"
 # misses "bert.pooler.dense". Match the name at any depth instead.
-SKIP_PATTERNS = [rf"(.*\.)?{name}" for name in UNQUANTIZED]
+SKIP_PATTERNS = [rf"(.*\.)?{name}" for name in (*UNQUANTIZED, "lm_head")]
 
 
 def quantization_config(bits: int, device: torch.device):
@@ -48,14 +50,16 @@ def quantization_config(bits: int, device: torch.device):
 def _quantized_base(model_path: str, task, tokenizer, cfg: dict, device) -> nn.Module:
     from peft import prepare_model_for_kbit_training
 
-    model = load_classifier(
+    generate = is_generate(cfg)
+    model = load_model(
         model_path,
-        task.num_labels,
+        task,
         cfg,
         quantization_config=quantization_config(cfg["method_options"]["bits"], device),
         device_map={"": device},  # bitsandbytes quantizes as the weights land on the device
     )
-    model.classifier.to(device, torch.float32)  # trained in full precision, as peft leaves unquantized parameters
+    if not generate:
+        model.classifier.to(device, torch.float32)  # trained in full precision, as peft leaves unquantized parameters
     # On a CPU with AVX512-BF16, bitsandbytes repacks a 4-bit weight in place on its first forward in eval mode,
     # for an inference-only kernel; every later training step (after the first validation) then runs that kernel,
     # which has no autograd support: a RuntimeError or silently wrong gradients. Keep the trainable layout.
@@ -63,12 +67,15 @@ def _quantized_base(model_path: str, task, tokenizer, cfg: dict, device) -> nn.M
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False
     # peft's preparation: frozen backbone, its unquantized parameters in fp32, checkpointing as configured
-    prepare_model_for_kbit_training(model.backbone, use_gradient_checkpointing=cfg["train"]["gradient_checkpointing"])
+    prepare_model_for_kbit_training(
+        model if generate else model.backbone, use_gradient_checkpointing=cfg["train"]["gradient_checkpointing"]
+    )
     return model
 
 
 def build(model_path: str, task, tokenizer, cfg: dict, device) -> nn.Module:
-    return lora.attach_adapter(_quantized_base(model_path, task, tokenizer, cfg, device), cfg["method_options"])
+    base = _quantized_base(model_path, task, tokenizer, cfg, device)
+    return lora.attach_adapter(base, cfg["method_options"], is_generate(cfg))
 
 
 save = lora.save

@@ -46,7 +46,8 @@ def test_tasks_lists_what_exists_and_whether_installed(capsys) -> None:
     code, out, _ = run_cli(capsys, "tasks")
     assert code == 0
     rows = {line.split()[0]: line.split()[1] for line in out.strip().splitlines()}
-    assert rows == {"banking77": "installed", "imdb": "installed", "rotten_tomatoes": "installed"}
+    names = ("banking77", "banking77_gen", "imdb", "rotten_tomatoes", "rotten_tomatoes_gen")
+    assert rows == dict.fromkeys(names, "installed")
 
 
 def test_models_lists_what_exists_and_whether_installed(capsys) -> None:
@@ -83,8 +84,11 @@ def test_train_then_eval_reproduces_predictions(capsys, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        (["train", "--method", "lorra"], "unknown method 'lorra'; choose one of: full, head, lora, qlora"),
-        (["train", "--task", "rotten"], "<task.yaml>, banking77, imdb, rotten_tomatoes"),
+        (["train", "--method", "lorra"], "unknown method 'lorra'; choose one of: full, head, lora, none, qlora"),
+        (
+            ["train", "--task", "rotten"],
+            "<task.yaml>, banking77, banking77_gen, imdb, rotten_tomatoes, rotten_tomatoes_gen",
+        ),
         (["train", "--set", "train.lrr=1"], "unknown config key 'train.lrr' in command-line overrides; valid keys"),
         (["train", "--set", "method_options.pooling=max"], "unknown config key 'method_options.pooling'"),
         (
@@ -179,6 +183,6 @@ def test_console_script_bad_input(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == (
-        "tunebench: error: unknown method 'sft'; choose one of: full, head, lora, qlora"
+        "tunebench: error: unknown method 'sft'; choose one of: full, head, lora, none, qlora"
     )
     assert "Traceback" not in done.stderr and done.stdout == ""

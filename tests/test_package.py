@@ -66,8 +66,10 @@ def test_the_wheel_works_from_any_folder_without_the_checkout(tmp_path: Path) ->
     tasks = run([tunebench, "tasks"], work, env).stdout
     assert {line.split()[0]: line.split()[1] for line in tasks.splitlines()} == {
         "banking77": "installed",
+        "banking77_gen": "installed",
         "imdb": "installed",
         "rotten_tomatoes": "installed",
+        "rotten_tomatoes_gen": "installed",
     }
     plan = run(
         [tunebench, "plan", "--model", "minilm", "--methods", "lora,head", "--seq-len", "32", "--json"], work, env

@@ -28,7 +28,7 @@ def sizes(task) -> dict[str, int]:
 
 
 def test_registered_tasks_are_listed_and_installed() -> None:
-    assert registered_tasks() == ["banking77", "imdb", "rotten_tomatoes"]
+    assert registered_tasks() == ["banking77", "banking77_gen", "imdb", "rotten_tomatoes", "rotten_tomatoes_gen"]
     for name in registered_tasks():
         spec = get_task(name)
         assert spec.installed(), name

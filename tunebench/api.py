@@ -89,7 +89,7 @@ def train(
     cfg = run_config(method, task, config=config, overrides=overrides, out=out, **shortcuts)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = cfg["out"] or f"runs/{run_name(cfg)}-{stamp}"
-    if int(os.environ.get("RANK", "0")) == 0:
+    if int(os.environ.get("RANK", "0")) == 0 and cfg["data"]["task_type"] == "classify":
         print(
             f"{cfg['model']}: pretrained backbone; new classification head for {Path(cfg['task']).stem} "
             f"(it starts from random weights and trains with every method)",

@@ -110,10 +110,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"tunebench: run {result['status']}: {result['error']}", file=sys.stderr)
         return 1
     if int(os.environ.get("RANK", "0")) == 0:
+        headline = "exact match" if "test_exact_match" in result else "accuracy"  # a generate task's accuracy
+        trained = (
+            f"train {format_seconds(result['train_seconds'])} ({result['samples_per_second']:.1f} samples/s)"
+            if result["samples_per_second"] is not None
+            else "no training (the untuned model)"
+        )
         print(
-            f"{result['config']['method']} on {result['task']['name']}: test accuracy {result['test_accuracy']:.4f}, "
-            f"macro-F1 {result['test_f1']:.4f}, {result['trainable_params']:,} trainable params, "
-            f"train {format_seconds(result['train_seconds'])} ({result['samples_per_second']:.1f} samples/s); "
+            f"{result['config']['method']} on {result['task']['name']}: test {headline} {result['test_accuracy']:.4f}, "
+            f"macro-F1 {result['test_f1']:.4f}, {result['trainable_params']:,} trainable params, {trained}; "
             f"run folder {result['run_dir']}"
         )
     return 0

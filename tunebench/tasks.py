@@ -147,8 +147,8 @@ def _stratified_splits(df: pd.DataFrame, label: str, make: dict, have: set[str])
 @dataclass
 class TaskData:
     name: str
-    splits: DatasetDict  # columns: text, [text_pair], label (int)
-    label_names: list[str]
+    splits: DatasetDict  # columns: text, [text_pair], label (int); generate tasks: prompt (messages), answer
+    label_names: list[str]  # empty for generate tasks
 
     @property
     def num_labels(self) -> int:
@@ -163,6 +163,15 @@ def load_task(spec: TaskSpec, data_cfg: dict) -> TaskData:
     frames = _load_hub(spec.hub_id) if spec.hub_id else {s: _read_file(p, encoding) for s, p in spec.files.items()}
     if "train" not in frames:
         raise UserError(f"task {spec.name!r} has no train split")
+    if data_cfg["task_type"] == "generate":
+        from tunebench.generation import splits_from_frames
+
+        for column, value in spec.where.items():
+            frames = {s: df[df[column] == value].reset_index(drop=True) for s, df in frames.items()}
+        for split, df in frames.items():
+            if len(df) == 0:
+                raise UserError(f"task {spec.name!r} has an empty {split} split")
+        return TaskData(spec.name, splits_from_frames(spec.name, frames, data_cfg, spec), [])
     text, pair, label = data_cfg["text_column"], data_cfg["text_pair_column"], data_cfg["label_column"]
     needed = [c for c in (text, pair, label, *spec.where) if c]
     for split, df in frames.items():

@@ -1,0 +1,29 @@
+"""No training: the untuned model, evaluated as it is. The zero-shot baseline of a generate task, so that
+each method's gain over the starting checkpoint shows; the loop runs no optimizer step when nothing trains."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from tunebench.errors import UserError
+from tunebench.generation import is_generate, load_causal_lm
+from tunebench.classifier import load_trained, save_trained
+
+DEFAULTS = {"train": {}, "method_options": {}}
+
+
+def build(model_path: str, task, tokenizer, cfg: dict, device) -> nn.Module:
+    if not is_generate(cfg):
+        raise UserError(
+            "method none (the untuned, zero-shot baseline) needs a generate task: a new classifier head is random"
+        )
+    model = load_causal_lm(model_path)
+    model.requires_grad_(False)
+    return model
+
+
+save = save_trained  # nothing trains: an empty file, so that `eval` finds the run's weights
+
+
+def load(folder: str, model_path: str, task, tokenizer, cfg: dict, device) -> nn.Module:
+    return load_trained(build(model_path, task, tokenizer, cfg, device), folder)
