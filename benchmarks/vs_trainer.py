@@ -27,8 +27,7 @@ from pathlib import Path
 
 import torch
 
-from tunebench import REPO_ROOT
-from tunebench import data as batching
+from tunebench import REPO_ROOT, batching
 from tunebench.config import Config, build_config
 from tunebench.errors import UserError
 from tunebench.loop import train

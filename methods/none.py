@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from torch import nn
 
+from tunebench.classifier import load_trained, save_trained
 from tunebench.errors import UserError
 from tunebench.generation import is_generate, load_causal_lm
-from tunebench.classifier import load_trained, save_trained
 
 DEFAULTS = {"train": {}, "method_options": {}}
 

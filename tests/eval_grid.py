@@ -15,7 +15,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from tunebench import data as batching
+from tunebench import batching
 from tunebench.config import build_config
 from tunebench.loop import cached_features, evaluate
 from tunebench.methods import get_method

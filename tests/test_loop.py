@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 from torch.profiler import ProfilerActivity, profile
 
-from tunebench.data import EpochPermutation
+from tunebench.batching import EpochPermutation
 from tunebench.evaluation import evaluate_run
 from tunebench.loop import _restore, train
 from tunebench.methods import get_method

@@ -11,13 +11,13 @@ import os
 import sys
 from pathlib import Path
 
-from tunebench import data
+from tunebench import batching
 from tunebench.config import build_config
 from tunebench.loop import train
 
 out = Path(sys.argv[1])
 collated: list[list[int]] = []
-feature_loader = data.feature_loader
+feature_loader = batching.feature_loader
 
 
 def recording_feature_loader(features, labels, batch_size, seed):
@@ -33,7 +33,7 @@ def recording_feature_loader(features, labels, batch_size, seed):
     return loader
 
 
-data.feature_loader = recording_feature_loader
+batching.feature_loader = recording_feature_loader
 cfg = build_config(
     "head",
     "rotten_tomatoes",

@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 from accelerate import Accelerator
 
-from tunebench import data as batching
-from tunebench import generation
+from tunebench import batching, generation
 from tunebench.errors import UserError
 from tunebench.files import read_yaml
 from tunebench.loop import evaluate

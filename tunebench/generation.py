@@ -18,7 +18,7 @@ from datasets import Dataset, DatasetDict
 from torch import nn
 from torch.utils.data import DataLoader
 
-from tunebench.data import LengthGroupedBatches, ShuffledBatches
+from tunebench.batching import LengthGroupedBatches, ShuffledBatches
 from tunebench.errors import UserError
 from tunebench.models import DECODER_TYPES, hub_error, load_config
 

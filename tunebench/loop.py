@@ -24,8 +24,7 @@ from accelerate.utils import DataLoaderConfiguration, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from tunebench import data as batching
-from tunebench import generation
+from tunebench import batching, generation
 from tunebench.classifier import count_parameters, decay_param_groups
 from tunebench.config import Config, dump, flatten
 from tunebench.errors import UserError

@@ -651,7 +651,7 @@ def validate_loop(model: str, methods: list[str], mixed_precision: str, run_root
     """
     from datasets import DatasetDict
 
-    from tunebench import data as batching
+    from tunebench import batching
     from tunebench.config import build_config
     from tunebench.loop import train
     from tunebench.models import load_tokenizer
