@@ -17,7 +17,8 @@ from accelerate.utils import set_seed
 
 from tunebench import batching
 from tunebench.config import build_config
-from tunebench.loop import cached_features, evaluate
+from tunebench.evaluation import evaluate
+from tunebench.loop import cached_features
 from tunebench.methods import get_method
 from tunebench.models import load_config, load_tokenizer
 from tunebench.tasks import get_task, load_task

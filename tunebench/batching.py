@@ -95,13 +95,18 @@ def _collator(tokenizer):
     return collate
 
 
-def train_loader(split: Dataset, tokenizer, batch_size: int, seed: int, group_by_length: bool) -> DataLoader:
+def train_loader(
+    split: Dataset, tokenizer, batch_size: int, seed: int, group_by_length: bool, collate_fn=None
+) -> DataLoader:
+    """Shuffled (or length-grouped) training batches, reshuffled each epoch; collate_fn defaults to
+    dynamic padding for classification."""
     if group_by_length:
         sampler = LengthGroupedBatches(split["length"], batch_size, seed)
     else:
         sampler = shuffled_batches(len(split), batch_size, seed)
     # pinned host memory lets the copy to a GPU run without waiting for it (Accelerate's non_blocking)
-    return DataLoader(split, batch_sampler=sampler, collate_fn=_collator(tokenizer), pin_memory=PIN_MEMORY)
+    collate_fn = collate_fn or _collator(tokenizer)
+    return DataLoader(split, batch_sampler=sampler, collate_fn=collate_fn, pin_memory=PIN_MEMORY)
 
 
 def eval_loader(split: Dataset, tokenizer, batch_size: int) -> DataLoader:

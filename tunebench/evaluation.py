@@ -1,4 +1,5 @@
-"""`tunebench eval RUN_DIR`: reload what a method saved and evaluate it again."""
+"""Evaluation: metrics over a loader gathered across processes, and `tunebench eval RUN_DIR` (reload what a
+method saved and evaluate it again). The loop evaluates with the same functions."""
 
 from __future__ import annotations
 
@@ -6,20 +7,51 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 from accelerate import Accelerator
 
 from tunebench import batching, generation
 from tunebench.errors import UserError
 from tunebench.files import read_yaml
-from tunebench.loop import evaluate
 from tunebench.methods import get_method
-from tunebench.metrics import load_extra
-from tunebench.models import load_config, load_tokenizer, resolve_model
-from tunebench.tasks import get_task, load_task
+from tunebench.metrics import classification_metrics, load_extra
+from tunebench.models import load_pretrained
+from tunebench.tasks import get_task, load_capped, load_task
+
+
+@torch.no_grad()
+def evaluate(model, loader, accelerator: Accelerator, extra_metrics: list = ()) -> tuple[dict, np.ndarray]:
+    """Metrics and predictions over a loader, in dataset order, gathered across processes."""
+    model.eval()
+    predictions, labels, indices = [], [], []
+    for batch in loader:
+        indices.append(batch.pop("index"))
+        labels.append(batch.pop("labels"))
+        predictions.append(model(**batch).logits.argmax(-1))
+    predictions, labels = in_dataset_order(accelerator, torch.cat(indices), torch.cat(predictions), torch.cat(labels))
+    predictions, labels = predictions.numpy(), labels.numpy()
+    return classification_metrics(predictions, labels, extra_metrics), predictions
+
+
+def in_dataset_order(accelerator: Accelerator, index: torch.Tensor, *values: torch.Tensor) -> list[torch.Tensor]:
+    """values (rows matching index, this process's examples) from every process: one row per example,
+    in dataset order, on the CPU.
+
+    Processes hold different numbers of rows (the last batches differ in size), so each pads to the
+    longest before the gather, marking its padding with index -1. Sharding also repeats examples so
+    that every process gets as many batches: keep each example's first copy.
+    """
+    device = accelerator.device
+    index = accelerator.gather(accelerator.pad_across_processes(index.to(device), pad_index=-1)).cpu()
+    values = [accelerator.gather(accelerator.pad_across_processes(v.to(device))).cpu() for v in values]
+    examples, first = np.unique(index.numpy(), return_index=True)
+    first = torch.from_numpy(first[examples >= 0])
+    return [v[first] for v in values]
 
 
 def evaluate_run(run_dir: str | Path, task_name: str | None = None, split: str = "test") -> dict:
-    """Metrics of the run's best weights on a split; on its own task, also the agreement with training."""
+    """Metrics of the run's best weights on a split (capped as the run capped it); on its own task, also the
+    agreement with the predictions (or generations) the run made on test."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").exists():
         raise UserError(f"{run_dir} is not a run folder (no config.yaml)")
@@ -27,54 +59,41 @@ def evaluate_run(run_dir: str | Path, task_name: str | None = None, split: str =
         raise UserError(f"{run_dir} has no saved weights (best/); was it run with train.save=none?")
     cfg = read_yaml(run_dir / "config.yaml")
     method = get_method(cfg["method"])
-    if generation.is_generate(cfg):
-        return _evaluate_generate(run_dir, cfg, method, task_name, split)
-    task = load_task(get_task(task_name or cfg["task"]), cfg["data"])
-    saved = load_task(get_task(cfg["task"]), cfg["data"]).label_names
-    if task.label_names != saved:
-        raise UserError(
-            f"task {task.name!r} has labels {task.label_names[:5]}..., the run was trained on "
-            f"{saved[:5]}...: they must match"
-        )
-    data = task.splits[split]
-    if cfg["data"]["max_eval_samples"]:
-        data = data.select(range(min(cfg["data"]["max_eval_samples"], len(data))))
-    model_path = resolve_model(cfg["model"])
-    tokenizer = load_tokenizer(model_path, load_config(model_path).model_type)
+    generate = generation.is_generate(cfg)
+    task = load_capped(task_name or cfg["task"], cfg["data"])
+    if not generate:
+        saved = load_task(get_task(cfg["task"]), cfg["data"]).label_names
+        if task.label_names != saved:
+            raise UserError(
+                f"task {task.name!r} has labels {task.label_names[:5]}..., the run was trained on "
+                f"{saved[:5]}...: they must match"
+            )
+    model_path, _, tokenizer = load_pretrained(cfg["model"])
     accelerator = Accelerator(mixed_precision=cfg["train"]["mixed_precision"])
     model = method.load(str(run_dir / "best"), model_path, task, tokenizer, cfg, accelerator.device)
-    encoded = batching.tokenize({split: data}, tokenizer, cfg["data"]["max_length"])[split]
-    model, loader = accelerator.prepare(
-        model, batching.eval_loader(encoded, tokenizer, cfg["train"]["eval_batch_size"])
-    )
-    metrics, predictions = evaluate(model, loader, accelerator, load_extra(cfg["metrics"]))
+    if generate:
+        model = accelerator.prepare(model)
+        encoded, _ = generation.tokenize({split: task.splits[split]}, tokenizer, cfg["data"])
+        gen = cfg["generation"]
+        metrics, predictions = generation.evaluate(
+            accelerator.unwrap_model(model),
+            encoded[split],
+            tokenizer,
+            gen["batch_size"],
+            gen["margin"],
+            accelerator.device,
+        )
+    else:
+        encoded = batching.tokenize({split: task.splits[split]}, tokenizer, cfg["data"]["max_length"])[split]
+        model, loader = accelerator.prepare(
+            model, batching.eval_loader(encoded, tokenizer, cfg["train"]["eval_batch_size"])
+        )
+        metrics, predictions = evaluate(model, loader, accelerator, load_extra(cfg["metrics"]))
     out = {"run_dir": str(run_dir), "task": task.name, "split": split, **metrics}
     saved_predictions = run_dir / "test_predictions.json"
     if split == "test" and task_name in (None, cfg["task"]) and saved_predictions.exists():
-        reference = np.array(json.loads(saved_predictions.read_text()))
-        out["agreement_with_training"] = float((reference == predictions).mean())
-    return out
-
-
-def _evaluate_generate(run_dir: Path, cfg: dict, method, task_name: str | None, split: str) -> dict:
-    """The generate-task counterpart: regenerate the split from the saved weights and score it."""
-    task = load_task(get_task(task_name or cfg["task"]), cfg["data"])
-    data = task.splits[split]
-    if cfg["data"]["max_eval_samples"]:
-        data = data.select(range(min(cfg["data"]["max_eval_samples"], len(data))))
-    model_path = resolve_model(cfg["model"])
-    tokenizer = load_tokenizer(model_path, load_config(model_path).model_type)
-    accelerator = Accelerator(mixed_precision=cfg["train"]["mixed_precision"])
-    model = method.load(str(run_dir / "best"), model_path, task, tokenizer, cfg, accelerator.device)
-    model = accelerator.prepare(model)
-    encoded, _ = generation.tokenize({split: data}, tokenizer, cfg["data"])
-    gen = cfg["generation"]
-    metrics, outputs = generation.evaluate(
-        accelerator.unwrap_model(model), encoded[split], tokenizer, gen["batch_size"], gen["margin"], accelerator.device
-    )
-    out = {"run_dir": str(run_dir), "task": task.name, "split": split, **metrics}
-    saved_outputs = run_dir / "test_predictions.json"
-    if split == "test" and task_name in (None, cfg["task"]) and saved_outputs.exists():
-        reference = json.loads(saved_outputs.read_text())
-        out["agreement_with_training"] = float(np.mean([a == b for a, b in zip(reference, outputs, strict=True)]))
+        reference = json.loads(saved_predictions.read_text())
+        out["agreement_with_training"] = float(
+            np.mean([a == b for a, b in zip(reference, list(predictions), strict=True)])
+        )
     return out

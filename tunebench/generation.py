@@ -16,9 +16,7 @@ import pandas as pd
 import torch
 from datasets import Dataset, DatasetDict
 from torch import nn
-from torch.utils.data import DataLoader
 
-from tunebench.batching import LengthGroupedBatches, ShuffledBatches
 from tunebench.errors import UserError
 from tunebench.models import DECODER_TYPES, hub_error, load_config
 
@@ -186,15 +184,6 @@ def collate(pad_id: int):
         }
 
     return collate_batch
-
-
-def train_loader(split: Dataset, tokenizer, batch_size: int, seed: int, group_by_length: bool) -> DataLoader:
-    columns = split.select_columns(["input_ids", "labels", "index"])
-    if group_by_length:
-        sampler = LengthGroupedBatches(split["length"], batch_size, seed)
-    else:
-        sampler = ShuffledBatches(len(split), batch_size, seed)
-    return DataLoader(columns, batch_sampler=sampler, collate_fn=collate(tokenizer.pad_token_id))
 
 
 # -- evaluation ---------------------------------------------------------------------------------------

@@ -28,13 +28,14 @@ from tunebench import batching, generation
 from tunebench.classifier import count_parameters, decay_param_groups
 from tunebench.config import Config, dump, flatten
 from tunebench.errors import UserError
+from tunebench.evaluation import evaluate, in_dataset_order
 from tunebench.measure import StepMeter, TensorTracker, environment
 from tunebench.methods import get_method
-from tunebench.metrics import classification_metrics, load_extra
-from tunebench.models import load_config, load_tokenizer, resolve_model
+from tunebench.metrics import load_extra
+from tunebench.models import load_pretrained
 from tunebench.optim import build_adamw, resolve_adamw
 from tunebench.results import SCHEMA_VERSION, rank_failure_path, read_rank_failures, write_json_atomic
-from tunebench.tasks import get_task, load_task
+from tunebench.tasks import load_capped
 
 log = logging.getLogger("tunebench")
 
@@ -125,8 +126,7 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
     main, device = accelerator.is_main_process, accelerator.device
     seed, method_name, options = cfg["seed"], cfg["method"], cfg["method_options"]
     data_cfg, train_cfg = cfg["data"], cfg["train"]
-    max_length, max_train = data_cfg["max_length"], data_cfg["max_train_samples"]
-    max_eval = data_cfg["max_eval_samples"]
+    max_length = data_cfg["max_length"]
     epochs, max_steps, grad_accum = train_cfg["epochs"], train_cfg["max_steps"], train_cfg["grad_accum"]
     batch_size, eval_batch_size = train_cfg["batch_size"], train_cfg["eval_batch_size"]
     lr, weight_decay, max_grad_norm = train_cfg["lr"], train_cfg["weight_decay"], train_cfg["max_grad_norm"]
@@ -137,16 +137,9 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
     meter = StepMeter(device)  # on CUDA: resets the peak statistics before the model loads
 
     # -- data: checked before any model is loaded ------------------------------------------------
-    task = load_task(get_task(cfg["task"]), data_cfg)
+    task = load_capped(cfg["task"], data_cfg)
     splits = task.splits
-    if max_train:
-        splits["train"] = splits["train"].select(range(min(max_train, len(splits["train"]))))
-    if max_eval:
-        for name in ("validation", "test"):
-            splits[name] = splits[name].select(range(min(max_eval, len(splits[name]))))
-    model_path = resolve_model(cfg["model"])
-    model_config = load_config(model_path)
-    tokenizer = load_tokenizer(model_path, model_config.model_type)
+    model_path, model_config, tokenizer = load_pretrained(cfg["model"])
     generate = generation.is_generate(cfg)
     with accelerator.main_process_first():
         if generate:  # -- llm: prompt -> answer, loss on the answer only (tunebench.generation)
@@ -186,8 +179,13 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
     # Non-padding tokens the backbone runs over outside the steps: the head's one cached pass over train.
     cached_tokens = 0
     if generate:  # -- llm: generation is scored outside the prepared loaders, on every process alike
-        train_loader = generation.train_loader(
-            encoded["train"], tokenizer, batch_size, seed, data_cfg["group_by_length"]
+        train_loader = batching.train_loader(
+            encoded["train"],
+            tokenizer,
+            batch_size,
+            seed,
+            data_cfg["group_by_length"],
+            collate_fn=generation.collate(tokenizer.pad_token_id),
         )
         eval_loaders = {}
     elif options.get("cache_features") and hasattr(method, "cache_features"):
@@ -402,20 +400,6 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
     log.info("test %s", test_metrics)
 
 
-@torch.no_grad()
-def evaluate(model, loader, accelerator: Accelerator, extra_metrics: list = ()) -> tuple[dict, np.ndarray]:
-    """Metrics and predictions over a loader, in dataset order, gathered across processes."""
-    model.eval()
-    predictions, labels, indices = [], [], []
-    for batch in loader:
-        indices.append(batch.pop("index"))
-        labels.append(batch.pop("labels"))
-        predictions.append(model(**batch).logits.argmax(-1))
-    predictions, labels = in_dataset_order(accelerator, torch.cat(indices), torch.cat(predictions), torch.cat(labels))
-    predictions, labels = predictions.numpy(), labels.numpy()
-    return classification_metrics(predictions, labels, extra_metrics), predictions
-
-
 def cached_features(
     method, model, split, name: str, tokenizer, batch_size: int, accelerator: Accelerator
 ) -> torch.Tensor:
@@ -426,22 +410,6 @@ def cached_features(
     features, index = method.cache_features(accelerator.unwrap_model(model), loader, accelerator.device)
     [features] = in_dataset_order(accelerator, index, features)
     return features
-
-
-def in_dataset_order(accelerator: Accelerator, index: torch.Tensor, *values: torch.Tensor) -> list[torch.Tensor]:
-    """values (rows matching index, this process's examples) from every process: one row per example,
-    in dataset order, on the CPU.
-
-    Processes hold different numbers of rows (the last batches differ in size), so each pads to the
-    longest before the gather, marking its padding with index -1. Sharding also repeats examples so
-    that every process gets as many batches: keep each example's first copy.
-    """
-    device = accelerator.device
-    index = accelerator.gather(accelerator.pad_across_processes(index.to(device), pad_index=-1)).cpu()
-    values = [accelerator.gather(accelerator.pad_across_processes(v.to(device))).cpu() for v in values]
-    examples, first = np.unique(index.numpy(), return_index=True)
-    first = torch.from_numpy(first[examples >= 0])
-    return [v[first] for v in values]
 
 
 def _record_rank_failures(accelerator: Accelerator, run_dir: Path, result: dict) -> None:

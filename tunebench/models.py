@@ -188,6 +188,13 @@ DECODER_TYPES = {
 }
 
 
+def load_pretrained(name: str) -> tuple[str, object, object]:
+    """(local folder or hub id, transformers config, tokenizer) for a model name, as a run loads them."""
+    path = resolve_model(name)
+    config = load_config(path)
+    return path, config, load_tokenizer(path, config.model_type)
+
+
 def load_tokenizer(path: str, model_type: str):
     from transformers import AutoTokenizer
 

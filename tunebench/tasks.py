@@ -155,6 +155,19 @@ class TaskData:
         return len(self.label_names)
 
 
+def load_capped(name: str, data_cfg: dict) -> TaskData:
+    """The task as a run uses it: train capped at data.max_train_samples, validation and test at
+    data.max_eval_samples (the first examples of each split)."""
+    task = load_task(get_task(name), data_cfg)
+    caps = {"train": data_cfg["max_train_samples"]} | dict.fromkeys(
+        ("validation", "test"), data_cfg["max_eval_samples"]
+    )
+    for split, cap in caps.items():
+        if cap:
+            task.splits[split] = task.splits[split].select(range(min(cap, len(task.splits[split]))))
+    return task
+
+
 def load_task(spec: TaskSpec, data_cfg: dict) -> TaskData:
     """Read the task's files, check them, and return train/validation/test with integer labels."""
     if spec.package and not spec.installed():
