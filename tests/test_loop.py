@@ -174,17 +174,7 @@ def test_steps_that_do_not_log_never_wait_for_the_device(tmp_path: Path, tiny_co
     assert all(after[k] == per_forward for k in (2, 3, 5, 6, 7)), (after, per_forward)
 
 
-@pytest.fixture
-def fresh_accelerate_state():
-    """Accelerate keeps one process-wide state and refuses a second precision in the same process."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(True)
-    yield
-    AcceleratorState._reset_state(True)
-
-
-def test_bf16_autocast_trains_on_the_cpu(tmp_path: Path, tiny_config, fresh_accelerate_state) -> None:
+def test_bf16_autocast_trains_on_the_cpu(tmp_path: Path, tiny_config) -> None:
     cfg = tiny_config(
         "full",
         overrides={

@@ -53,7 +53,8 @@ def readme_commands() -> list[str]:
             line = line.split(" #", 1)[0].strip()
             if line:
                 commands.append(line)
-    commands += re.findall(INLINE, README)
+    # an inline span with a placeholder (`tunebench eval RUN_DIR`) names a command's form, not a command
+    commands += [c for c in re.findall(INLINE, README) if not re.search(r"\b[A-Z][A-Z_]+\b", c)]
     return list(dict.fromkeys(commands))
 
 

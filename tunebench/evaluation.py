@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 
 from tunebench import batching, generation
 from tunebench.errors import UserError
@@ -69,6 +70,7 @@ def evaluate_run(run_dir: str | Path, task_name: str | None = None, split: str =
                 f"{saved[:5]}...: they must match"
             )
     model_path, _, tokenizer = load_pretrained(cfg["model"])
+    AcceleratorState._reset_state()  # the run's own precision, whatever ran before in this process
     accelerator = Accelerator(mixed_precision=cfg["train"]["mixed_precision"])
     model = method.load(str(run_dir / "best"), model_path, task, tokenizer, cfg, accelerator.device)
     if generate:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -62,6 +63,9 @@ def train(cfg: Config, run_dir: str | Path, result_path: str | Path | None = Non
     result_path = Path(result_path or run_dir / "result.json")
     stop_requested.clear()
     finishing.clear()
+    # Accelerate keeps one process-wide state that refuses a second precision; each run sets its own (the
+    # process group, kept in PartialState, stays).
+    AcceleratorState._reset_state()
     accelerator = Accelerator(
         mixed_precision=cfg["train"]["mixed_precision"],
         log_with=cfg["train"]["trackers"] or None,
@@ -208,8 +212,8 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
         eval_loaders = {
             name: batching.eval_loader(encoded[name], tokenizer, eval_batch_size) for name in ("validation", "test")
         }
-    train_loader, *eval_list = accelerator.prepare(train_loader, *eval_loaders.values())
-    eval_loaders = dict(zip(eval_loaders, eval_list, strict=True))
+    train_loader = accelerator.prepare(train_loader)
+    eval_loaders = {name: accelerator.prepare(loader) for name, loader in eval_loaders.items()}
 
     # -- optimizer and schedule: counted on this process's shard of the batches -------------------
     micro_batches_per_epoch = len(train_loader)

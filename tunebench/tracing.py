@@ -566,6 +566,7 @@ def measure_step(
         "method_options": dict(module.DEFAULTS["method_options"]),
         "train": {"gradient_checkpointing": False},
         "pooling": None,  # what the checkpoint was trained with, as the planner's spec.pooling
+        "head_dropout": None,  # the default, as the planner traces it
     }
     config = classifier_config(load_config(model_path), num_labels)
     task = SimpleNamespace(label_names=[str(i) for i in range(num_labels)], num_labels=num_labels)
