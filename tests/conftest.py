@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import signal
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -34,6 +35,15 @@ def deep_update(base: dict, layer: dict) -> dict:
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+@pytest.fixture(autouse=True)
+def keep_signal_handlers():
+    """The CLI's main() installs SIGINT and SIGTERM handlers; give pytest its own back."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in before.items():
+        signal.signal(sig, handler)
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,14 +16,6 @@ from tunebench.results import read_result
 
 TINY_FLAGS = ["--max-train-samples", "32", "--max-eval-samples", "32", "--max-length", "32", "--batch-size", "16"]
 QUIET = ["--set", "train.trackers=[]"]
-
-
-@pytest.fixture(autouse=True)
-def keep_sigterm_handler():
-    """main() installs a SIGTERM handler; give pytest its own back."""
-    before = signal.getsignal(signal.SIGTERM)
-    yield
-    signal.signal(signal.SIGTERM, before)
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:

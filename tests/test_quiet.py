@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import logging
-import signal
 import warnings
 
-import pytest
 from transformers.utils.loading_report import LoadStateDictInfo
 
 from tunebench.cli import main
@@ -25,13 +23,6 @@ TRAIN = [
     "--set",
     "train.save=none",
 ]
-
-
-@pytest.fixture(autouse=True)
-def keep_sigterm_handler():
-    before = signal.getsignal(signal.SIGTERM)
-    yield
-    signal.signal(signal.SIGTERM, before)
 
 
 def transformers_report(missing: set[str] = frozenset(), unexpected: set[str] = frozenset()) -> str:

@@ -195,7 +195,10 @@ COMMANDS = {
 }
 
 
-def _interrupt_on_sigterm() -> None:
+def _interrupt_on_signals() -> None:
+    """Ctrl-C and SIGTERM stop a run. The KeyboardInterrupt raised here can be lost (Python drops exceptions
+    raised inside a __del__ during garbage collection), so the flag the loop checks each step is set too."""
+
     def handler(signum, frame):
         loop = sys.modules.get("tunebench.loop")
         if loop is not None:
@@ -205,10 +208,11 @@ def _interrupt_on_sigterm() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
 
 
 def main(argv: list[str] | None = None) -> int:
-    _interrupt_on_sigterm()
+    _interrupt_on_signals()
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
