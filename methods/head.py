@@ -25,6 +25,10 @@ DEFAULTS = {
         "unfreeze_top": 0,  # also train the top N transformer layers (freeze tuning)
     },
 }
+# A generate task's head is the pretrained LM head, not a fresh probe: 1e-2 wrecked SmolLM2's general text
+# (forgetting loss +2.23) where 1e-3 kept it (+0.01) and scored best on validation (rotten_tomatoes_gen, 128
+# train / 64 validation examples: 1e-2 0.53, 1e-3 0.56, 1e-4 0.09 exact match).
+GENERATE_DEFAULTS = {"train": {"lr": 1.0e-3}}
 
 
 def _layers(backbone: nn.Module) -> nn.ModuleList:

@@ -53,6 +53,20 @@ def test_each_layer_overrides_the_one_below(tmp_path: Path) -> None:
     assert cfg["method_options"] == get_method("head").DEFAULTS["method_options"]
 
 
+def test_generate_defaults_apply_to_generate_tasks_only_and_yield_to_later_layers(tmp_path: Path) -> None:
+    head = get_method("head")
+    generate_lr = head.GENERATE_DEFAULTS["train"]["lr"]
+    assert generate_lr != head.DEFAULTS["train"]["lr"]
+    assert build_config("head", "rotten_tomatoes")["train"]["lr"] == head.DEFAULTS["train"]["lr"]
+    assert build_config("head", "rotten_tomatoes_gen")["train"]["lr"] == generate_lr
+    # a classification task made generate by the user's file gets them too; the file's own lr still wins
+    user = write(tmp_path / "user.yaml", "data: {task_type: generate, answer_column: label}\n")
+    assert build_config("head", "rotten_tomatoes", user)["train"]["lr"] == generate_lr
+    cfg = build_config("head", "rotten_tomatoes_gen", overrides=parse_set(["train.lr=3e-3"]))
+    assert cfg["train"]["lr"] == 3e-3
+    assert build_config("head", "rotten_tomatoes_gen", layers=[("grid", {"train": {"lr": 7e-4}})])["train"]["lr"] == 7e-4
+
+
 def test_method_and_task_from_the_user_file_or_overrides(tmp_path: Path) -> None:
     user = write(tmp_path / "user.yaml", "method: head\ntask: banking77\n")
     cfg = build_config(user_file=user)

@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prepare", metavar="NAME", help="convert an embedded model once into the cache")
 
     p = sub.add_parser("bench", help="run a method-comparison suite")
-    p.add_argument("suite", help="a suite YAML file, or a shipped suite: quick, standard, gpu, rotten_tomatoes_cpu")
+    p.add_argument("suite", help=f"a suite YAML file, or a shipped suite: {', '.join(api.registered_suites())}")
     p.add_argument("--out", help="results folder (default results/<suite name>)")
     p.add_argument("--shard", help="i/n: run only the i-th of n shards (1-based)")
     p.add_argument("--dry-run", action="store_true", help="list the runs, run nothing")

@@ -107,13 +107,22 @@ def build_config(
     cfg["method_options"] = copy.deepcopy(spec.DEFAULTS.get("method_options", {}))
     method_layer = {k: v for k, v in spec.DEFAULTS.items() if k != "method_options"}
     cfg = merge(cfg, method_layer, f"method {method!r} defaults")
-    cfg = merge(cfg, get_task(task).config, f"task {task!r}")
-    if user:
-        cfg = merge(cfg, user, str(user_file))
-    for where, layer in layers:
-        cfg = merge(cfg, layer, where)
-    if overrides:
-        cfg = merge(cfg, overrides, "command-line overrides")
+    later = [(f"task {task!r}", get_task(task).config)]
+    later += [(str(user_file), user)] if user else []
+    later += [*layers, *([("command-line overrides", overrides)] if overrides else [])]
+
+    def compose(base: Config) -> Config:
+        for where, layer in later:
+            base = merge(base, layer, where)
+        return base
+
+    composed = compose(cfg)
+    # A method may default differently for generate tasks (head: a pretrained LM head, not a fresh probe); the
+    # task type is known only once every layer is in, so those defaults then go right after the method's own.
+    generate_defaults = getattr(spec, "GENERATE_DEFAULTS", None)
+    if generate_defaults and composed["data"]["task_type"] == "generate":
+        composed = compose(merge(cfg, generate_defaults, f"method {method!r} defaults for generate tasks"))
+    cfg = composed
     # the layers above were chosen for this method and task: a `method:` or `task:` in a later layer must not
     # replace them (it would run one method with another's options)
     cfg["method"], cfg["task"] = method, task
