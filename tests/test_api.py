@@ -39,7 +39,7 @@ def test_notebook_train_evaluate_report_plan(tmp_path: Path, monkeypatch) -> Non
     report = tunebench.write_report("head-run", "report")
     assert report == Path("report/report.md") and "head" in report.read_text()
 
-    plan = tunebench.plan(model="minilm", methods="head", seq_len=32, budget="24GiB")
+    plan = tunebench.plan(model="minilm", methods="head", max_length=32, budget="24GiB")
     assert [m["method"] for m in plan["methods"]] == ["head"] and plan["recommendation"].startswith("head")
 
 

@@ -263,6 +263,8 @@ def _plan(method: str, device_gib: float, tokens_per_second: float, budget_gib: 
         fits=device <= budget_gib * GiB,
         spare_bytes=int(budget_gib * GiB) - device,
         max_batch=None,
+        max_seq_len=None,
+        max_seq_len_batch1=None,
         trainable_params=1,
         total_params=1,
         flops_per_step=1,
