@@ -618,8 +618,7 @@ def make_plan(run: PlannedRun, device: Device, budget, results=None, full_depth:
             ),
             f"device bytes = tensor peak x {1 + device.allocator_margin:.2f} "
             f"+ {format_gib(device.context_bytes)} CUDA context",
-            "qlora: bitsandbytes NF4 double-quant base (~0.516 byte/weight), other weights fp32, LoRA adapters fp32",
-            "head: frozen backbone run under no_grad each step (cache_features runs it once per example instead)",
+            *(METHOD_ASSUMPTIONS[m] for m in run.settings if m in METHOD_ASSUMPTIONS),
         ],
         "methods": [asdict(p) for p in plans],
         "recommendation": recommend(plans, budget),
@@ -627,6 +626,12 @@ def make_plan(run: PlannedRun, device: Device, budget, results=None, full_depth:
     if budget is not None and not any(p.fits for p in plans):
         out["next_steps"] = next_steps(spec, shape, precision, device, budget, run.settings, plans, full_depth)
     return out
+
+
+METHOD_ASSUMPTIONS = {
+    "qlora": "qlora: bitsandbytes NF4 double-quant base (~0.516 byte/weight), other weights fp32, LoRA adapters fp32",
+    "head": "head: frozen backbone run under no_grad each step (cache_features runs it once per example instead)",
+}
 
 
 def _optimizer_assumption(settings: dict) -> str:
@@ -892,6 +897,7 @@ def validate_results(results_dir: str) -> list[dict]:
         cfg = result["config"]
         spec = resolve_spec(cfg["model"])
         shape = Shape(cfg["train"]["batch_size"], cfg["data"]["max_length"], result["task"]["num_labels"])
+        optimizer = (result.get("optimizer") or {}).get("name", "adamw")
         predicted = trace_step(
             spec.config,
             cfg["method"],
@@ -902,7 +908,10 @@ def validate_results(results_dir: str) -> list[dict]:
             options=cfg["method_options"],
             pooling=cfg.get("pooling") or spec.pooling,
             gradient_checkpointing=cfg["train"]["gradient_checkpointing"],
-            adamw=(result.get("optimizer") or {}).get("implementation"),
+            optimizer=optimizer,
+            adamw=(result.get("optimizer") or {}).get("implementation") if optimizer == "adamw" else None,
+            max_grad_norm=cfg["train"]["max_grad_norm"],
+            grad_accum=cfg["train"]["grad_accum"],
         )
         measured = result["peak_memory_bytes"]
         rows.append(
