@@ -195,8 +195,8 @@ def plan(*, verbose: bool = False, **options: Any) -> dict | list[dict]:
     unknown = set(options) - set(vars(args)) - {"overrides"}
     if unknown:
         raise unknown_choice("plan option", sorted(unknown)[0], sorted(vars(args)))
-    for key, value in options.pop("overrides", {}).items():
-        args.set.append(f"{key}={json.dumps(value)}")  # YAML reads JSON, as --set reads its values
+    # YAML reads JSON, as --set reads its values
+    args.set = [f"{key}={json.dumps(value)}" for key, value in options.pop("overrides", {}).items()]
     for name, value in options.items():
         setattr(args, name, value)
     with quiet(verbose):

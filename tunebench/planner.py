@@ -1,5 +1,8 @@
 """`tunebench plan`: predict each method's peak memory and step time for a GPU budget, and recommend one.
 
+It plans the run `tunebench train` would launch with the same config flags (planned_run): each method's
+config through the same layering, and from it what changes one training step (HONOURED).
+
 Memory comes from tracing one real training step of the actual model, method, optimizer and precision
 under FakeTensorMode (tunebench.tracing), counted by the harness's own TensorTracker; FLOPs from
 FlopCounterMode on the same trace. The device adds constants per GPU (configs/planner/gpus.yaml):
