@@ -4,7 +4,8 @@
 for bf16 weights), or bitsandbytes' 8-bit AdamW, `adamw_8bit` (AdamW8bit: each state in uint8 with an fp32
 absmax per block of 256 values; tensors under 4096 values keep fp32 states) and `paged_adamw_8bit`
 (PagedAdamW8bit: the same, its states of 100k+ values in CUDA unified memory, which the driver pages out to
-host RAM under memory pressure; on the CPU plain buffers). bitsandbytes has CPU kernels for both.
+host RAM under memory pressure; on the CPU plain buffers). bitsandbytes has CPU kernels for both; its CPU
+update dequantizes a tensor's states into fp32 temporaries inside the op (CUDA's fused kernel makes none).
 
 torch's AdamW has three implementations with different speed and memory (`train.adamw`): `fused` (one kernel
 per parameter group, no extra temporaries), `foreach` (multi-tensor ops; on CUDA a temporary as large as
