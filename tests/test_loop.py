@@ -192,6 +192,20 @@ def test_bf16_autocast_trains_on_the_cpu(tmp_path: Path, tiny_config) -> None:
     assert not torch.equal(trained["backbone." + name], pretrained[name])
 
 
+def test_paged_8bit_adamw_trains_on_the_cpu(tmp_path: Path, tiny_config) -> None:
+    """bitsandbytes' paged 8-bit AdamW runs on CPU tensors (plain buffers there); the result names it."""
+    cfg = tiny_config(
+        "lora",
+        overrides={"data": {"max_train_samples": 16, "max_eval_samples": 8}, "train": {"max_steps": 2, "log_every": 1}},
+    )
+    cfg["train"]["optimizer"] = "paged_adamw_8bit"
+    result = train(cfg, tmp_path / "run")
+    assert result["status"] == "ok", result["error"]
+    assert result["optimizer"] == {"name": "paged_adamw_8bit", "implementation": "bitsandbytes.optim.PagedAdamW8bit"}
+    assert all(math.isfinite(p["loss"]) for p in result["curves"]["train_loss"])
+    assert result["memory"]["tensor"]["max_by_category"]["optimizer_state"] > 0
+
+
 def test_every_seed_and_epoch_pair_gives_its_own_order() -> None:
     orders = set()
     for seed in range(6):

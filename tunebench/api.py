@@ -180,19 +180,23 @@ def write_report(results: str | Path | list[str | Path], out: str | Path) -> Pat
 def plan(*, verbose: bool = False, **options: Any) -> dict | list[dict]:
     """`tunebench plan`: the plan dict (per method: peak memory, fits, max batch, speed; the recommendation).
 
-    options are the command's flags: model, budget, task, seq_len, batch_size, num_labels, precision, gpu,
-    peak_tflops, methods, results, full_depth. validate=True returns predicted against measured rows instead.
+    options are the command's flags: model, method, task, config, overrides (as train's), max_length (--seq-len),
+    batch_size, num_labels, precision, budget, gpu, peak_tflops, methods, results, full_depth. validate=True
+    returns predicted against measured rows instead.
     """
     import argparse
+    import json
 
     from tunebench.planner import add_arguments, plan_from_args, validation_rows
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = parser.parse_args([])
-    unknown = set(options) - set(vars(args))
+    unknown = set(options) - set(vars(args)) - {"overrides"}
     if unknown:
         raise unknown_choice("plan option", sorted(unknown)[0], sorted(vars(args)))
+    # YAML reads JSON, as --set reads its values
+    args.set = [f"{key}={json.dumps(value)}" for key, value in options.pop("overrides", {}).items()]
     for name, value in options.items():
         setattr(args, name, value)
     with quiet(verbose):

@@ -33,10 +33,14 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message}")
 
 
-def _add_train_args(p: argparse.ArgumentParser) -> None:
+def add_config_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags that build a run's config (tunebench.api.run_config): `train` and `plan` share them."""
     p.add_argument("--method", help="full | lora | qlora | head (default: lora)")
     p.add_argument("--task", help="a registered task, a task YAML, a data file, or a hub dataset id")
-    p.add_argument("--model", help="an embedded model (minilm, smollm2-135m, mpnet-base), a folder, or a hub id")
+    p.add_argument(
+        "--model",
+        help="an embedded model (minilm, smollm2-135m, mpnet-base), a folder, or a hub id; plan: also a preset",
+    )
     p.add_argument("--config", help="YAML file layered over the defaults, method and task")
     p.add_argument(
         "--set",
@@ -49,6 +53,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         p.add_argument(f"--{flag.replace('_', '-')}", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int)
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    add_config_arguments(p)
     p.add_argument("--out", help="run folder (default runs/<task>-<method>-<model>-<time>)")
     p.add_argument("--result", help="where to write the result JSON (default RUN_DIR/result.json)")
     p.add_argument("--run-meta", type=json.loads, default=None, help=argparse.SUPPRESS)  # set by `bench`
@@ -92,12 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def train_options(args: argparse.Namespace) -> dict:
     """The train flags as tunebench.api.train's keyword arguments."""
-    from tunebench.config import parse_set
+    return {**config_options(args), "out": args.out}
+
+
+def config_options(args: argparse.Namespace) -> dict:
+    """The config flags (add_config_arguments) as tunebench.api.run_config's keyword arguments, less method/task."""
+    from tunebench.config import flatten, parse_set
 
     return {
         "config": args.config,
-        "overrides": parse_set(args.set),
-        "out": args.out,
+        "overrides": flatten(parse_set(args.set)),
         **{name: getattr(args, name) for name in api.SHORTCUTS},
     }
 

@@ -17,7 +17,7 @@ import yaml
 from tunebench import CONFIG_DIR
 from tunebench.errors import UserError
 from tunebench.files import read_yaml
-from tunebench.optim import ADAMW_IMPLEMENTATIONS
+from tunebench.optim import ADAMW_IMPLEMENTATIONS, OPTIMIZERS
 
 Config = dict[str, Any]
 
@@ -136,6 +136,7 @@ CHOICES = {
     "train.scheduler": ("linear", "cosine", "constant"),
     "train.mixed_precision": ("no", "bf16", "fp16"),
     "train.save": ("best_and_last", "best", "none"),
+    "train.optimizer": OPTIMIZERS,
     "train.adamw": ("auto", *ADAMW_IMPLEMENTATIONS),
     "data.task_type": ("classify", "generate"),
     "data.too_long": ("error", "drop"),

@@ -25,7 +25,7 @@ from accelerate.utils import DataLoaderConfiguration, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from tunebench import batching, generation
+from tunebench import batching, generation, optim
 from tunebench.classifier import count_parameters, decay_param_groups
 from tunebench.config import Config, dump, flatten
 from tunebench.errors import UserError
@@ -34,7 +34,6 @@ from tunebench.measure import StepMeter, TensorTracker, environment
 from tunebench.methods import get_method
 from tunebench.metrics import load_extra
 from tunebench.models import load_pretrained
-from tunebench.optim import build_adamw, resolve_adamw
 from tunebench.results import SCHEMA_VERSION, rank_failure_path, read_rank_failures, write_json_atomic
 from tunebench.tasks import load_capped
 
@@ -220,9 +219,9 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
     total_steps = math.ceil(micro_batches_per_epoch / grad_accum) * epochs
     if max_steps:
         total_steps = min(total_steps, max_steps)
-    adamw = resolve_adamw(train_cfg["adamw"], device.type)
-    optimizer = build_adamw(decay_param_groups(model, weight_decay), lr, adamw)
-    result["optimizer"] = {"name": "adamw", "implementation": adamw}
+    adamw = optim.resolve_adamw(train_cfg["adamw"], device.type)
+    optimizer = optim.build_optimizer(decay_param_groups(model, weight_decay), lr, train_cfg["optimizer"], adamw)
+    result["optimizer"] = optim.describe(train_cfg["optimizer"], adamw)
     # Not passed to accelerator.prepare: Accelerate's scheduler steps once per process for each optimizer step.
     scheduler = get_scheduler(
         "constant_with_warmup" if train_cfg["scheduler"] == "constant" else train_cfg["scheduler"],

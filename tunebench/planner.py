@@ -1,5 +1,8 @@
 """`tunebench plan`: predict each method's peak memory and step time for a GPU budget, and recommend one.
 
+It plans the run `tunebench train` would launch with the same config flags (planned_run): each method's
+config through the same layering, and from it what changes one training step (HONOURED).
+
 Memory comes from tracing one real training step of the actual model, method, optimizer and precision
 under FakeTensorMode (tunebench.tracing), counted by the harness's own TensorTracker; FLOPs from
 FlopCounterMode on the same trace. The device adds constants per GPU (configs/planner/gpus.yaml):
@@ -26,6 +29,7 @@ from tunebench.units import GiB, MiB, format_gib
 PLANNER_DIR = CONFIG_DIR / "planner"
 METHODS = ("full", "lora", "qlora", "head")  # also the order of preference: the more of the model trains, the better
 MAX_BATCH = 4096
+MAX_SEQ_LEN = 2**20  # for a model that states no max_position_embeddings
 # Model FLOPs utilization when no result calibrates it. Single-GPU fine-tuning with HF models at moderate
 # batch typically reaches 30-45% of dense peak (the PaLM paper's MFU definition; 46% is its large-scale
 # figure); LoRA skips the frozen weights' gradient matmuls but keeps their overheads, and QLoRA adds
@@ -206,6 +210,8 @@ class MethodPlan:
     fits: bool | None
     spare_bytes: int | None
     max_batch: int | None
+    max_seq_len: int | None  # at batch_size
+    max_seq_len_batch1: int | None
     trainable_params: int
     total_params: int
     flops_per_step: int
@@ -216,6 +222,15 @@ class MethodPlan:
     extra: dict = field(default_factory=dict)
 
 
+@dataclass
+class Limits:
+    """What fits the budget, by varying one dimension of the planned step."""
+
+    max_batch: int | None = None  # at the planned sequence length
+    max_seq_len: int | None = None  # at the planned batch size
+    max_seq_len_batch1: int | None = None  # at batch size 1
+
+
 def plan_method(
     spec: ModelSpec,
     method: str,
@@ -223,31 +238,39 @@ def plan_method(
     precision: str,
     device: Device,
     budget: int | None,
-    options: dict,
-    gradient_checkpointing: bool = False,
+    settings: dict,
     full_depth: bool = False,
-) -> tuple[object, int | None]:
-    """The trace at the requested batch (with FLOPs) and the largest batch that fits the budget.
+    seq_limits: bool = True,
+) -> tuple[object, Limits]:
+    """The trace at the requested batch (with FLOPs) and the largest batch (and sequence length) within budget.
+
+    settings: the trace_step keywords the run's config sets (step_settings: method options, optimizer, ...).
 
     The largest batch comes from a second trace at twice the batch: the peak at any batch follows from the two.
-    A deep model is traced 2 and 3 repeats of its layer pattern deep and extrapolated to its depth in the same
-    way (tracing.extrapolate_depth), unless full_depth.
+    With seq_limits, a third trace at another sequence length gives the largest sequence length at the planned
+    batch and at batch 1 (tracing.max_seq_len), up to the model's max_position_embeddings. A deep model is traced
+    2 and 3 repeats of its layer pattern deep and extrapolated to its depth in the same way
+    (tracing.extrapolate_depth), unless full_depth.
     """
-    from tunebench.tracing import affine_max_batch, extrapolation_depths, trace_step, trace_step_extrapolated
+    from tunebench.tracing import (
+        affine_max_batch,
+        extrapolation_depths,
+        max_seq_len,
+        trace_step,
+        trace_step_extrapolated,
+    )
 
     depths = None if full_depth else extrapolation_depths(spec.config)
 
-    def trace(batch: int, count_flops: bool):
+    def trace(batch: int, count_flops: bool = False, seq_len: int = shape.seq_len):
         nonlocal depths
         kwargs = {
             "batch_size": batch,
-            "seq_len": shape.seq_len,
+            "seq_len": seq_len,
             "num_labels": shape.num_labels,
             "precision": precision,
-            "options": options,
-            "pooling": spec.pooling,
-            "gradient_checkpointing": gradient_checkpointing,
             "count_flops": count_flops,
+            **settings,
         }
         if depths:
             step = trace_step_extrapolated(spec.config, method, depths, **kwargs)
@@ -257,30 +280,44 @@ def plan_method(
         return trace_step(spec.config, method, **kwargs)
 
     step = trace(shape.batch_size, True)
-    max_batch = None
-    if budget is not None:
-        limit = device.tensor_limit(budget)
-        max_batch = affine_max_batch(step, trace(2 * shape.batch_size, False), limit, MAX_BATCH)
-        if max_batch is None:  # the two traces ran different ops: search by traces instead
-            max_batch = _search_max_batch(lambda b: trace(b, False).peak_bytes <= limit)
-    return step, max_batch
+    limits = Limits()
+    if budget is None:
+        return step, limits
+    limit = device.tensor_limit(budget)
+    double_batch = trace(2 * shape.batch_size)
+    limits.max_batch = affine_max_batch(step, double_batch, limit, MAX_BATCH)
+    if limits.max_batch is None:  # the two traces ran different ops: search by traces instead
+        limits.max_batch = _search_max(lambda b: trace(b).peak_bytes <= limit, MAX_BATCH)
+    cap = getattr(spec.config, "max_position_embeddings", None) or MAX_SEQ_LEN
+    other = 2 * shape.seq_len if 2 * shape.seq_len <= cap else shape.seq_len // 2
+    if not seq_limits or other < 1:
+        return step, limits
+    other_seq = trace(shape.batch_size, seq_len=other)
+    for batch, name in ((shape.batch_size, "max_seq_len"), (1, "max_seq_len_batch1")):
+        found = max_seq_len(step, double_batch, other_seq, limit, batch, cap)
+        if found is None:  # the traces ran different ops: search by traces instead
+            found = _search_max(lambda s, batch=batch: trace(batch, seq_len=s).peak_bytes <= limit, cap)
+        setattr(limits, name, found)
+    return step, limits
 
 
-def _search_max_batch(fits) -> int:
-    """Double until it does not fit, then bisect."""
+def _search_max(fits, cap: int) -> int:
+    """The largest n <= cap with fits(n), fits monotone: double until it does not fit, then bisect."""
     if not fits(1):
         return 0
     low = 1
-    while low * 2 <= MAX_BATCH and fits(low * 2):
+    while low * 2 <= cap and fits(low * 2):
         low *= 2
-    high = min(low * 2, MAX_BATCH + 1)
+    high = min(low * 2, cap + 1)
     while high - low > 1:
         mid = (low + high) // 2
         low, high = (mid, high) if fits(mid) else (low, mid)
     return low
 
 
-def _method_plan(method: str, step, device: Device, budget: int | None, max_batch, mfu: tuple) -> MethodPlan:
+def _method_plan(
+    method: str, step, grad_accum: int, device: Device, budget: int | None, limits: Limits, mfu: tuple
+) -> MethodPlan:
     mfu, mfu_source = mfu
     device_bytes = device.bytes_for(step.peak_bytes)
     seconds = step.flops / (device.peak_flops * mfu) if device.peak_flops else None
@@ -293,24 +330,17 @@ def _method_plan(method: str, step, device: Device, budget: int | None, max_batc
         device_bytes=device_bytes,
         fits=device_bytes <= budget if budget is not None else None,
         spare_bytes=budget - device_bytes if budget is not None else None,
-        max_batch=max_batch,
+        max_batch=limits.max_batch,
+        max_seq_len=limits.max_seq_len,
+        max_seq_len_batch1=limits.max_seq_len_batch1,
         trainable_params=step.trainable_params,
         total_params=step.total_params,
         flops_per_step=step.flops,
         mfu=mfu,
         mfu_source=mfu_source,
         step_seconds=seconds,
-        tokens_per_second=step.batch_size * step.seq_len / seconds if seconds else None,
+        tokens_per_second=grad_accum * step.batch_size * step.seq_len / seconds if seconds else None,
     )
-
-
-ADAM8BIT_BYTES = 2 + 2 * 4 / 256  # bitsandbytes AdamW8bit: two uint8 states + one fp32 absmax per 256 values each
-
-
-def optimizer_8bit_bytes(plan: MethodPlan, state_bytes_per_value: int) -> int:
-    """Tensor peak with AdamW's two states in 8 bits (bitsandbytes, blockwise): an estimate, not a trace."""
-    saved = plan.at_peak["optimizer_state"] * (1 - ADAM8BIT_BYTES / (2 * state_bytes_per_value))
-    return int(plan.tensor_peak_bytes - saved)
 
 
 def recommend(plans: list[MethodPlan], budget: int | None) -> str:
@@ -341,65 +371,95 @@ def next_steps(
     precision: str,
     device: Device,
     budget: int,
-    options: dict,
+    settings: dict[str, dict],
     plans: list[MethodPlan],
     full_depth: bool = False,
 ) -> list[str]:
-    """When nothing fits: a smaller batch, gradient checkpointing (traced), 8-bit optimizer states (estimated)."""
-    from tunebench.tracing import PRECISIONS
-
+    """When nothing fits: a smaller batch with more accumulation, then what the config does not use yet, traced:
+    gradient checkpointing, and 8-bit AdamW states for full fine-tuning (where the optimizer state is large)."""
     steps = []
     for plan in plans:
         if plan.max_batch:
-            accum = math.ceil(shape.batch_size / plan.max_batch)
+            effective = shape.batch_size * settings[plan.method]["grad_accum"]
+            accum = math.ceil(effective / plan.max_batch)
             steps.append(
                 f"{plan.method} fits at batch {plan.max_batch}: --batch-size {plan.max_batch} "
                 f"--set train.grad_accum={accum} keeps an effective batch of {plan.max_batch * accum}"
             )
-    for plan in plans:
-        if plan.method == "head":  # its backbone saves nothing for backward already
-            continue
-        step, max_batch = plan_method(
-            spec, plan.method, shape, precision, device, budget, options[plan.method], True, full_depth
-        )
-        need = device.bytes_for(step.peak_bytes)
-        steps.append(
-            f"{plan.method} with gradient checkpointing (--set train.gradient_checkpointing=true) "
-            f"{'fits' if need <= budget else 'still needs'} {format_gib(need)} at batch {shape.batch_size} "
-            f"(traced; largest batch {max_batch})"
-        )
-    value_bytes = PRECISIONS[precision][0].itemsize
-    for plan in plans:
-        if plan.method == "full":
-            need = device.bytes_for(optimizer_8bit_bytes(plan, value_bytes))
-            verdict = "fits" if need <= budget else "still needs"
+    tries = [
+        ("gradient_checkpointing", True, "gradient checkpointing", "--set train.gradient_checkpointing=true"),
+        ("optimizer", "adamw_8bit", "8-bit AdamW states", "--set train.optimizer=adamw_8bit"),
+    ]
+    for key, value, what, flag in tries:
+        for plan in plans:
+            if settings[plan.method][key] == value or plan.method == "head":  # head: little to save either way
+                continue
+            if key == "optimizer" and plan.method != "full":  # the adapters' optimizer state is small
+                continue
+            tried = settings[plan.method] | {key: value}
+            step, limits = plan_method(
+                spec, plan.method, shape, precision, device, budget, tried, full_depth, seq_limits=False
+            )
+            need = device.bytes_for(step.peak_bytes)
             steps.append(
-                f"full with 8-bit AdamW states (bitsandbytes AdamW8bit, not in tunebench's loop) {verdict} "
-                f"~{format_gib(need)} (estimate)"
+                f"{plan.method} with {what} ({flag}) {'fits' if need <= budget else 'still needs'} "
+                f"{format_gib(need)} at batch {shape.batch_size} (traced; largest batch {limits.max_batch})"
             )
     return steps
 
 
 # -- the command ---------------------------------------------------------------------------------
+# The config keys one training step depends on, which the plan traces; every other key (epochs, lr, seed, what
+# is saved, evaluation, sample caps, ...) changes the run but not one step of it. data's columns and encoding
+# say how to read the task's data (its labels). README "Plan before you train" lists them.
+HONOURED = (
+    "model",
+    "method",
+    "task",
+    "pooling",
+    "method_options.*",
+    "data.max_length",
+    "data.task_type",
+    "data.text_column",
+    "data.text_pair_column",
+    "data.label_column",
+    "data.prompt_column",
+    "data.answer_column",
+    "data.messages_column",
+    "data.encoding",
+    "train.batch_size",
+    "train.grad_accum",
+    "train.gradient_checkpointing",
+    "train.mixed_precision",
+    "train.optimizer",
+    "train.adamw",
+    "train.max_grad_norm",
+)
+
+
+def honoured(key: str) -> bool:
+    return key in HONOURED or key.startswith("method_options.")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model", help="a preset (llama-3.1-8b, qwen2.5-7b, ...), an embedded model, a folder, or a config.json"
-    )
+    from tunebench.cli import add_config_arguments
+
+    add_config_arguments(parser)  # the same run's config as `train` builds, from the same flags
+    parser.add_argument("--seq-len", dest="max_length", type=int, help="tokens per example: --max-length's alias")
     parser.add_argument("--budget", help="GPU memory to plan for, e.g. 24GiB, 24GB, 80G, 512MiB (default: the GPU's)")
-    parser.add_argument("--task", help="take the sequence length and labels from a registered task")
-    parser.add_argument("--seq-len", type=int, help="tokens per example (default: the task's max_length, else 512)")
-    parser.add_argument("--batch-size", type=int, help="examples per step (default: 8)")
-    parser.add_argument("--num-labels", type=int, help="classes (default: the task's, else 2)")
+    parser.add_argument("--num-labels", type=int, help="classes (default: the task's)")
     parser.add_argument(
         "--precision",
-        default="bf16",
         choices=("bf16", "fp32", "amp"),
-        help="bf16: pure bf16 weights/grads/AdamW state with bf16 autocast (default); "
-        "amp: fp32 weights with bf16 autocast; fp32: everything fp32",
+        help="default: the run's (the checkpoint's dtype, autocast if train.mixed_precision is set); "
+        "bf16: pure bf16 weights/grads/AdamW state; amp: fp32 weights with bf16 autocast; fp32: everything fp32",
     )
     parser.add_argument("--gpu", help="a GPU from configs/planner/gpus.yaml (h100-80g, a100-40g, l4, rtx4090, ...)")
     parser.add_argument("--peak-tflops", type=float, help="peak dense TFLOP/s at the precision, instead of the GPU's")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of full,lora,qlora,head")
+    parser.add_argument(
+        "--methods",
+        help="comma-separated subset of full,lora,qlora,head to compare (default: --method's, else all four)",
+    )
     parser.add_argument("--results", help="a results folder: calibrates MFU (and, with --validate, checks peaks)")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.add_argument("--validate", action="store_true", help="compare predictions with real steps on this machine")
@@ -418,42 +478,121 @@ def run_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+@dataclass
+class PlannedRun:
+    """The run a `tunebench train` with the same flags would launch, as the plan traces it."""
+
+    spec: ModelSpec
+    shape: Shape
+    precision: str
+    task_type: str
+    settings: dict[str, dict]  # method -> its config's trace_step keywords (step_settings)
+    not_planned: list[str]  # keys the --config file sets that do not change one training step
+
+
+def planned_run(args: argparse.Namespace) -> PlannedRun:
+    """Each method's config through train's layering (tunebench.api.run_config), and what the plan traces of it.
+
+    A --set key or flag the planner cannot honour (HONOURED) is an error; a --config file's such keys are
+    listed in the plan (the file describes a whole run: its epochs and learning rate are not in one step).
+    """
+    from tunebench.api import SHORTCUTS, run_config
+    from tunebench.cli import config_options
+    from tunebench.config import flatten
+
+    options = config_options(args)
+    for key in options["overrides"]:
+        if not honoured(key):
+            raise UserError(f"plan cannot honour --set {key}: it does not change one training step; {_honours()}")
+    for name in SHORTCUTS:
+        if options[name] is not None and not honoured(SHORTCUTS[name]):
+            flag = "--" + name.replace("_", "-")
+            raise UserError(
+                f"plan cannot honour {flag} ({SHORTCUTS[name]}): it does not change one training step; {_honours()}"
+            )
+    user = read_yaml(args.config) if args.config else {}
+    methods = _parse_methods(args.methods or args.method or options["overrides"].get("method") or user.get("method"))
+    if len(methods) > 1 and any(k.startswith("method_options.") for k in options["overrides"]):
+        raise UserError("--set method_options.* is one method's: plan it alone with --method")
+    configs = {m: run_config(m, args.task, **options) for m in methods}
+    cfg = configs[methods[0]]
+    spec = resolve_spec(cfg["model"])
+    task_type = cfg["data"]["task_type"]
+    num_labels = 2  # a generate task has no classes: its step is the causal LM's
+    if task_type == "classify":
+        from tunebench.tasks import get_task, load_task
+
+        task = get_task(cfg["task"])
+        num_labels = len(task.label_names) if task.label_names else load_task(task, cfg["data"]).num_labels
+    shape = Shape(cfg["train"]["batch_size"], cfg["data"]["max_length"], args.num_labels or num_labels)
+    if shape.num_labels < 2:
+        raise UserError(f"--num-labels must be at least 2, got {shape.num_labels}")
+    return PlannedRun(
+        spec=spec,
+        shape=shape,
+        precision=args.precision or run_precision(spec, cfg),
+        task_type=task_type,
+        settings={m: step_settings(c, spec) for m, c in configs.items()},
+        not_planned=[k for k in flatten(user) if not honoured(k)],
+    )
+
+
+def _honours() -> str:
+    return f"the planner honours {', '.join(HONOURED)}"
+
+
+def run_precision(spec: ModelSpec, cfg: dict) -> str:
+    """The planner precision of the run cfg describes: the loop keeps the checkpoint's dtype (transformers >= 5),
+    so a bf16 or fp16 checkpoint trains in 16 bits; an fp32 one in fp32, under autocast if mixed_precision is on."""
+    dtype = str(getattr(spec.config, "dtype", None) or "float32").removeprefix("torch.")
+    if dtype in ("bfloat16", "float16"):
+        return "bf16"
+    return "fp32" if cfg["train"]["mixed_precision"] == "no" else "amp"
+
+
+def step_settings(cfg: dict, spec: ModelSpec) -> dict:
+    """The trace_step keywords a run's config sets: what in it changes one training step."""
+    from tunebench.optim import resolve_adamw
+
+    train = cfg["train"]
+    return {
+        "options": cfg["method_options"],
+        "pooling": cfg["pooling"] or spec.pooling,
+        "gradient_checkpointing": train["gradient_checkpointing"],
+        "grad_accum": train["grad_accum"],
+        "optimizer": train["optimizer"],
+        "adamw": resolve_adamw(train["adamw"], "cuda"),  # plans are for CUDA devices
+        "max_grad_norm": train["max_grad_norm"],
+        "task_type": cfg["data"]["task_type"],
+    }
+
+
 def plan_from_args(args: argparse.Namespace) -> dict:
     """The plan for `tunebench plan`'s arguments (the Python API's tunebench.plan builds them too)."""
-    if not args.model:
-        raise UserError("plan needs --model (a preset, an embedded model, a folder, or a config.json)")
-    methods = _parse_methods(args.methods)
-    device = resolve_device(args.gpu, args.peak_tflops, args.precision)
+    run = planned_run(args)
+    device = resolve_device(args.gpu, args.peak_tflops, run.precision)
     budget = parse_budget(args.budget) if args.budget else device.memory_bytes
-    spec = resolve_spec(args.model)
-    shape = _shape(args)
     started = time.perf_counter()
-    plan = make_plan(spec, shape, args.precision, device, budget, methods, args.results, args.full_depth)
+    plan = make_plan(run, device, budget, args.results, args.full_depth)
     plan["seconds_to_plan"] = round(time.perf_counter() - started, 1)
     return plan
 
 
-def make_plan(
-    spec: ModelSpec,
-    shape: Shape,
-    precision: str,
-    device: Device,
-    budget,
-    methods,
-    results=None,
-    full_depth: bool = False,
-) -> dict:
-    from tunebench.methods import get_method
-    from tunebench.optim import resolve_adamw
+def make_plan(run: PlannedRun, device: Device, budget, results=None, full_depth: bool = False) -> dict:
     from tunebench.tracing import attention_implementation, build_meta_model, with_depth
 
-    options = {m: dict(get_method(m).DEFAULTS["method_options"]) for m in methods}
+    spec, shape, precision = run.spec, run.shape, run.precision
     traces = {
-        m: plan_method(spec, m, shape, precision, device, budget, options[m], full_depth=full_depth) for m in methods
+        m: plan_method(spec, m, shape, precision, device, budget, settings, full_depth)
+        for m, settings in run.settings.items()
     }
-    flops_per_token = {m: step.flops / (shape.batch_size * shape.seq_len) for m, (step, _) in traces.items()}
+    tokens_per_step = {m: shape.batch_size * shape.seq_len * run.settings[m]["grad_accum"] for m in traces}
+    flops_per_token = {m: step.flops / tokens_per_step[m] for m, (step, _) in traces.items()}
     mfu = calibrate_mfu(results, spec.name, precision, shape, flops_per_token)
-    plans = [_method_plan(m, step, device, budget, max_batch, mfu[m]) for m, (step, max_batch) in traces.items()]
+    plans = [
+        _method_plan(m, step, run.settings[m]["grad_accum"], device, budget, limits, mfu[m])
+        for m, (step, limits) in traces.items()
+    ]
     attention = attention_implementation(  # one layer tells, and building 80 costs seconds
         build_meta_model(with_depth(spec.config, 1), "full", num_labels=2, precision=precision, options={})
     )
@@ -462,7 +601,10 @@ def make_plan(
     out = {
         "model": {"name": spec.name, "source": spec.source, "model_type": spec.config.model_type},
         "shape": asdict(shape),
+        "task_type": run.task_type,
         "precision": precision,
+        "settings": run.settings,
+        "not_planned": run.not_planned,
         "device": asdict(device),
         "budget_bytes": budget,
         "assumptions": [
@@ -470,7 +612,7 @@ def make_plan(
             + (" (fused kernel: no s x s matrix saved)" if attention == "sdpa" else " (saves the s x s scores)"),
             "traced with CPU kernels under FakeTensorMode; batches padded to the sequence length, attention mask"
             " applied (a batch with no padding at all skips the mask and needs slightly less)",
-            f"AdamW: {resolve_adamw('auto', 'cuda')} (what train.adamw=auto uses on CUDA)",
+            *sorted({_optimizer_assumption(s) for s in run.settings.values()}),
             *(
                 f"depth: traced {' and '.join(map(str, d))} of {layers} layers, extrapolated (affine in depth)"
                 if len(d) == 2
@@ -479,39 +621,38 @@ def make_plan(
             ),
             f"device bytes = tensor peak x {1 + device.allocator_margin:.2f} "
             f"+ {format_gib(device.context_bytes)} CUDA context",
-            "qlora: bitsandbytes NF4 double-quant base (~0.516 byte/weight), other weights fp32, LoRA adapters fp32",
-            "head: frozen backbone run under no_grad each step (cache_features runs it once per example instead)",
+            *(METHOD_ASSUMPTIONS[m] for m in run.settings if m in METHOD_ASSUMPTIONS),
         ],
         "methods": [asdict(p) for p in plans],
         "recommendation": recommend(plans, budget),
     }
     if budget is not None and not any(p.fits for p in plans):
-        out["next_steps"] = next_steps(spec, shape, precision, device, budget, options, plans, full_depth)
+        out["next_steps"] = next_steps(spec, shape, precision, device, budget, run.settings, plans, full_depth)
     return out
 
 
-def _parse_methods(text: str) -> list[str]:
-    methods = [m.strip() for m in text.split(",") if m.strip()]
+METHOD_ASSUMPTIONS = {
+    "qlora": "qlora: bitsandbytes NF4 double-quant base (~0.516 byte/weight), other weights fp32, LoRA adapters fp32",
+    "head": "head: frozen backbone run under no_grad each step (cache_features runs it once per example instead)",
+}
+
+
+def _optimizer_assumption(settings: dict) -> str:
+    if settings["optimizer"] == "adamw":
+        return f"optimizer: torch AdamW, {settings['adamw']} (train.adamw=auto uses fused on CUDA)"
+    paged = settings["optimizer"].startswith("paged")
+    return f"optimizer: bitsandbytes {settings['optimizer']} (uint8 states, fp32 absmax per 256 values)" + (
+        "; paged: its states live in CUDA unified memory and page out to host RAM under pressure" if paged else ""
+    )
+
+
+def _parse_methods(text: str | None) -> list[str]:
+    """A comma-separated subset of METHODS; none given: all of them."""
+    methods = [m.strip() for m in (text or ",".join(METHODS)).split(",") if m.strip()]
     for method in methods:
         if method not in METHODS:
             raise unknown_choice("method", method, METHODS)
     return methods
-
-
-def _shape(args: argparse.Namespace) -> Shape:
-    seq_len, num_labels = 512, 2
-    if args.task:
-        from tunebench.config import build_config
-        from tunebench.tasks import get_task, load_task
-
-        cfg = build_config(None, args.task, None, {})
-        seq_len = cfg["data"]["max_length"]
-        spec = get_task(args.task)
-        num_labels = len(spec.label_names) if spec.label_names else load_task(spec, cfg["data"]).num_labels
-    shape = Shape(args.batch_size or 8, args.seq_len or seq_len, args.num_labels or num_labels)
-    if min(shape.batch_size, shape.seq_len) < 1 or shape.num_labels < 2:
-        raise UserError("--batch-size and --seq-len must be at least 1, --num-labels at least 2")
-    return shape
 
 
 def format_plan(plan: dict) -> str:
@@ -519,13 +660,16 @@ def format_plan(plan: dict) -> str:
     budget = plan["budget_bytes"]
     lines = [
         f"{plan['model']['name']} ({plan['model']['source']}, {plan['model']['model_type']}): "
-        f"batch {shape['batch_size']} x {shape['seq_len']} tokens, {shape['num_labels']} labels, {plan['precision']}; "
-        f"budget {format_gib(budget) if budget else 'none'} on {device['name']}"
+        f"batch {shape['batch_size']} x {shape['seq_len']} tokens, "
+        + (f"{shape['num_labels']} labels" if plan["task_type"] == "classify" else "causal-LM SFT")
+        + f", {plan['precision']}; budget {format_gib(budget) if budget else 'none'} on {device['name']}"
         + (f" ({device['peak_flops'] / 1e12:.0f} TFLOP/s peak)" if device["peak_flops"] else ""),
+        *(f"{method}: {_describe_settings(s)}" for method, s in plan["settings"].items()),
         "",
         f"{'method':7} {'trainable':>10} {'peak':>9} {'weights':>8} {'buffers':>8} {'grads':>8} {'optim':>8}"
         f" {'activ':>8} {'other':>8}"
-        f" {'device':>9} {'fits':>4} {'max bs':>6} {'TFLOP':>8} {'s/step':>7} {'tok/s':>8} {'MFU':>5}",
+        f" {'device':>9} {'fits':>4} {'max bs':>6} {'max seq':>7} {'bs1 seq':>7}"
+        f" {'TFLOP':>8} {'s/step':>7} {'tok/s':>8} {'MFU':>5}",
     ]
     for p in plan["methods"]:
         at = p["at_peak"]
@@ -536,20 +680,38 @@ def format_plan(plan: dict) -> str:
             f"{p['method']:7} {p['trainable_params'] / 1e6:9.1f}M {_g(p['tensor_peak_bytes']):>9}"
             f" {_g(at['weights']):>8} {_g(at['buffers']):>8} {_g(at['gradients']):>8} {_g(at['optimizer_state']):>8}"
             f" {_g(at['activations']):>8} {_g(at['other']):>8}"
-            f" {_g(p['device_bytes']):>9} {fits:>4} {p['max_batch'] if p['max_batch'] is not None else '-':>6}"
+            f" {_g(p['device_bytes']):>9} {fits:>4} {_n(p['max_batch']):>6} {_n(p['max_seq_len']):>7}"
+            f" {_n(p['max_seq_len_batch1']):>7}"
             f" {p['flops_per_step'] / 1e12:8.2f} {seconds:>7} {tokens:>8} {p['mfu']:5.2f}"
         )
     lines += [
         "",
         "GiB; weights..other: tensors live at the peak (buffers: module buffers and quantization constants;"
-        " other: inputs, logits/loss, temporaries).",
+        " other: inputs, logits/loss, temporaries). max bs: the largest batch at this sequence length;"
+        " max seq / bs1 seq: the longest sequence at this batch / at batch 1 (up to max_position_embeddings).",
     ]
     lines += [f"MFU {p['method']}: {p['mfu']:.2f}, {p['mfu_source']}" for p in plan["methods"]]
     lines += [f"assumes {a}" for a in plan["assumptions"]]
+    if plan["not_planned"]:
+        lines.append(f"not planned (the config's keys that do not change one step): {', '.join(plan['not_planned'])}")
     lines += [f"device constants from {device['source']}; planned in {plan.get('seconds_to_plan', '?')} s", ""]
     lines.append(f"recommendation: {plan['recommendation']}")
     lines += [f"  next step: {s}" for s in plan.get("next_steps", [])]
     return "\n".join(lines)
+
+
+def _describe_settings(settings: dict) -> str:
+    """One line of what the run's config sets that the step depends on."""
+    options = ", ".join(f"{k}={v}" for k, v in settings["options"].items() if v is not None) or "no options"
+    clip = f"clip {settings['max_grad_norm']}" if settings["max_grad_norm"] else "no clipping"
+    return (
+        f"{options}; {settings['optimizer']}, {clip}, gradient accumulation {settings['grad_accum']}, "
+        f"checkpointing {'on' if settings['gradient_checkpointing'] else 'off'}, {settings['pooling']} pooling"
+    )
+
+
+def _n(value: int | None) -> str:
+    return "-" if value is None else str(value)
 
 
 def _g(value: float) -> str:
@@ -738,6 +900,7 @@ def validate_results(results_dir: str) -> list[dict]:
         cfg = result["config"]
         spec = resolve_spec(cfg["model"])
         shape = Shape(cfg["train"]["batch_size"], cfg["data"]["max_length"], result["task"]["num_labels"])
+        optimizer = (result.get("optimizer") or {}).get("name", "adamw")
         predicted = trace_step(
             spec.config,
             cfg["method"],
@@ -748,7 +911,10 @@ def validate_results(results_dir: str) -> list[dict]:
             options=cfg["method_options"],
             pooling=cfg.get("pooling") or spec.pooling,
             gradient_checkpointing=cfg["train"]["gradient_checkpointing"],
-            adamw=(result.get("optimizer") or {}).get("implementation"),
+            optimizer=optimizer,
+            adamw=(result.get("optimizer") or {}).get("implementation") if optimizer == "adamw" else None,
+            max_grad_norm=cfg["train"]["max_grad_norm"],
+            grad_accum=cfg["train"]["grad_accum"],
         )
         measured = result["peak_memory_bytes"]
         rows.append(

@@ -30,9 +30,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count, shape_wrapper
 
 from tunebench.classifier import UNQUANTIZED, decay_param_groups
+from tunebench.errors import UserError
 from tunebench.measure import CATEGORIES, ProfiledPeak, TensorTracker, quantization_state
 from tunebench.models import DECODER_TYPES
-from tunebench.optim import build_adamw, resolve_adamw
+from tunebench.optim import build_adamw, build_optimizer, resolve_adamw
 
 # precision -> (weight dtype, autocast dtype or None)
 PRECISIONS = {
@@ -275,20 +276,36 @@ def _label_blocks(model: nn.Module, tracker: TimelineTracker, num_layers: int) -
         block.register_forward_hook(partial(after, k))
 
 
-def loop_step(model: nn.Module, optimizer, batch: dict, tracker: TensorTracker, autocast_dtype, device_type: str):
-    """One optimizer step in tunebench.loop's order, under the tracker."""
+def loop_step(
+    model: nn.Module,
+    optimizer,
+    batch: dict,
+    tracker: TensorTracker,
+    autocast_dtype,
+    device_type: str,
+    max_grad_norm: float | None = MAX_GRAD_NORM,
+    micro_batches: int = 1,
+):
+    """One optimizer step in tunebench.loop's order, under the tracker.
+
+    micro_batches: forward and backward passes accumulated into the gradients before the step (gradient
+    accumulation); from the second on, every gradient is live through the forward pass, so more than two
+    repeat the second. No clipping when max_grad_norm is 0 or None, as in the loop.
+    """
     autocast = torch.autocast(device_type, autocast_dtype) if autocast_dtype else nullcontext()
     mark = tracker.mark if isinstance(tracker, TimelineTracker) else lambda phase: None
     with tracker:
-        mark("forward")
-        with autocast:  # Accelerate autocasts the forward only
-            loss = model(**batch).loss
-        mark("backward")
-        loss.backward()
-        mark("clip")
-        tracker.classify_state()
+        for _ in range(micro_batches):
+            mark("forward")
+            with autocast:  # Accelerate autocasts the forward only
+                loss = model(**batch).loss / micro_batches
+            mark("backward")
+            loss.backward()
+            tracker.classify_state()
         trainable = [p for p in model.parameters() if p.requires_grad]
-        torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM)
+        if max_grad_norm:
+            mark("clip")
+            torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
         mark("optimizer")
         optimizer.step()
         tracker.classify_state()
@@ -348,14 +365,24 @@ def trace_step(
     gradient_checkpointing: bool = False,
     count_flops: bool = False,
     adamw: str | None = None,
+    optimizer: str = "adamw",
+    max_grad_norm: float | None = MAX_GRAD_NORM,
+    grad_accum: int = 1,
+    task_type: str = "classify",
 ) -> StepTrace:
-    """Trace AdamW's first step (which creates its state lazily) and then a full training step, all fake.
+    """Trace the optimizer's first step (which creates its state lazily) and then a full training step, all fake.
 
     The first step runs on zero gradients without a forward pass: it costs only the optimizer's ops and
     leaves the state exactly as a first real step would; the second step is the one the peak comes from.
-    adamw: the implementation (tunebench.optim); default: the one `auto` picks on CUDA, where plans run.
+    optimizer: one of tunebench.optim.OPTIMIZERS, built by the loop's own builder (bitsandbytes' 8-bit states
+    as it allocates them); adamw: torch AdamW's implementation; default: the one `auto` picks on CUDA, where
+    plans run. grad_accum: micro-batches per optimizer step; memory is traced over two (the rest repeat the
+    second) and FLOPs are those of all of them.
     """
-    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
+
+    if task_type != "classify":  # the causal-LM step comes with the method-contract branch (issue 10)
+        raise UserError(f"planning a {task_type!r} task needs the causal-LM trace, not in this build")
 
     _, autocast_dtype = PRECISIONS[precision]
     model = build_meta_model(
@@ -370,22 +397,27 @@ def trace_step(
     with FakeTensorMode(allow_non_fake_inputs=True), ExitStack() as stack:
         model.to_empty(device="cpu")
         trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = build_adamw(decay_param_groups(model, WEIGHT_DECAY), LR, adamw or resolve_adamw("auto", "cuda"))
+        # bitsandbytes computes its quantization maps from Python numbers: built outside fake mode
+        with unset_fake_temporarily() if optimizer != "adamw" else nullcontext():
+            step_optimizer = build_optimizer(
+                decay_param_groups(model, WEIGHT_DECAY), LR, optimizer, adamw or resolve_adamw("auto", "cuda")
+            )
         batch = make_batch(batch_size, seq_len, num_labels, config.vocab_size, config.pad_token_id or 0)
-        tracker = TimelineTracker(model, optimizer)
+        tracker = TimelineTracker(model, step_optimizer)
         _label_blocks(model, tracker, config.num_hidden_layers)
         tracker.mark("init")
         with tracker:
             for param in trainable:
                 param.grad = torch.zeros_like(param)
             tracker.classify_state()
-            optimizer.step()
+            step_optimizer.step()
             tracker.classify_state()
-            optimizer.zero_grad(set_to_none=True)
+            step_optimizer.zero_grad(set_to_none=True)
         counter = None
         if count_flops:
             counter = stack.enter_context(FlopCounter())
-        state = loop_step(model, optimizer, batch, tracker, autocast_dtype, "cpu")
+        micro_batches = min(grad_accum, 2)
+        state = loop_step(model, step_optimizer, batch, tracker, autocast_dtype, "cpu", max_grad_norm, micro_batches)
     return StepTrace(
         batch_size=batch_size,
         seq_len=seq_len,
@@ -394,7 +426,7 @@ def trace_step(
         state=state,
         trainable_params=sum(p.numel() for p in trainable),
         total_params=_logical_params(model),
-        flops=counter.flops if counter else None,
+        flops=counter.flops * grad_accum // micro_batches if counter else None,
         points=np.asarray(tracker.points, dtype=np.float64),
         labels=tracker.labels,
         depths=(config.num_hidden_layers,),
@@ -436,6 +468,41 @@ def affine_max_batch(small: StepTrace, large: StepTrace, limit_bytes: float, cap
     if not growing.any():
         return cap
     return int(min(cap, np.floor(((limit_bytes - intercept[growing]) / slope[growing]).min())))
+
+
+def max_seq_len(
+    base: StepTrace, double_batch: StepTrace, other_seq: StepTrace, limit_bytes: float, batch_size: int, cap: int
+) -> int | None:
+    """Largest sequence length whose peak at batch_size stays within limit_bytes (0: none), capped at cap.
+
+    From three traces of the same ops: base at (b, s), double_batch at (2b, s), other_seq at (b, s'). Each point
+    is taken as A + batch x (d1 s + d2 s^2): the weights, gradients and optimizer state do not depend on the
+    shape, and what does grows with the examples, in tokens (activations, logits) or in their square (the
+    attention mask, eager attention's scores). Terms in the sequence alone (rotary tables) count as if they grew
+    with the batch: a few bytes per token. None if the traces ran different ops.
+    """
+    traces = (base, double_batch, other_seq)
+    if len({t.points.shape for t in traces}) > 1 or double_batch.batch_size != 2 * base.batch_size:
+        return None
+    b, s0, s1 = base.batch_size, base.seq_len, other_seq.seq_len
+    per_example_s0 = (double_batch.points.sum(1) - base.points.sum(1)) / b
+    constant = base.points.sum(1) - b * per_example_s0
+    per_example_s1 = (other_seq.points.sum(1) - constant) / b
+    d2 = (per_example_s1 * s0 - per_example_s0 * s1) / (s0 * s1 * (s1 - s0))
+    d1 = (per_example_s0 - d2 * s0 * s0) / s0
+
+    def fits(seq: int) -> bool:
+        return bool(np.all(constant + batch_size * (d1 * seq + d2 * seq * seq) <= limit_bytes))
+
+    if not fits(1):
+        return 0
+    low, high = 1, cap + 1  # fits(low); not fits(high), or high is past the cap
+    if fits(cap):
+        return cap
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid)
+    return low
 
 
 # -- depth: a stack of identical blocks -----------------------------------------------------------
