@@ -9,13 +9,14 @@ import pytest
 from tunebench import planner
 from tunebench.cli import main
 from tunebench.errors import UserError
-from tunebench.methods import get_method
+from tunebench.methods import get_method, plannable
 from tunebench.planner import MethodPlan, Shape
 from tunebench.results import SCHEMA_VERSION
 from tunebench.tracing import (
     affine_max_batch,
     affine_peak,
     extrapolation_depths,
+    method_cfg,
     packed_weight_bytes,
     quantized_bytes,
     trace_step,
@@ -55,7 +56,7 @@ def minilm_traces(minilm):
 
 @pytest.fixture(scope="module")
 def validation(minilm):
-    return {row["method"]: row for row in planner.validate_steps("minilm", list(planner.METHODS), SMALL)}
+    return {row["method"]: row for row in planner.validate_steps("minilm", plannable(), SMALL)}
 
 
 @pytest.mark.slow
@@ -94,8 +95,8 @@ def test_gradients_count_as_gradients_during_backward(minilm):
     from tunebench.measure import TensorTracker
     from tunebench.tracing import make_batch
 
-    cfg = {"pooling": None, "head_dropout": None, "method_options": {}, "train": {"gradient_checkpointing": False}}
-    model = get_method("full").build(minilm.path, _task(2), _pad_tokenizer(0), cfg, "cpu")
+    cfg = method_cfg({}, None, False, "classify")
+    model = get_method("full").build(minilm.path, 2, cfg, "cpu")
     tracker = TensorTracker(model)
     seen = []
 
@@ -112,18 +113,6 @@ def test_gradients_count_as_gradients_during_backward(minilm):
     assert len(seen) == len(params)
     assert all(counted == expected for counted, expected in seen)
     assert tracker.current["gradients"] == 4 * sum(p.numel() for p in params)
-
-
-def _task(num_labels: int):
-    from types import SimpleNamespace
-
-    return SimpleNamespace(label_names=[str(i) for i in range(num_labels)], num_labels=num_labels)
-
-
-def _pad_tokenizer(pad_token_id: int):
-    from types import SimpleNamespace
-
-    return SimpleNamespace(pad_token_id=pad_token_id)
 
 
 @pytest.mark.parametrize(("rows", "cols"), [(384, 384), (1536, 384), (100, 70)])  # 70 x 100: not whole blocks
@@ -191,8 +180,8 @@ def _tiny_llama():
 @pytest.mark.parametrize(
     ("model", "precision", "checkpointing", "methods"),
     [
-        ("tiny-llama", "bf16", False, planner.METHODS),
-        ("minilm", "amp", False, planner.METHODS),
+        ("tiny-llama", "bf16", False, plannable()),
+        ("minilm", "amp", False, plannable()),
         ("tiny-llama", "fp32", True, ("full", "lora")),  # next_steps' gradient checkpointing plans
     ],
 )

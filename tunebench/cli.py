@@ -34,7 +34,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", help="full | lora | qlora | head (default: lora)")
+    from tunebench.methods import registry
+
+    p.add_argument("--method", help=f"{' | '.join(registry())}, or a method module's path (default: lora)")
     p.add_argument("--task", help="a registered task, a task YAML, a data file, or a hub dataset id")
     p.add_argument("--model", help="an embedded model (minilm, smollm2-135m, mpnet-base), a folder, or a hub id")
     p.add_argument("--config", help="YAML file layered over the defaults, method and task")

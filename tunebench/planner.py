@@ -10,6 +10,7 @@ device bytes = tensor peak x (1 + allocator margin) + CUDA context. Time = FLOPs
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import re
@@ -24,13 +25,7 @@ from tunebench.files import read_yaml
 from tunebench.units import GiB, MiB, format_gib
 
 PLANNER_DIR = CONFIG_DIR / "planner"
-METHODS = ("full", "lora", "qlora", "head")  # also the order of preference: the more of the model trains, the better
 MAX_BATCH = 4096
-# Model FLOPs utilization when no result calibrates it. Single-GPU fine-tuning with HF models at moderate
-# batch typically reaches 30-45% of dense peak (the PaLM paper's MFU definition; 46% is its large-scale
-# figure); LoRA skips the frozen weights' gradient matmuls but keeps their overheads, and QLoRA adds
-# dequantization kernels that FLOPs do not count (QLoRA runs ~30-40% slower than LoRA in public reports).
-DEFAULT_MFU = {"full": 0.35, "lora": 0.30, "qlora": 0.20, "head": 0.35}
 BUDGET_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20}
 BUDGET_UNITS |= {"g": 2**30, "gb": 10**9, "gib": 2**30, "t": 2**40, "tb": 10**12, "tib": 2**40}
 BUDGET_FORMAT = "a number with an optional unit: 24GiB, 24GB, 80G (= GiB), 512MiB, or plain bytes"
@@ -150,6 +145,7 @@ def calibrate_mfu(
     measured tokens_per_second (non-padding tokens, so padding lowers the MFU: what the plan's tokens/s then
     means is useful tokens per second). An MFU above 1 is impossible and is clipped to 1.
     """
+    from tunebench.methods import get_method
     from tunebench.results import read_result, result_files
 
     gpus, _ = load_gpus()
@@ -177,7 +173,8 @@ def calibrate_mfu(
         if found.get(method):
             out[method] = (statistics.median(found[method]), f"calibrated: median of {len(found[method])} result(s)")
         else:
-            out[method] = (DEFAULT_MFU[method], "default (no GPU result of this model, precision and shape)")
+            mfu = get_method(method).PLANNING.mfu
+            out[method] = (mfu, "the method's default (no GPU result of this model, precision and shape)")
     return out
 
 
@@ -317,7 +314,10 @@ def recommend(plans: list[MethodPlan], budget: int | None) -> str:
     """The most-adapting method that fits at the requested batch, why, and what the others would need."""
     if budget is None:
         return "no budget given (--budget or --gpu): nothing to recommend"
-    plans = sorted(plans, key=lambda p: METHODS.index(p.method))
+    from tunebench.methods import plannable
+
+    order = plannable()  # most preferred first
+    plans = sorted(plans, key=lambda p: order.index(p.method))
     fitting = [p for p in plans if p.fits]
     if not fitting:
         return f"nothing fits {format_gib(budget)} at batch {plans[0].batch_size}; see the next steps"
@@ -330,7 +330,7 @@ def recommend(plans: list[MethodPlan], budget: int | None) -> str:
     needs = [
         f"{p.method} needs {format_gib(p.device_bytes)}"
         for p in plans
-        if not p.fits and METHODS.index(p.method) < METHODS.index(best.method)
+        if not p.fits and order.index(p.method) < order.index(best.method)
     ]
     return "; ".join([reason, *needs])
 
@@ -399,7 +399,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--gpu", help="a GPU from configs/planner/gpus.yaml (h100-80g, a100-40g, l4, rtx4090, ...)")
     parser.add_argument("--peak-tflops", type=float, help="peak dense TFLOP/s at the precision, instead of the GPU's")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of full,lora,qlora,head")
+    from tunebench.methods import registry
+
+    parser.add_argument(
+        "--methods",
+        help=f"comma-separated subset of {','.join(registry())} (default: every one that can be planned)",
+    )
     parser.add_argument("--results", help="a results folder: calibrates MFU (and, with --validate, checks peaks)")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.add_argument("--validate", action="store_true", help="compare predictions with real steps on this machine")
@@ -490,11 +495,14 @@ def make_plan(
     return out
 
 
-def _parse_methods(text: str) -> list[str]:
-    methods = [m.strip() for m in text.split(",") if m.strip()]
+def _parse_methods(text: str | None) -> list[str]:
+    from tunebench.methods import plannable
+
+    choices = plannable()
+    methods = [m.strip() for m in text.split(",") if m.strip()] if text else choices
     for method in methods:
-        if method not in METHODS:
-            raise unknown_choice("method", method, METHODS)
+        if method not in choices:
+            raise unknown_choice("method", method, choices)
     return methods
 
 
@@ -587,11 +595,17 @@ def tiny_llama_folder(folder: str | Path) -> str:
 
 
 def validate_steps(
-    model: str, methods: list[str], shape: Shape = VALIDATION_SHAPE, precision: str = "fp32"
+    model: str,
+    methods: list[str],
+    shape: Shape = VALIDATION_SHAPE,
+    precision: str = "fp32",
+    gradient_checkpointing: bool = False,
+    task_type: str = "classify",
 ) -> list[dict]:
     """Per method: the fake-trace prediction against two real steps of the loop on this machine, on a padded
     batch, with the AdamW implementation the loop uses here; measured by TensorTracker and independently
-    (tracing.measure_step: the CPU allocator's events, or torch.cuda.max_memory_allocated)."""
+    (tracing.measure_step: the CPU allocator's events, or torch.cuda.max_memory_allocated). task_type
+    "generate" steps the causal LM on answer-masked labels (the SFT step), "classify" the sequence classifier."""
     import torch
 
     from tunebench.methods import get_method
@@ -612,7 +626,9 @@ def validate_steps(
             precision=precision,
             options=dict(get_method(method).DEFAULTS["method_options"]),
             pooling=spec.pooling,
+            gradient_checkpointing=gradient_checkpointing,
             adamw=resolve_adamw("auto", device.type),
+            task_type=task_type,
         )
         measured = measure_step(
             spec.path,
@@ -622,6 +638,8 @@ def validate_steps(
             num_labels=shape.num_labels,
             precision=precision,
             device=device,
+            gradient_checkpointing=gradient_checkpointing,
+            task_type=task_type,
         )
         independent = measured.independent
         measured_by = independent["by"]
@@ -636,6 +654,7 @@ def validate_steps(
         rows.append(
             _row(model, method, precision, "2 steps", predicted.peak_bytes, measured.peak_bytes, independent["bytes"])
             | {"measured_by": measured_by, "independent": independent}
+            | {"task_type": task_type, "gradient_checkpointing": gradient_checkpointing}
         )
     return rows
 
@@ -764,19 +783,22 @@ def run_validate(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     print(
-        f"{'model':26} {'method':6} {'prec':4} {'measured on':11} {'predicted':>10} {'tracker':>10} "
-        f"{'independent':>11} {'error':>8}  measured by"
+        f"{'model':26} {'method':6} {'task':8} {'prec':4} {'ckpt':4} {'measured on':11} {'predicted':>10} "
+        f"{'tracker':>10} {'independent':>11} {'error':>8}  measured by"
     )
     for row in rows:
         independent = row["independent_bytes"]
         independent = f"{independent / MiB:11.2f}" if independent is not None else "-".rjust(11)
+        checkpointing = {True: "yes", False: "no"}.get(row.get("gradient_checkpointing"), "-")
         print(
-            f"{row['model'][:26]:26} {row['method']:6} {row['precision']:4} {row['measured_on'][:11]:11} "
+            f"{row['model'][:26]:26} {row['method']:6} {row.get('task_type', 'classify'):8} {row['precision']:4} "
+            f"{checkpointing:4} {row['measured_on'][:11]:11} "
             f"{row['predicted_bytes'] / MiB:10.2f} {row['tracker_bytes'] / MiB:10.2f} {independent} "
             f"{row['error_percent']:+7.2f}%  {row['measured_by']}"
         )
     print(
-        "MiB. 2 steps: two real steps on a padded batch of 8 x 64 tokens; the error is against the independent "
+        "MiB. 2 steps: two real steps on a padded batch of 8 x 64 tokens (task generate: the causal-LM SFT step, "
+        "labels -100 on prompt and padding; ckpt: gradient checkpointing); the error is against the independent "
         "figure over the same two steps. loop.train: a tiny run of rotten_tomatoes (16 examples, batch 8, 2 epochs, "
         "padded), predicted at its longest batch; the error is against the run's own peak."
     )
@@ -787,6 +809,8 @@ def validation_rows(args: argparse.Namespace) -> list[dict]:
     """Predicted against measured peak per model and method, for `plan --validate`'s arguments."""
     import tempfile
 
+    from tunebench.models import DECODER_TYPES
+
     methods = _parse_methods(args.methods)
     if args.results:
         return validate_results(args.results)
@@ -795,6 +819,9 @@ def validation_rows(args: argparse.Namespace) -> list[dict]:
         rows = []
         for model in models:
             rows += validate_steps(model, methods)
+            if resolve_spec(model).config.model_type in DECODER_TYPES:  # the causal-LM SFT step, too
+                for precision, checkpointing in itertools.product(("fp32", "amp"), (False, True)):
+                    rows += validate_steps(model, methods, VALIDATION_SHAPE, precision, checkpointing, "generate")
             rows += validate_loop(model, methods, "bf16", Path(tmp) / "runs")
     for row in rows:
         if row["model"].endswith("tiny-llama"):
