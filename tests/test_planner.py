@@ -71,23 +71,57 @@ def test_prediction_matches_real_cpu_steps(validation, method):
 
 
 def test_validate_cli_on_a_gqa_llama_with_padded_batches_and_a_real_run(tmp_path, capsys):
-    """`plan --validate` on a grouped-query-attention Llama: two real steps (fp32) and a real loop.train run (bf16
-    autocast), both on padded batches, each within 5% of its measurement."""
+    """`plan --validate` on a grouped-query-attention Llama: two real steps of the classifier (fp32) and of the
+    causal-LM SFT step (fp32 and bf16 autocast, gradient checkpointing off and on), and a real loop.train run (bf16
+    autocast), all on padded batches, each within 5% of its measurement."""
     import json
 
     folder = planner.tiny_llama_folder(tmp_path / "tiny-llama")
     assert main(["plan", "--validate", "--model", folder, "--methods", "lora", "--json"]) == 0
-    steps, run = json.loads(capsys.readouterr().out)
+    steps, *sft, run = json.loads(capsys.readouterr().out)
     assert (steps["measured_on"], steps["precision"], run["measured_on"], run["precision"]) == (
         "2 steps",
         "fp32",
         "loop.train",
         "amp",
     )
+    assert [(r["task_type"], r["precision"], r["gradient_checkpointing"]) for r in sft] == [
+        ("generate", "fp32", False),
+        ("generate", "fp32", True),
+        ("generate", "amp", False),
+        ("generate", "amp", True),
+    ]
     assert steps["independent"]["by"].startswith("torch.profiler")
     assert run["seq_len"] < 64  # padded: its longest batch is shorter than max_length
-    for row in (steps, run):
+    for row in (steps, *sft, run):
         assert abs(row["error_percent"]) <= 5, row
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    return planner.tiny_llama_folder(tmp_path_factory.mktemp("tiny-llama"))
+
+
+# Each method at both precisions and with gradient checkpointing both off and on; each pairing in two methods.
+SFT_CASES = [
+    ("full", "fp32", False),
+    ("full", "amp", True),
+    ("lora", "fp32", True),
+    ("lora", "amp", False),
+    ("qlora", "fp32", False),
+    ("qlora", "amp", True),
+    ("head", "fp32", True),
+    ("head", "amp", False),
+]
+
+
+@pytest.mark.parametrize(("method", "precision", "checkpointing"), SFT_CASES)
+def test_causal_lm_sft_step_prediction_matches_the_cpu_allocator(tiny_llama, method, precision, checkpointing):
+    """The traced causal-LM SFT step (vocabulary-sized logits upcast to fp32 in the loss, answer-masked labels,
+    padded batch) within 5% of the allocator's peak over two real steps of the method's own model."""
+    (row,) = planner.validate_steps(tiny_llama, [method], SMALL, precision, checkpointing, "generate")
+    assert row["independent"]["by"].startswith("torch.profiler")
+    assert abs(row["error_percent"]) <= 5, row
 
 
 def test_gradients_count_as_gradients_during_backward(minilm):
