@@ -460,7 +460,9 @@ def make_plan(
     mfu = calibrate_mfu(results, spec.name, precision, shape, flops_per_token)
     plans = [_method_plan(m, step, device, budget, max_batch, mfu[m]) for m, (step, max_batch) in traces.items()]
     attention = attention_implementation(  # one layer tells, and building 80 costs seconds
-        build_meta_model(with_depth(spec.config, 1), "full", num_labels=2, precision=precision, options={})
+        build_meta_model(
+            with_depth(spec.config, 1), methods[0], num_labels=2, precision=precision, options=options[methods[0]]
+        )
     )
     layers = spec.config.num_hidden_layers
     depths = {step.depths for step, _ in traces.values()}
