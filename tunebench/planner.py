@@ -357,11 +357,11 @@ def next_steps(
                 f"--set train.grad_accum={accum} keeps an effective batch of {plan.max_batch * accum}"
             )
     for plan in plans:
-        if plan.method == "head":  # its backbone saves nothing for backward already
-            continue
         step, max_batch = plan_method(
             spec, plan.method, shape, precision, device, budget, options[plan.method], True, full_depth
         )
+        if step.peak_bytes >= plan.tensor_peak_bytes:  # nothing to gain (head: its frozen backbone saves nothing)
+            continue
         need = device.bytes_for(step.peak_bytes)
         steps.append(
             f"{plan.method} with gradient checkpointing (--set train.gradient_checkpointing=true) "

@@ -599,7 +599,7 @@ def measure_step(
     model = module.build(model_path, None if task_type == "generate" else num_labels, cfg, device)
     if gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
         model.gradient_checkpointing_enable()  # as the loop does after build
-    if method != "qlora":  # quantized models are placed by their device_map
+    if not quantization_state(model):  # a quantized model is placed by its device_map as it loads
         model.to(device)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
