@@ -124,6 +124,15 @@ def test_causal_lm_sft_step_prediction_matches_the_cpu_allocator(tiny_llama, met
     assert abs(row["error_percent"]) <= 5, row
 
 
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_a_tied_lm_head_is_traced_once(tmp_path, method):
+    """With the LM head tied to the input embeddings, the traced model holds, trains and steps that weight once,
+    as the real one does (materializing fake tensors must not untie it)."""
+    folder = planner.tiny_llama_folder(tmp_path / "tied", tie_word_embeddings=True)
+    (row,) = planner.validate_steps(folder, [method], SMALL, "fp32", False, "generate")
+    assert abs(row["error_percent"]) <= 5, row
+
+
 def test_gradients_count_as_gradients_during_backward(minilm):
     """Mid-backward, every .grad that exists is counted as a gradient (not as other until the step ends)."""
     from tunebench.measure import TensorTracker

@@ -570,9 +570,10 @@ def _g(value: float) -> str:
 VALIDATION_SHAPE = Shape(batch_size=8, seq_len=64, num_labels=2)
 
 
-def tiny_llama_folder(folder: str | Path) -> str:
+def tiny_llama_folder(folder: str | Path, tie_word_embeddings: bool = False) -> str:
     """A small random grouped-query-attention Llama checkpoint (4 layers, hidden 256, 8 query and 4 key/value
-    heads) saved once with MiniLM's tokenizer, so that the loop can train it: the decoder validation model."""
+    heads) saved once with MiniLM's tokenizer, so that the loop can train it: the decoder validation model.
+    tie_word_embeddings: the LM head shares the input embeddings (as in SmolLM2, Llama-3.2 1B/3B, Qwen2.5 small)."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from tunebench.models import resolve_model
@@ -590,6 +591,7 @@ def tiny_llama_folder(folder: str | Path) -> str:
             vocab_size=len(tokenizer),
             max_position_embeddings=512,
             pad_token_id=tokenizer.pad_token_id,
+            tie_word_embeddings=tie_word_embeddings,
             dtype="float32",
         )
         LlamaForCausalLM(config).save_pretrained(folder)

@@ -393,7 +393,7 @@ def trace_step(
         task_type=task_type,
     )
     with FakeTensorMode(allow_non_fake_inputs=True), ExitStack() as stack:
-        model.to_empty(device="cpu")
+        _to_empty_tied(model)
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = build_adamw(decay_param_groups(model, WEIGHT_DECAY), LR, adamw or resolve_adamw("auto", "cuda"))
         batch = make_batch(batch_size, seq_len, num_labels, config.vocab_size, _pad_id(config), task_type=task_type)
@@ -426,15 +426,35 @@ def trace_step(
     )
 
 
+def _to_empty_tied(model: nn.Module) -> None:
+    """model.to_empty(device="cpu") that keeps tied parameters tied (an LM head sharing the input embeddings).
+
+    Module._apply gives each module holding a parameter its own new Parameter when the new tensor's type differs
+    from the old one's, as a fake tensor's does from a meta tensor's: a tied weight would count twice.
+    """
+    holders: dict[nn.Parameter, list[tuple[nn.Module, str]]] = {}
+    for module in model.modules():
+        for name, param in module._parameters.items():
+            if param is not None:
+                holders.setdefault(param, []).append((module, name))
+    model.to_empty(device="cpu")
+    for (first, first_name), *others in holders.values():
+        for module, name in others:
+            module._parameters[name] = first._parameters[first_name]
+
+
 def _pad_id(config) -> int:
     return getattr(config, "pad_token_id", None) or 0
 
 
 def _logical_params(model: nn.Module) -> int:
-    """Parameter count with a quantized stand-in counted as the weight it replaces."""
-    total = 0
+    """Parameter count with a quantized stand-in counted as the weight it replaces, a tied weight once."""
+    total, seen = 0, set()
     for module in model.modules():
         for name, param in module.named_parameters(recurse=False):
+            if id(param) in seen:  # tied: counted where it was first seen
+                continue
+            seen.add(id(param))
             if isinstance(module, QuantizedLinear) and name == "weight":
                 total += module.in_features * module.out_features
             else:
