@@ -32,7 +32,7 @@ import traceback
 from pathlib import Path
 
 from tunebench import CONFIG_DIR, REPO_ROOT
-from tunebench.planner import METHODS
+from tunebench.methods import plannable
 from tunebench.results import write_json_atomic
 from tunebench.units import GiB, MiB
 
@@ -501,10 +501,10 @@ def step_fsdp(s: Setting) -> dict:
 STEPS = {"planner": step_planner, "throughput": step_throughput, "suite": step_suite, "fsdp": step_fsdp}
 
 
-def run_check(out: Path, cpu: bool, steps: list[str], bundle: Path, methods: list[str] = METHODS) -> dict:
+def run_check(out: Path, cpu: bool, steps: list[str], bundle: Path, methods: list[str] | None = None) -> dict:
     from tunebench.measure import environment
 
-    setting = Setting(cpu, out, bundle, list(methods))
+    setting = Setting(cpu, out, bundle, list(methods or plannable()))
     records = []
     for name in steps:
         start = time.perf_counter()
@@ -538,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("out")
     run.add_argument("--cpu", action="store_true", help="tiny shapes on the CPU, end to end")
     run.add_argument("--steps", nargs="+", default=list(STEPS), choices=list(STEPS))
-    run.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    run.add_argument("--methods", nargs="+", default=plannable(), choices=plannable())
     run.add_argument("--bundle", default="/tmp/tunebench-bundle", help="where gpu_check.sh put the carried files")
     bundle = sub.add_parser("bundle", help="prepare .gpu-bundle/call-N/, each under 64 MiB")
     bundle.add_argument("--out", default=str(BUNDLE_DIR))

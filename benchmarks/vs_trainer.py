@@ -67,7 +67,7 @@ def run_trainer(cfg: Config, out_dir: Path) -> dict:
     encoded = batching.tokenize({"train": split}, tokenizer, cfg["data"]["max_length"])["train"]
     encoded = encoded.remove_columns("index")  # tunebench's own bookkeeping; `length` feeds the sampler
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = get_method(cfg["method"]).build(model_path, task, tokenizer, cfg, device)
+    model = get_method(cfg["method"]).build(model_path, task.num_labels, cfg, device)
     precision = train_cfg["mixed_precision"]
     args = TrainingArguments(
         output_dir=str(out_dir),

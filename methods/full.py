@@ -6,18 +6,28 @@ from torch import nn
 
 from tunebench.classifier import load_trained, save_trained
 from tunebench.generation import load_model
+from tunebench.methods import Planning
 
 DEFAULTS = {"train": {"lr": 5.0e-5}, "method_options": {}}
+# Single-GPU fine-tuning with HF models at moderate batch typically reaches 30-45% of dense peak (the PaLM paper's
+# MFU definition; 46% is its large-scale figure).
+PLANNING = Planning(preference=0, mfu=0.35)
 
 
-def build(model_path: str, task, tokenizer, cfg: dict, device) -> nn.Module:
-    model = load_model(model_path, task, cfg)  # a classifier, or the causal LM of a generate task
+def build(model_path: str, num_labels: int | None, cfg: dict, device) -> nn.Module:
+    model = load_model(model_path, num_labels, cfg)  # a classifier, or the causal LM of a generate task
     model.requires_grad_(True)
     return model
+
+
+def build_meta(config, num_labels: int | None, cfg: dict, precision: str) -> nn.Module:
+    from tunebench.tracing import PRECISIONS, meta_base
+
+    return meta_base(config, num_labels, cfg, PRECISIONS[precision][0])
 
 
 save = save_trained
 
 
-def load(folder: str, model_path: str, task, tokenizer, cfg: dict, device) -> nn.Module:
-    return load_trained(build(model_path, task, tokenizer, cfg, device), folder)
+def load(folder: str, model_path: str, num_labels: int | None, cfg: dict, device) -> nn.Module:
+    return load_trained(build(model_path, num_labels, cfg, device), folder)

@@ -17,6 +17,7 @@ from torch import nn
 from tunebench.classifier import Classifier, load_trained, save_trained
 from tunebench.errors import UserError
 from tunebench.generation import is_generate, load_model, untie_lm_head
+from tunebench.methods import Planning
 
 DEFAULTS = {
     "train": {"lr": 1.0e-2, "weight_decay": 0.0},  # a linear probe on fixed features takes a large step
@@ -29,6 +30,12 @@ DEFAULTS = {
 # (forgetting loss +2.23) where 1e-3 kept it (+0.01) and scored best on validation (rotten_tomatoes_gen, 128
 # train / 64 validation examples: 1e-2 0.53, 1e-3 0.56, 1e-4 0.09 exact match).
 GENERATE_DEFAULTS = {"train": {"lr": 1.0e-3}}
+# The plan traces the backbone running every step (cache_features off): an upper bound on its memory and time.
+PLANNING = Planning(
+    preference=3,
+    mfu=0.35,
+    assumption="head: frozen backbone run under no_grad each step (cache_features runs it once per example instead)",
+)
 
 
 def _layers(backbone: nn.Module) -> nn.ModuleList:
@@ -49,9 +56,19 @@ def check_options(options: dict) -> None:
         raise UserError("method_options.cache_features needs a fully frozen backbone; set unfreeze_top=0")
 
 
-def build(model_path: str, task, tokenizer, cfg: dict, device) -> nn.Module:
+def build(model_path: str, num_labels: int | None, cfg: dict, device) -> nn.Module:
+    return _train_head(load_model(model_path, num_labels, cfg), cfg)
+
+
+def build_meta(config, num_labels: int | None, cfg: dict, precision: str) -> nn.Module:
+    from tunebench.tracing import PRECISIONS, meta_base
+
+    return _train_head(meta_base(config, num_labels, cfg, PRECISIONS[precision][0]), cfg)
+
+
+def _train_head(model: nn.Module, cfg: dict) -> nn.Module:
+    """Freeze all but the head (untied from the embeddings for a causal LM) and the top unfreeze_top layers."""
     top = cfg["method_options"]["unfreeze_top"]
-    model = load_model(model_path, task, cfg)
     if is_generate(cfg):
         model.requires_grad_(False)
         model.lm_head_untied = untie_lm_head(model)
@@ -82,5 +99,5 @@ def cache_features(model: Classifier, loader, device: torch.device) -> tuple[tor
 save = save_trained
 
 
-def load(folder: str, model_path: str, task, tokenizer, cfg: dict, device) -> nn.Module:
-    return load_trained(build(model_path, task, tokenizer, cfg, device), folder)
+def load(folder: str, model_path: str, num_labels: int | None, cfg: dict, device) -> nn.Module:
+    return load_trained(build(model_path, num_labels, cfg, device), folder)

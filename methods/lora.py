@@ -10,6 +10,7 @@ from torch import nn
 from tunebench.classifier import TASK_HEAD
 from tunebench.errors import UserError
 from tunebench.generation import is_generate, load_model
+from tunebench.methods import Planning
 
 DEFAULTS = {
     "train": {"lr": 1.0e-3},
@@ -24,6 +25,8 @@ DEFAULTS = {
         "peft_config": None,  # a whole peft config as a mapping, e.g. {peft_type: IA3, ...}; wins over the above
     },
 }
+# LoRA skips the frozen weights' gradient matmuls but keeps their overheads: a lower MFU than full's.
+PLANNING = Planning(preference=1, mfu=0.30)
 
 # Attention and MLP projections per architecture; unknown ones fall back to peft's "all-linear".
 TARGET_MODULES = {
@@ -74,15 +77,22 @@ def attach_adapter(model: nn.Module, options: dict, generate: bool = False) -> n
         raise UserError(f"peft could not wrap the model: {str(exc).splitlines()[0]}") from None
 
 
-def build(model_path: str, task, tokenizer, cfg: dict, device) -> nn.Module:
-    return attach_adapter(load_model(model_path, task, cfg), cfg["method_options"], is_generate(cfg))
+def build(model_path: str, num_labels: int | None, cfg: dict, device) -> nn.Module:
+    return attach_adapter(load_model(model_path, num_labels, cfg), cfg["method_options"], is_generate(cfg))
+
+
+def build_meta(config, num_labels: int | None, cfg: dict, precision: str) -> nn.Module:
+    from tunebench.tracing import PRECISIONS, meta_base
+
+    base = meta_base(config, num_labels, cfg, PRECISIONS[precision][0])
+    return attach_adapter(base, cfg["method_options"], is_generate(cfg))
 
 
 def save(model: nn.Module, folder: str) -> None:
     model.save_pretrained(folder)  # adapter weights plus modules_to_save (the head)
 
 
-def load(folder: str, model_path: str, task, tokenizer, cfg: dict, device) -> nn.Module:
+def load(folder: str, model_path: str, num_labels: int | None, cfg: dict, device) -> nn.Module:
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(load_model(model_path, task, cfg), folder)
+    return PeftModel.from_pretrained(load_model(model_path, num_labels, cfg), folder)

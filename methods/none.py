@@ -1,5 +1,6 @@
 """No training: the untuned model, evaluated as it is. The zero-shot baseline of a generate task, so that
-each method's gain over the starting checkpoint shows; the loop runs no optimizer step when nothing trains."""
+each method's gain over the starting checkpoint shows; the loop runs no optimizer step when nothing trains.
+`plan` leaves it out (PLANNING None): it plans training steps, and this method takes none."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from tunebench.errors import UserError
 from tunebench.generation import is_generate, load_causal_lm
 
 DEFAULTS = {"train": {}, "method_options": {}}
+PLANNING = None
 
 
-def build(model_path: str, task, tokenizer, cfg: dict, device) -> nn.Module:
+def build(model_path: str, num_labels: int | None, cfg: dict, device) -> nn.Module:
     if not is_generate(cfg):
         raise UserError(
             "method none (the untuned, zero-shot baseline) needs a generate task: a new classifier head is random"
@@ -25,5 +27,5 @@ def build(model_path: str, task, tokenizer, cfg: dict, device) -> nn.Module:
 save = save_trained  # nothing trains: an empty file, so that `eval` finds the run's weights
 
 
-def load(folder: str, model_path: str, task, tokenizer, cfg: dict, device) -> nn.Module:
-    return load_trained(build(model_path, task, tokenizer, cfg, device), folder)
+def load(folder: str, model_path: str, num_labels: int | None, cfg: dict, device) -> nn.Module:
+    return load_trained(build(model_path, num_labels, cfg, device), folder)

@@ -13,12 +13,18 @@ from torch import nn
 from tunebench.classifier import UNQUANTIZED
 from tunebench.errors import UserError
 from tunebench.generation import is_generate, load_model
-from tunebench.methods import lora
+from tunebench.methods import Planning, lora
 
 DEFAULTS = {
     "train": {"lr": 1.0e-3},
     "method_options": lora.DEFAULTS["method_options"] | {"bits": 4},
 }
+# Dequantization kernels cost time that FLOPs do not count (QLoRA runs ~30-40% slower than LoRA in public reports).
+PLANNING = Planning(
+    preference=2,
+    mfu=0.20,
+    assumption="qlora: bitsandbytes NF4 double-quant base (~0.516 byte/weight), other weights fp32, LoRA adapters fp32",
+)
 
 
 def check_options(options: dict) -> None:
@@ -27,9 +33,11 @@ def check_options(options: dict) -> None:
         raise UserError(f"method_options.bits must be 4 or 8, got {options['bits']!r}")
 
 
+# Modules left unquantized: the task head and pooler, a causal LM's head (embeddings are not linear layers).
+UNQUANTIZED_MODULES = (*UNQUANTIZED, "lm_head")
 # transformers matches a skip pattern from the start of a module's path, or as its suffix: a bare "pooler"
 # misses "bert.pooler.dense". Match the name at any depth instead.
-SKIP_PATTERNS = [rf"(.*\.)?{name}" for name in (*UNQUANTIZED, "lm_head")]
+SKIP_PATTERNS = [rf"(.*\.)?{name}" for name in UNQUANTIZED_MODULES]
 
 
 def quantization_config(bits: int, device: torch.device):
@@ -47,13 +55,13 @@ def quantization_config(bits: int, device: torch.device):
     )
 
 
-def _quantized_base(model_path: str, task, tokenizer, cfg: dict, device) -> nn.Module:
+def _quantized_base(model_path: str, num_labels: int | None, cfg: dict, device) -> nn.Module:
     from peft import prepare_model_for_kbit_training
 
     generate = is_generate(cfg)
     model = load_model(
         model_path,
-        task,
+        num_labels,
         cfg,
         quantization_config=quantization_config(cfg["method_options"]["bits"], device),
         device_map={"": device},  # bitsandbytes quantizes as the weights land on the device
@@ -73,15 +81,31 @@ def _quantized_base(model_path: str, task, tokenizer, cfg: dict, device) -> nn.M
     return model
 
 
-def build(model_path: str, task, tokenizer, cfg: dict, device) -> nn.Module:
-    base = _quantized_base(model_path, task, tokenizer, cfg, device)
+def build(model_path: str, num_labels: int | None, cfg: dict, device) -> nn.Module:
+    base = _quantized_base(model_path, num_labels, cfg, device)
     return lora.attach_adapter(base, cfg["method_options"], is_generate(cfg))
+
+
+def build_meta(config, num_labels: int | None, cfg: dict, precision: str) -> nn.Module:
+    """build's model with bitsandbytes' layers replaced by tunebench.tracing.QuantizedLinear stand-ins: the
+    unquantized parameters in fp32 (as peft's preparation leaves them), the base quantized after the adapter is
+    attached (peft wraps a quantized layer in place: the same modules either way)."""
+    from tunebench.tracing import PRECISIONS, meta_base, quantize_base
+
+    generate = is_generate(cfg)
+    model = meta_base(config, num_labels, cfg, torch.float32)
+    if cfg["train"]["gradient_checkpointing"]:  # what prepare_model_for_kbit_training adds for checkpointing
+        (model if generate else model.backbone).enable_input_require_grads()
+    model = lora.attach_adapter(model, cfg["method_options"], generate)
+    compute_dtype = PRECISIONS[precision][1] or torch.float32
+    quantize_base(model, cfg["method_options"]["bits"], compute_dtype, UNQUANTIZED_MODULES)
+    return model
 
 
 save = lora.save
 
 
-def load(folder: str, model_path: str, task, tokenizer, cfg: dict, device) -> nn.Module:
+def load(folder: str, model_path: str, num_labels: int | None, cfg: dict, device) -> nn.Module:
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(_quantized_base(model_path, task, tokenizer, cfg, device), folder)
+    return PeftModel.from_pretrained(_quantized_base(model_path, num_labels, cfg, device), folder)

@@ -44,7 +44,7 @@ def main(model_path: str, out: str) -> None:
         cfg = build_config(name, "rotten_tomatoes", overrides={"model": model_path, "method_options": options})
         method = get_method(name)
         set_seed(0)  # the same random task head in every process and in every run
-        model = accelerator.prepare(method.build(model_path, task, tokenizer, cfg, accelerator.device))
+        model = accelerator.prepare(method.build(model_path, task.num_labels, cfg, accelerator.device))
         for size in SPLIT_SIZES:
             split = test.select(range(size))
             for batch_size in EVAL_BATCH_SIZES:

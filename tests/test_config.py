@@ -10,7 +10,7 @@ from tunebench import CONFIG_DIR
 from tunebench.config import build_config, merge, parse_set
 from tunebench.errors import UserError
 from tunebench.files import read_yaml
-from tunebench.methods import METHODS, get_method
+from tunebench.methods import get_method, registry
 
 
 def write(path: Path, text: str) -> Path:
@@ -27,7 +27,7 @@ def test_defaults_alone() -> None:
     assert cfg["train"]["batch_size"] == defaults["train"]["batch_size"]
 
 
-@pytest.mark.parametrize("method", sorted(set(METHODS) - {"none"}))  # none trains nothing: it has no rate
+@pytest.mark.parametrize("method", sorted(set(registry()) - {"none"}))  # none trains nothing: it has no rate
 def test_method_layer_sets_its_rate_and_options(method: str) -> None:
     spec = get_method(method)
     cfg = build_config(method, "rotten_tomatoes")
@@ -64,7 +64,8 @@ def test_generate_defaults_apply_to_generate_tasks_only_and_yield_to_later_layer
     assert build_config("head", "rotten_tomatoes", user)["train"]["lr"] == generate_lr
     cfg = build_config("head", "rotten_tomatoes_gen", overrides=parse_set(["train.lr=3e-3"]))
     assert cfg["train"]["lr"] == 3e-3
-    assert build_config("head", "rotten_tomatoes_gen", layers=[("grid", {"train": {"lr": 7e-4}})])["train"]["lr"] == 7e-4
+    cfg = build_config("head", "rotten_tomatoes_gen", layers=[("grid", {"train": {"lr": 7e-4}})])
+    assert cfg["train"]["lr"] == 7e-4
 
 
 def test_method_and_task_from_the_user_file_or_overrides(tmp_path: Path) -> None:

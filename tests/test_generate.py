@@ -233,7 +233,7 @@ def test_qlora_quantizes_the_blocks_but_not_the_embeddings_or_the_lm_head(tiny_l
     from tunebench.methods import get_method
 
     cfg = build_config("qlora", pairs_file, overrides=_overrides(tiny_llm))
-    model = get_method("qlora").build(tiny_llm, None, None, cfg, torch.device("cpu"))
+    model = get_method("qlora").build(tiny_llm, None, cfg, torch.device("cpu"))
     kinds = {name: type(module) for name, module in model.named_modules()}
     assert any(issubclass(k, bnb.nn.Linear4bit) for n, k in kinds.items() if n.endswith("q_proj.base_layer"))
     assert not any(issubclass(k, bnb.nn.Linear4bit) for n, k in kinds.items() if n.endswith("lm_head"))
@@ -245,7 +245,7 @@ def test_the_untuned_baseline_is_refused_for_a_classification_task(tmp_path):
 
     cfg = build_config("none", "rotten_tomatoes")
     with pytest.raises(UserError, match="needs a generate task"):
-        get_method("none").build(resolve_model("minilm"), None, None, cfg, torch.device("cpu"))
+        get_method("none").build(resolve_model("minilm"), 2, cfg, torch.device("cpu"))
 
 
 def test_embedded_generate_tasks_answer_in_words():

@@ -22,7 +22,7 @@ from tunebench.evaluation import evaluate_run
 from tunebench.loop import _restore, train
 from tunebench.methods import get_method
 from tunebench.models import load_tokenizer, resolve_model
-from tunebench.tasks import TaskData, get_task, load_task
+from tunebench.tasks import get_task, load_task
 
 TESTS = Path(__file__).parent
 
@@ -165,7 +165,7 @@ def test_steps_that_do_not_log_never_wait_for_the_device(tmp_path: Path, tiny_co
     after = {k: sum(ends[k - 1] < t <= ends[k] for t in syncs) for k in range(1, 8)}
 
     tokenizer = load_tokenizer(resolve_model("minilm"), "bert")
-    model = get_method("full").build(resolve_model("minilm"), TaskData("two", None, ["a", "b"]), tokenizer, cfg, "cpu")
+    model = get_method("full").build(resolve_model("minilm"), 2, cfg, "cpu")
     with profile(activities=[ProfilerActivity.CPU]) as forward:
         model(**tokenizer(["a fine film", "dull"], padding=True, return_tensors="pt"))
     per_forward = sum(e.name in SYNCS for e in forward.events())

@@ -11,7 +11,6 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -26,7 +25,7 @@ from tunebench.loop import train
 from tunebench.methods import get_method
 from tunebench.models import load_tokenizer, resolve_model
 from tunebench.results import final_result, read_result
-from tunebench.tasks import TaskData, get_task, load_task
+from tunebench.tasks import get_task, load_task
 
 pytestmark = pytest.mark.slow
 
@@ -263,8 +262,7 @@ def test_head_backbone_saves_no_activations(trained, tiny_config) -> None:
 
     # the counter does see a backbone that trains: a head model whose top layer is unfrozen
     cfg = tiny_config("head", overrides={"method_options": {"unfreeze_top": 1, "cache_features": False}})
-    task = TaskData("two-labels", None, ["negative", "positive"])
-    partly_frozen = get_method("head").build(resolve_model("minilm"), task, None, cfg, torch.device("cpu"))
+    partly_frozen = get_method("head").build(resolve_model("minilm"), 2, cfg, torch.device("cpu"))
     with SavedTensors() as top_saved:
         partly_frozen.features(**inputs)
     assert 10 < len(top_saved.shapes) < len(full_saved.shapes) / 3
@@ -337,8 +335,7 @@ def test_dora_via_use_dora_trains_magnitudes(tiny_config) -> None:
     cfg = tiny_config("lora", overrides={"method_options": {"use_dora": True, "r": 4, "target_modules": ["query"]}})
     path = resolve_model("minilm")
     tokenizer = load_tokenizer(path, "bert")
-    task = TaskData("two", None, ["negative", "positive"])
-    model = get_method("lora").build(path, task, tokenizer, cfg, torch.device("cpu"))
+    model = get_method("lora").build(path, 2, cfg, torch.device("cpu"))
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     assert sum("lora_magnitude_vector" in name for name in trainable) == 6  # one per query layer
     assert all(_is_adapter_or_head(name) for name in trainable)
@@ -375,10 +372,9 @@ def test_every_method_builds_one_classifier_with_the_shared_pooling(tiny_config,
     assert trained_with["pooling_mode_mean_tokens"] and not trained_with["pooling_mode_cls_token"]
     mask = batch["attention_mask"].unsqueeze(-1).float()
     expected = hidden[:, 0] if pooling == "cls" else (hidden * mask).sum(1) / mask.sum(1)
-    task = SimpleNamespace(num_labels=2)
     for method in ("full", "lora", "qlora", "head") if pooling is None else ("lora", "head"):
         cfg = tiny_config(method, overrides={"pooling": pooling})
-        model = get_method(method).build(path, task, tokenizer, cfg, torch.device("cpu")).eval()
+        model = get_method(method).build(path, 2, cfg, torch.device("cpu")).eval()
         classifier = model.get_base_model() if hasattr(model, "get_base_model") else model
         assert (classifier.pooling, classifier.classifier.out_features) == (pooling or "mean", 2), method
         assert classifier.backbone.pooler is None, method  # BERT's pooler is not part of any method's model

@@ -93,8 +93,11 @@ def load_classifier(model_path: str, num_labels: int, cfg: dict, **kwargs) -> Cl
     except OSError as exc:
         raise hub_error(model_path, exc) from None
     pooling = resolve_pooling(cfg["pooling"], model_path, config)
-    dropout = DROPOUT if cfg["head_dropout"] is None else cfg["head_dropout"]
-    return Classifier(drop_pooler(backbone), num_labels, pooling, dropout)
+    return Classifier(drop_pooler(backbone), num_labels, pooling, head_dropout(cfg))
+
+
+def head_dropout(cfg: dict) -> float:
+    return DROPOUT if cfg["head_dropout"] is None else cfg["head_dropout"]
 
 
 def drop_pooler(backbone: nn.Module) -> nn.Module:

@@ -35,7 +35,9 @@ class _Parser(argparse.ArgumentParser):
 
 def add_config_arguments(p: argparse.ArgumentParser) -> None:
     """The flags that build a run's config (tunebench.api.run_config): `train` and `plan` share them."""
-    p.add_argument("--method", help="full | lora | qlora | head (default: lora)")
+    from tunebench.methods import registry
+
+    p.add_argument("--method", help=f"{' | '.join(registry())}, or a method module's path (default: lora)")
     p.add_argument("--task", help="a registered task, a task YAML, a data file, or a hub dataset id")
     p.add_argument(
         "--model",

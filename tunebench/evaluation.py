@@ -72,7 +72,7 @@ def evaluate_run(run_dir: str | Path, task_name: str | None = None, split: str =
     model_path, _, tokenizer = load_pretrained(cfg["model"])
     AcceleratorState._reset_state()  # the run's own precision, whatever ran before in this process
     accelerator = Accelerator(mixed_precision=cfg["train"]["mixed_precision"])
-    model = method.load(str(run_dir / "best"), model_path, task, tokenizer, cfg, accelerator.device)
+    model = method.load(str(run_dir / "best"), model_path, task.num_labels, cfg, accelerator.device)
     if generate:
         model = accelerator.prepare(model)
         encoded, _ = generation.tokenize({split: task.splits[split]}, tokenizer, cfg["data"])

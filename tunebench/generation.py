@@ -26,8 +26,7 @@ SAMPLES = 5  # sample generations kept in the result per split, for the report
 
 
 def is_generate(cfg: dict) -> bool:
-    # the planner's measurement (tracing.measure_step) builds methods from a partial config: classification
-    return cfg.get("data", {}).get("task_type") == "generate"
+    return cfg["data"]["task_type"] == "generate"
 
 
 def check_causal_lm(model_path: str, config) -> None:
@@ -344,13 +343,13 @@ class ForgettingProbe:
         }
 
 
-def load_model(model_path: str, task, cfg: dict, **kwargs) -> nn.Module:
+def load_model(model_path: str, num_labels: int | None, cfg: dict, **kwargs) -> nn.Module:
     """What every method builds on: the causal LM of a generate task, else the classifier (kwargs: from_pretrained)."""
     if is_generate(cfg):
         return load_causal_lm(model_path, **kwargs)
     from tunebench.classifier import load_classifier
 
-    return load_classifier(model_path, task.num_labels, cfg, **kwargs)
+    return load_classifier(model_path, num_labels, cfg, **kwargs)
 
 
 def untie_lm_head(model: nn.Module) -> bool:

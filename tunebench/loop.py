@@ -159,7 +159,7 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
     result["model"] = {"name": cfg["model"], "path": model_path, "model_type": model_config.model_type}
 
     # -- model: the method decides what trains ---------------------------------------------------
-    model = method.build(model_path, task, tokenizer, cfg, device)
+    model = method.build(model_path, task.num_labels, cfg, device)
     if train_cfg["gradient_checkpointing"] and hasattr(model, "gradient_checkpointing_enable"):
         model.gradient_checkpointing_enable()
     trainable, total = count_parameters(model)

@@ -13,6 +13,7 @@ device bytes = tensor peak x (1 + allocator margin) + CUDA context. Time = FLOPs
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import re
@@ -27,14 +28,8 @@ from tunebench.files import read_yaml
 from tunebench.units import GiB, MiB, format_gib
 
 PLANNER_DIR = CONFIG_DIR / "planner"
-METHODS = ("full", "lora", "qlora", "head")  # also the order of preference: the more of the model trains, the better
 MAX_BATCH = 4096
 MAX_SEQ_LEN = 2**20  # for a model that states no max_position_embeddings
-# Model FLOPs utilization when no result calibrates it. Single-GPU fine-tuning with HF models at moderate
-# batch typically reaches 30-45% of dense peak (the PaLM paper's MFU definition; 46% is its large-scale
-# figure); LoRA skips the frozen weights' gradient matmuls but keeps their overheads, and QLoRA adds
-# dequantization kernels that FLOPs do not count (QLoRA runs ~30-40% slower than LoRA in public reports).
-DEFAULT_MFU = {"full": 0.35, "lora": 0.30, "qlora": 0.20, "head": 0.35}
 BUDGET_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20}
 BUDGET_UNITS |= {"g": 2**30, "gb": 10**9, "gib": 2**30, "t": 2**40, "tb": 10**12, "tib": 2**40}
 BUDGET_FORMAT = "a number with an optional unit: 24GiB, 24GB, 80G (= GiB), 512MiB, or plain bytes"
@@ -154,6 +149,7 @@ def calibrate_mfu(
     measured tokens_per_second (non-padding tokens, so padding lowers the MFU: what the plan's tokens/s then
     means is useful tokens per second). An MFU above 1 is impossible and is clipped to 1.
     """
+    from tunebench.methods import get_method
     from tunebench.results import read_result, result_files
 
     gpus, _ = load_gpus()
@@ -181,7 +177,8 @@ def calibrate_mfu(
         if found.get(method):
             out[method] = (statistics.median(found[method]), f"calibrated: median of {len(found[method])} result(s)")
         else:
-            out[method] = (DEFAULT_MFU[method], "default (no GPU result of this model, precision and shape)")
+            mfu = get_method(method).PLANNING.mfu
+            out[method] = (mfu, "the method's default (no GPU result of this model, precision and shape)")
     return out
 
 
@@ -347,7 +344,10 @@ def recommend(plans: list[MethodPlan], budget: int | None) -> str:
     """The most-adapting method that fits at the requested batch, why, and what the others would need."""
     if budget is None:
         return "no budget given (--budget or --gpu): nothing to recommend"
-    plans = sorted(plans, key=lambda p: METHODS.index(p.method))
+    from tunebench.methods import plannable
+
+    order = plannable()  # most preferred first
+    plans = sorted(plans, key=lambda p: order.index(p.method))
     fitting = [p for p in plans if p.fits]
     if not fitting:
         return f"nothing fits {format_gib(budget)} at batch {plans[0].batch_size}; see the next steps"
@@ -360,7 +360,7 @@ def recommend(plans: list[MethodPlan], budget: int | None) -> str:
     needs = [
         f"{p.method} needs {format_gib(p.device_bytes)}"
         for p in plans
-        if not p.fits and METHODS.index(p.method) < METHODS.index(best.method)
+        if not p.fits and order.index(p.method) < order.index(best.method)
     ]
     return "; ".join([reason, *needs])
 
@@ -376,7 +376,7 @@ def next_steps(
     full_depth: bool = False,
 ) -> list[str]:
     """When nothing fits: a smaller batch with more accumulation, then what the config does not use yet, traced:
-    gradient checkpointing, and 8-bit AdamW states for full fine-tuning (where the optimizer state is large)."""
+    gradient checkpointing, and 8-bit AdamW states where the optimizer state is large; only steps that save memory."""
     steps = []
     for plan in plans:
         if plan.max_batch:
@@ -392,14 +392,16 @@ def next_steps(
     ]
     for key, value, what, flag in tries:
         for plan in plans:
-            if settings[plan.method][key] == value or plan.method == "head":  # head: little to save either way
+            if settings[plan.method][key] == value:
                 continue
-            if key == "optimizer" and plan.method != "full":  # the adapters' optimizer state is small
-                continue
+            if key == "optimizer" and plan.at_peak.get("optimizer_state", 0) < plan.tensor_peak_bytes / 10:
+                continue  # small optimizer state (adapters, a head): little to save
             tried = settings[plan.method] | {key: value}
             step, limits = plan_method(
                 spec, plan.method, shape, precision, device, budget, tried, full_depth, seq_limits=False
             )
+            if step.peak_bytes >= plan.tensor_peak_bytes:  # nothing to gain (head: a frozen backbone saves nothing)
+                continue
             need = device.bytes_for(step.peak_bytes)
             steps.append(
                 f"{plan.method} with {what} ({flag}) {'fits' if need <= budget else 'still needs'} "
@@ -456,9 +458,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--gpu", help="a GPU from configs/planner/gpus.yaml (h100-80g, a100-40g, l4, rtx4090, ...)")
     parser.add_argument("--peak-tflops", type=float, help="peak dense TFLOP/s at the precision, instead of the GPU's")
+    from tunebench.methods import plannable
+
     parser.add_argument(
         "--methods",
-        help="comma-separated subset of full,lora,qlora,head to compare (default: --method's, else all four)",
+        help=f"comma-separated subset of {','.join(plannable())} to compare (default: --method's, else all)",
     )
     parser.add_argument("--results", help="a results folder: calibrates MFU (and, with --validate, checks peaks)")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
@@ -579,6 +583,7 @@ def plan_from_args(args: argparse.Namespace) -> dict:
 
 
 def make_plan(run: PlannedRun, device: Device, budget, results=None, full_depth: bool = False) -> dict:
+    from tunebench.methods import get_method
     from tunebench.tracing import attention_implementation, build_meta_model, with_depth
 
     spec, shape, precision = run.spec, run.shape, run.precision
@@ -593,8 +598,16 @@ def make_plan(run: PlannedRun, device: Device, budget, results=None, full_depth:
         _method_plan(m, step, run.settings[m]["grad_accum"], device, budget, limits, mfu[m])
         for m, (step, limits) in traces.items()
     ]
+    method, settings = next(iter(run.settings.items()))
     attention = attention_implementation(  # one layer tells, and building 80 costs seconds
-        build_meta_model(with_depth(spec.config, 1), "full", num_labels=2, precision=precision, options={})
+        build_meta_model(
+            with_depth(spec.config, 1),
+            method,
+            num_labels=shape.num_labels,
+            precision=precision,
+            options=settings["options"],
+            task_type=run.task_type,
+        )
     )
     layers = spec.config.num_hidden_layers
     depths = {step.depths for step, _ in traces.values()}
@@ -621,7 +634,7 @@ def make_plan(run: PlannedRun, device: Device, budget, results=None, full_depth:
             ),
             f"device bytes = tensor peak x {1 + device.allocator_margin:.2f} "
             f"+ {format_gib(device.context_bytes)} CUDA context",
-            *(METHOD_ASSUMPTIONS[m] for m in run.settings if m in METHOD_ASSUMPTIONS),
+            *(get_method(m).PLANNING.assumption for m in run.settings if get_method(m).PLANNING.assumption),
         ],
         "methods": [asdict(p) for p in plans],
         "recommendation": recommend(plans, budget),
@@ -629,12 +642,6 @@ def make_plan(run: PlannedRun, device: Device, budget, results=None, full_depth:
     if budget is not None and not any(p.fits for p in plans):
         out["next_steps"] = next_steps(spec, shape, precision, device, budget, run.settings, plans, full_depth)
     return out
-
-
-METHOD_ASSUMPTIONS = {
-    "qlora": "qlora: bitsandbytes NF4 double-quant base (~0.516 byte/weight), other weights fp32, LoRA adapters fp32",
-    "head": "head: frozen backbone run under no_grad each step (cache_features runs it once per example instead)",
-}
 
 
 def _optimizer_assumption(settings: dict) -> str:
@@ -647,11 +654,13 @@ def _optimizer_assumption(settings: dict) -> str:
 
 
 def _parse_methods(text: str | None) -> list[str]:
-    """A comma-separated subset of METHODS; none given: all of them."""
-    methods = [m.strip() for m in (text or ",".join(METHODS)).split(",") if m.strip()]
+    from tunebench.methods import plannable
+
+    choices = plannable()
+    methods = [m.strip() for m in text.split(",") if m.strip()] if text else choices
     for method in methods:
-        if method not in METHODS:
-            raise unknown_choice("method", method, METHODS)
+        if method not in choices:
+            raise unknown_choice("method", method, choices)
     return methods
 
 
@@ -722,9 +731,10 @@ def _g(value: float) -> str:
 VALIDATION_SHAPE = Shape(batch_size=8, seq_len=64, num_labels=2)
 
 
-def tiny_llama_folder(folder: str | Path) -> str:
+def tiny_llama_folder(folder: str | Path, tie_word_embeddings: bool = False) -> str:
     """A small random grouped-query-attention Llama checkpoint (4 layers, hidden 256, 8 query and 4 key/value
-    heads) saved once with MiniLM's tokenizer, so that the loop can train it: the decoder validation model."""
+    heads) saved once with MiniLM's tokenizer, so that the loop can train it: the decoder validation model.
+    tie_word_embeddings: the LM head shares the input embeddings (as in SmolLM2, Llama-3.2 1B/3B, Qwen2.5 small)."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from tunebench.models import resolve_model
@@ -742,6 +752,7 @@ def tiny_llama_folder(folder: str | Path) -> str:
             vocab_size=len(tokenizer),
             max_position_embeddings=512,
             pad_token_id=tokenizer.pad_token_id,
+            tie_word_embeddings=tie_word_embeddings,
             dtype="float32",
         )
         LlamaForCausalLM(config).save_pretrained(folder)
@@ -749,11 +760,17 @@ def tiny_llama_folder(folder: str | Path) -> str:
 
 
 def validate_steps(
-    model: str, methods: list[str], shape: Shape = VALIDATION_SHAPE, precision: str = "fp32"
+    model: str,
+    methods: list[str],
+    shape: Shape = VALIDATION_SHAPE,
+    precision: str = "fp32",
+    gradient_checkpointing: bool = False,
+    task_type: str = "classify",
 ) -> list[dict]:
     """Per method: the fake-trace prediction against two real steps of the loop on this machine, on a padded
     batch, with the AdamW implementation the loop uses here; measured by TensorTracker and independently
-    (tracing.measure_step: the CPU allocator's events, or torch.cuda.max_memory_allocated)."""
+    (tracing.measure_step: the CPU allocator's events, or torch.cuda.max_memory_allocated). task_type
+    "generate" steps the causal LM on answer-masked labels (the SFT step), "classify" the sequence classifier."""
     import torch
 
     from tunebench.methods import get_method
@@ -774,7 +791,9 @@ def validate_steps(
             precision=precision,
             options=dict(get_method(method).DEFAULTS["method_options"]),
             pooling=spec.pooling,
+            gradient_checkpointing=gradient_checkpointing,
             adamw=resolve_adamw("auto", device.type),
+            task_type=task_type,
         )
         measured = measure_step(
             spec.path,
@@ -784,6 +803,8 @@ def validate_steps(
             num_labels=shape.num_labels,
             precision=precision,
             device=device,
+            gradient_checkpointing=gradient_checkpointing,
+            task_type=task_type,
         )
         independent = measured.independent
         measured_by = independent["by"]
@@ -798,6 +819,7 @@ def validate_steps(
         rows.append(
             _row(model, method, precision, "2 steps", predicted.peak_bytes, measured.peak_bytes, independent["bytes"])
             | {"measured_by": measured_by, "independent": independent}
+            | {"task_type": task_type, "gradient_checkpointing": gradient_checkpointing}
         )
     return rows
 
@@ -930,19 +952,22 @@ def run_validate(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     print(
-        f"{'model':26} {'method':6} {'prec':4} {'measured on':11} {'predicted':>10} {'tracker':>10} "
-        f"{'independent':>11} {'error':>8}  measured by"
+        f"{'model':26} {'method':6} {'task':8} {'prec':4} {'ckpt':4} {'measured on':11} {'predicted':>10} "
+        f"{'tracker':>10} {'independent':>11} {'error':>8}  measured by"
     )
     for row in rows:
         independent = row["independent_bytes"]
         independent = f"{independent / MiB:11.2f}" if independent is not None else "-".rjust(11)
+        checkpointing = {True: "yes", False: "no"}.get(row.get("gradient_checkpointing"), "-")
         print(
-            f"{row['model'][:26]:26} {row['method']:6} {row['precision']:4} {row['measured_on'][:11]:11} "
+            f"{row['model'][:26]:26} {row['method']:6} {row.get('task_type', 'classify'):8} {row['precision']:4} "
+            f"{checkpointing:4} {row['measured_on'][:11]:11} "
             f"{row['predicted_bytes'] / MiB:10.2f} {row['tracker_bytes'] / MiB:10.2f} {independent} "
             f"{row['error_percent']:+7.2f}%  {row['measured_by']}"
         )
     print(
-        "MiB. 2 steps: two real steps on a padded batch of 8 x 64 tokens; the error is against the independent "
+        "MiB. 2 steps: two real steps on a padded batch of 8 x 64 tokens (task generate: the causal-LM SFT step, "
+        "labels -100 on prompt and padding; ckpt: gradient checkpointing); the error is against the independent "
         "figure over the same two steps. loop.train: a tiny run of rotten_tomatoes (16 examples, batch 8, 2 epochs, "
         "padded), predicted at its longest batch; the error is against the run's own peak."
     )
@@ -953,6 +978,8 @@ def validation_rows(args: argparse.Namespace) -> list[dict]:
     """Predicted against measured peak per model and method, for `plan --validate`'s arguments."""
     import tempfile
 
+    from tunebench.models import DECODER_TYPES
+
     methods = _parse_methods(args.methods)
     if args.results:
         return validate_results(args.results)
@@ -961,6 +988,9 @@ def validation_rows(args: argparse.Namespace) -> list[dict]:
         rows = []
         for model in models:
             rows += validate_steps(model, methods)
+            if resolve_spec(model).config.model_type in DECODER_TYPES:  # the causal-LM SFT step, too
+                for precision, checkpointing in itertools.product(("fp32", "amp"), (False, True)):
+                    rows += validate_steps(model, methods, VALIDATION_SHAPE, precision, checkpointing, "generate")
             rows += validate_loop(model, methods, "bf16", Path(tmp) / "runs")
     for row in rows:
         if row["model"].endswith("tiny-llama"):

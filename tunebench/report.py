@@ -29,7 +29,6 @@ from tunebench.plots import MEMORY_PARTS
 from tunebench.results import read_result, result_files
 from tunebench.units import format_bytes, format_seconds
 
-METHOD_ORDER = ("full", "lora", "qlora", "head", "none")  # none: the untuned model (generate tasks)
 TOLERANCE_POINTS = 1.0  # "within a point of the best": the accuracy a cheaper method may give up
 NEAR_CHANCE_POINTS = 5.0  # closer than this to chance, accuracy cannot rank the methods
 # Config keys that do not change what is measured, or that name the run rather than configure it.
@@ -209,7 +208,11 @@ class Group:
 
 
 def _method_rank(method: str) -> tuple[int, str]:
-    return (METHOD_ORDER.index(method), "") if method in METHOD_ORDER else (len(METHOD_ORDER), method)
+    """The registry's order (tunebench.methods), then any other method (a module path) by name."""
+    from tunebench.methods import registry
+
+    order = list(registry())
+    return (order.index(method), "") if method in order else (len(order), method)
 
 
 def _axes(runs: Sequence[RunResult]) -> list[str]:
@@ -407,14 +410,14 @@ def memory_label(groups: Sequence[Group]) -> str:
 
 def lr_rule(g: Group, sweeps: Sequence[Sweep]) -> str:
     """How the group's learning rate was chosen: tuned on validation, the method's default, or set."""
-    from tunebench.methods import METHODS, get_method
+    from tunebench.methods import get_method, registry
 
     if not g.mean("trainable_params"):
         return "unused: nothing trains"
     if any(s.label == g.method and g.runs[0] in s.by_lr[s.selected] for s in sweeps):
         return "tuned on validation"
     lrs = {r.result["config"]["train"]["lr"] for r in g.runs}
-    default = get_method(g.method).DEFAULTS["train"].get("lr") if g.method in METHODS else None
+    default = get_method(g.method).DEFAULTS["train"].get("lr") if g.method in registry() else None
     return "the method's default" if lrs == {default} else "set by the suite"
 
 
@@ -788,10 +791,10 @@ def flags(result_set: ResultSet, task: str, groups: list[Group], sweeps: Sequenc
 
 def _method_scoped_keys(methods: set[str]) -> set[str]:
     """Keys each method's DEFAULTS set (its learning rate, say): they differ between methods by design."""
-    from tunebench.methods import METHODS, get_method
+    from tunebench.methods import get_method, registry
 
     keys: set[str] = set()
-    for name in methods & set(METHODS):
+    for name in methods & set(registry()):
         keys |= set(flatten(get_method(name).DEFAULTS))
     return keys
 

@@ -21,7 +21,6 @@ import itertools
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -29,8 +28,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count, shape_wrapper
 
-from tunebench.classifier import UNQUANTIZED, decay_param_groups
-from tunebench.errors import UserError
+from tunebench.classifier import decay_param_groups
+from tunebench.generation import IGNORE
 from tunebench.measure import CATEGORIES, ProfiledPeak, TensorTracker, quantization_state
 from tunebench.models import DECODER_TYPES
 from tunebench.optim import build_adamw, build_optimizer, resolve_adamw
@@ -92,6 +91,17 @@ def classifier_config(config, num_labels: int):
     return config
 
 
+def method_cfg(options: dict, pooling: str | None, gradient_checkpointing: bool, task_type: str) -> dict:
+    """The parts of a run's config that a method's build and build_meta read."""
+    return {
+        "method_options": options,
+        "pooling": pooling,
+        "head_dropout": None,  # the default
+        "train": {"gradient_checkpointing": gradient_checkpointing},
+        "data": {"task_type": task_type},
+    }
+
+
 def build_meta_model(
     config,
     method: str,
@@ -101,36 +111,35 @@ def build_meta_model(
     options: dict,
     pooling: str = "cls",
     gradient_checkpointing: bool = False,
+    task_type: str = "classify",
 ) -> nn.Module:
-    """The method's model on the meta device: same modules, same trainable set, same dtypes.
+    """The method's model on the meta device (its build_meta: same modules, same trainable set, same dtypes), with
+    gradient checkpointing enabled as the loop enables it after build."""
+    from tunebench.methods import get_method
 
-    Every method builds tunebench.classifier.Classifier, as tunebench.classifier.load_classifier does (the
-    backbone without its pooler and the head, both in the checkpoint's dtype: transformers >= 5 loads a bf16
-    checkpoint in bf16). full trains all of it; head freezes the backbone; lora attaches peft's adapter
-    with tunebench's targets; qlora is lora on an fp32 backbone (as peft's prepare_model_for_kbit_training
-    leaves the unquantized parameters) whose linear layers are replaced by `QuantizedLinear` stand-ins.
-    """
-    from transformers import AutoModel
-
-    from tunebench.classifier import Classifier, drop_pooler
-    from tunebench.methods.lora import attach_adapter
-
-    weight_dtype, autocast_dtype = PRECISIONS[precision]
-    config = classifier_config(config, num_labels)
+    cfg = method_cfg(options, pooling, gradient_checkpointing, task_type)
     with torch.device("meta"):
-        backbone = drop_pooler(_from_config(AutoModel, config, torch.float32 if method == "qlora" else weight_dtype))
-        model = Classifier(backbone, num_labels, pooling)
-        if method == "head":
-            backbone.requires_grad_(False)
-        elif method in ("lora", "qlora"):
-            backbone.requires_grad_(False)
-            model = attach_adapter(model, options)
-            if method == "qlora":
-                quantize_base(model, options.get("bits", 4), autocast_dtype or torch.float32)
+        model = get_method(method).build_meta(config, num_labels, cfg, precision)
     if gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.gradient_checkpointing_enable()
     model.train()
     return model
+
+
+def meta_base(config, num_labels: int | None, cfg: dict, dtype: torch.dtype) -> nn.Module:
+    """What generation.load_model loads, from a config, in dtype: the causal LM of a generate task (with its
+    vocabulary-sized LM head), else tunebench.classifier.Classifier (the backbone without its pooler and the head,
+    both in the checkpoint's dtype: transformers >= 5 loads a bf16 checkpoint in bf16). Methods call it from
+    build_meta, under torch.device("meta")."""
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    from tunebench.classifier import Classifier, drop_pooler, head_dropout
+    from tunebench.generation import is_generate
+
+    if is_generate(cfg):
+        return _from_config(AutoModelForCausalLM, copy.deepcopy(config), dtype)
+    backbone = drop_pooler(_from_config(AutoModel, classifier_config(config, num_labels), dtype))
+    return Classifier(backbone, num_labels, cfg["pooling"], head_dropout(cfg))
 
 
 def _from_config(auto_class, config, dtype: torch.dtype) -> nn.Module:
@@ -203,12 +212,13 @@ class QuantizedLinear(nn.Module):
         return out.to(x.dtype)
 
 
-def quantize_base(model: nn.Module, bits: int, compute_dtype: torch.dtype) -> None:
-    """Replace every frozen linear layer outside the head and pooler (bitsandbytes' skip list) in place."""
+def quantize_base(model: nn.Module, bits: int, compute_dtype: torch.dtype, skip: tuple[str, ...]) -> None:
+    """Replace every frozen linear layer in place, except those with a name in skip on their path (the method's
+    bitsandbytes skip list)."""
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             path = f"{name}.{child_name}".split(".")
-            if type(child) is nn.Linear and not child.weight.requires_grad and not set(path) & set(UNQUANTIZED):
+            if type(child) is nn.Linear and not child.weight.requires_grad and not set(path) & set(skip):
                 setattr(module, child_name, QuantizedLinear(child, bits, compute_dtype))
 
 
@@ -315,23 +325,33 @@ def loop_step(
 
 
 def make_batch(
-    batch_size: int, seq_len: int, num_labels: int, vocab_size: int, pad_token_id: int = 0, device="cpu"
+    batch_size: int,
+    seq_len: int,
+    num_labels: int | None,
+    vocab_size: int,
+    pad_token_id: int = 0,
+    device="cpu",
+    task_type: str = "classify",
 ) -> dict:
-    """A batch padded on the right to its longest example, seq_len tokens, as the loop's collator pads it.
+    """A batch padded on the right to its longest example, seq_len tokens, as the loop's collators pad it.
 
     The other examples are shorter (down to half), so the model applies the attention mask: the path every
     padded batch takes. Under FakeTensorMode transformers cannot see the mask's values and always takes it;
     a real batch with no padding at all drops the mask (a slightly cheaper path, see planner.validate_steps).
+    A generate task's labels are the tokens with the prompt (each example's first half) and the padding -100,
+    as generation.collate gives them: the loss is the answer's alone.
     """
     generator = torch.Generator().manual_seed(0)
     lengths = torch.linspace(seq_len, max(1, seq_len // 2), batch_size).round().long()
-    mask = (torch.arange(seq_len) < lengths[:, None]).long()
+    positions = torch.arange(seq_len)
+    mask = (positions < lengths[:, None]).long()
     ids = torch.randint(1, vocab_size, (batch_size, seq_len), generator=generator).masked_fill(mask == 0, pad_token_id)
-    return {
-        "input_ids": ids.to(device),
-        "attention_mask": mask.to(device),
-        "labels": torch.randint(0, num_labels, (batch_size,), generator=generator).to(device),
-    }
+    if task_type == "generate":
+        answer = (positions >= lengths[:, None] // 2) & (mask == 1)
+        labels = ids.masked_fill(~answer, IGNORE)
+    else:
+        labels = torch.randint(0, num_labels, (batch_size,), generator=generator)
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
 
 
 @dataclass
@@ -378,11 +398,10 @@ def trace_step(
     as it allocates them); adamw: torch AdamW's implementation; default: the one `auto` picks on CUDA, where
     plans run. grad_accum: micro-batches per optimizer step; memory is traced over two (the rest repeat the
     second) and FLOPs are those of all of them.
+    task_type: "classify" (the sequence classifier's step) or "generate" (the causal-LM SFT step: vocabulary-sized
+    logits, upcast to fp32 inside transformers' causal-LM loss, on answer-masked labels; num_labels unused).
     """
     from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
-
-    if task_type != "classify":  # the causal-LM step comes with the method-contract branch (issue 10)
-        raise UserError(f"planning a {task_type!r} task needs the causal-LM trace, not in this build")
 
     _, autocast_dtype = PRECISIONS[precision]
     model = build_meta_model(
@@ -393,16 +412,17 @@ def trace_step(
         options=options,
         pooling=pooling,
         gradient_checkpointing=gradient_checkpointing,
+        task_type=task_type,
     )
     with FakeTensorMode(allow_non_fake_inputs=True), ExitStack() as stack:
-        model.to_empty(device="cpu")
+        _to_empty_tied(model)
         trainable = [p for p in model.parameters() if p.requires_grad]
         # bitsandbytes computes its quantization maps from Python numbers: built outside fake mode
         with unset_fake_temporarily() if optimizer != "adamw" else nullcontext():
             step_optimizer = build_optimizer(
                 decay_param_groups(model, WEIGHT_DECAY), LR, optimizer, adamw or resolve_adamw("auto", "cuda")
             )
-        batch = make_batch(batch_size, seq_len, num_labels, config.vocab_size, config.pad_token_id or 0)
+        batch = make_batch(batch_size, seq_len, num_labels, config.vocab_size, _pad_id(config), task_type=task_type)
         tracker = TimelineTracker(model, step_optimizer)
         _label_blocks(model, tracker, config.num_hidden_layers)
         tracker.mark("init")
@@ -433,11 +453,35 @@ def trace_step(
     )
 
 
+def _to_empty_tied(model: nn.Module) -> None:
+    """model.to_empty(device="cpu") that keeps tied parameters tied (an LM head sharing the input embeddings).
+
+    Module._apply gives each module holding a parameter its own new Parameter when the new tensor's type differs
+    from the old one's, as a fake tensor's does from a meta tensor's: a tied weight would count twice.
+    """
+    holders: dict[nn.Parameter, list[tuple[nn.Module, str]]] = {}
+    for module in model.modules():
+        for name, param in module._parameters.items():
+            if param is not None:
+                holders.setdefault(param, []).append((module, name))
+    model.to_empty(device="cpu")
+    for (first, first_name), *others in holders.values():
+        for module, name in others:
+            module._parameters[name] = first._parameters[first_name]
+
+
+def _pad_id(config) -> int:
+    return getattr(config, "pad_token_id", None) or 0
+
+
 def _logical_params(model: nn.Module) -> int:
-    """Parameter count with a quantized stand-in counted as the weight it replaces."""
-    total = 0
+    """Parameter count with a quantized stand-in counted as the weight it replaces, a tied weight once."""
+    total, seen = 0, set()
     for module in model.modules():
         for name, param in module.named_parameters(recurse=False):
+            if id(param) in seen:  # tied: counted where it was first seen
+                continue
+            seen.add(id(param))
             if isinstance(module, QuantizedLinear) and name == "weight":
                 total += module.in_features * module.out_features
             else:
@@ -614,6 +658,8 @@ def measure_step(
     num_labels: int,
     precision: str,
     device: torch.device,
+    gradient_checkpointing: bool = False,
+    task_type: str = "classify",
 ) -> StepTrace:
     """Build the method's real model (its own build function) and run two real steps of the loop on a padded
     batch, with the AdamW implementation the loop uses on this device.
@@ -629,22 +675,18 @@ def measure_step(
     from tunebench.models import load_config
 
     module = get_method(method)
-    cfg = {
-        "method_options": dict(module.DEFAULTS["method_options"]),
-        "train": {"gradient_checkpointing": False},
-        "pooling": None,  # what the checkpoint was trained with, as the planner's spec.pooling
-        "head_dropout": None,  # the default, as the planner traces it
-    }
-    config = classifier_config(load_config(model_path), num_labels)
-    task = SimpleNamespace(label_names=[str(i) for i in range(num_labels)], num_labels=num_labels)
-    tokenizer = SimpleNamespace(pad_token_id=config.pad_token_id)
-    model = module.build(model_path, task, tokenizer, cfg, device)
-    if method != "qlora":  # quantized models are placed by their device_map
+    # pooling None: what the checkpoint was trained with, as the planner's spec.pooling
+    cfg = method_cfg(dict(module.DEFAULTS["method_options"]), None, gradient_checkpointing, task_type)
+    config = load_config(model_path)
+    model = module.build(model_path, None if task_type == "generate" else num_labels, cfg, device)
+    if gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable()  # as the loop does after build
+    if not quantization_state(model):  # a quantized model is placed by its device_map as it loads
         model.to(device)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_adamw(decay_param_groups(model, WEIGHT_DECAY), LR, resolve_adamw("auto", device.type))
-    batch = make_batch(batch_size, seq_len, num_labels, config.vocab_size, config.pad_token_id or 0, device)
+    batch = make_batch(batch_size, seq_len, num_labels, config.vocab_size, _pad_id(config), device, task_type)
     tracker = TensorTracker(model, optimizer)
     cuda = device.type == "cuda"
     if cuda:
