@@ -66,7 +66,7 @@ def test_a_fifth_method_from_an_entry_point_reaches_train_plan_and_report(bitfit
     assert result["trainable_params"] == biases + encoder.config.hidden_size * 2 + 2
 
     assert plannable() == ["full", "lora", "qlora", "bitfit", "head"]  # its order of preference, 2.5
-    plan = api.plan(model="minilm", seq_len=32, batch_size=4, methods="bitfit")
+    plan = api.plan(model="minilm", max_length=32, batch_size=4, methods="bitfit")
     (planned,) = plan["methods"]
     assert planned["trainable_params"] == result["trainable_params"]  # build_meta trains what build does
     assert planned["mfu"] == 0.30  # its default, from its PLANNING
