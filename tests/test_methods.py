@@ -23,9 +23,9 @@ from tunebench.config import build_config
 from tunebench.evaluation import evaluate_run
 from tunebench.loop import train
 from tunebench.methods import get_method
-from tunebench.models import load_tokenizer, resolve_model
+from tunebench.models import load_pretrained, load_tokenizer, resolve_model
 from tunebench.results import final_result, read_result
-from tunebench.tasks import get_task, load_task
+from tunebench.tasks import get_task, load_capped, load_task
 
 pytestmark = pytest.mark.slow
 
@@ -72,9 +72,11 @@ def _train_once(method: str, cfg: dict, run_dir: Path) -> TrainedRun:
     original_build = module.build
     seen: dict = {}
 
-    def build_and_snapshot(model_path, task, tokenizer, run_cfg, device):
-        model = original_build(model_path, task, tokenizer, run_cfg, device)
-        texts = list(task.splits["train"]["text"])  # already cut to max_train_samples by the loop
+    def build_and_snapshot(model_path, num_labels, run_cfg, device):
+        model = original_build(model_path, num_labels, run_cfg, device)
+        task = load_capped(run_cfg["task"], run_cfg["data"])  # cut to max_train_samples, as the loop cuts it
+        _, _, tokenizer = load_pretrained(run_cfg["model"])
+        texts = list(task.splits["train"]["text"])
         max_length = run_cfg["data"]["max_length"]
         batch = dict(tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"))
         batch["labels"] = torch.tensor(list(task.splits["train"]["label"]))
