@@ -3,7 +3,8 @@
 A method module provides:
   DEFAULTS                       config layer: its learning rate, its method_options
   build(model_path, task, tokenizer, cfg, device) -> model   decides what trains
-  save(model, folder)            writes what the method keeps (adapter, head, or the whole model)
+  save(model, folder, state_dict=None)  writes what the method keeps (adapter, head, or the whole model); under
+                                 FSDP the loop passes the whole state dict gathered from the shards
   load(folder, model_path, task, tokenizer, cfg, device) -> model   inverse of save
 and optionally
   check_options(method_options)  rejects bad options when the config is built, before anything loads

@@ -78,8 +78,9 @@ def build(model_path: str, task, tokenizer, cfg: dict, device) -> nn.Module:
     return attach_adapter(load_model(model_path, task, cfg), cfg["method_options"], is_generate(cfg))
 
 
-def save(model: nn.Module, folder: str) -> None:
-    model.save_pretrained(folder)  # adapter weights plus modules_to_save (the head)
+def save(model: nn.Module, folder: str, state_dict: dict | None = None) -> None:
+    """state_dict: the whole model's, gathered from FSDP's shards; peft picks the adapter and head out of it."""
+    model.save_pretrained(folder, state_dict=state_dict)  # adapter weights plus modules_to_save (the head)
 
 
 def load(folder: str, model_path: str, task, tokenizer, cfg: dict, device) -> nn.Module:

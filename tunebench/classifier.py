@@ -105,10 +105,14 @@ def drop_pooler(backbone: nn.Module) -> nn.Module:
     return backbone
 
 
-def save_trained(model: nn.Module, folder: str) -> None:
-    """The trainable parameters (all of them for full, the head and any unfrozen layers for head)."""
+def save_trained(model: nn.Module, folder: str, state_dict: dict | None = None) -> None:
+    """The trainable parameters (all of them for full, the head and any unfrozen layers for head).
+
+    state_dict: the whole model's, gathered from FSDP's shards (the model's own parameters are shards then).
+    """
     Path(folder).mkdir(parents=True, exist_ok=True)
-    trained = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    state = state_dict if state_dict is not None else dict(model.named_parameters())
+    trained = {n: state[n].detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
     save_file(trained, str(Path(folder, SAVED)))
 
 

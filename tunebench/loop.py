@@ -173,7 +173,11 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
         f"{total:,}",
         100 * trainable / total,
     )
-    model = accelerator.prepare(model)  # quantized models are already placed by their device_map
+    adamw = resolve_adamw(train_cfg["adamw"], device.type)
+    optimizer = build_adamw(decay_param_groups(model, weight_decay), lr, adamw)
+    result["optimizer"] = {"name": "adamw", "implementation": adamw}
+    # Together: FSDP2 shards the model and swaps the optimizer's parameters for the shards in one call.
+    model, optimizer = accelerator.prepare(model, optimizer)  # quantized models are already placed by their device_map
     meter.model_loaded()
     if generate:  # -- llm: forgetting is measured on the same tokens before and after training
         result["lm_head_untied"] = getattr(model, "lm_head_untied", False)
@@ -220,9 +224,6 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
     total_steps = math.ceil(micro_batches_per_epoch / grad_accum) * epochs
     if max_steps:
         total_steps = min(total_steps, max_steps)
-    adamw = resolve_adamw(train_cfg["adamw"], device.type)
-    optimizer = build_adamw(decay_param_groups(model, weight_decay), lr, adamw)
-    result["optimizer"] = {"name": "adamw", "implementation": adamw}
     # Not passed to accelerator.prepare: Accelerate's scheduler steps once per process for each optimizer step.
     scheduler = get_scheduler(
         "constant_with_warmup" if train_cfg["scheduler"] == "constant" else train_cfg["scheduler"],
@@ -230,7 +231,6 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
         num_warmup_steps=int(train_cfg["warmup_ratio"] * total_steps),
         num_training_steps=total_steps,
     )
-    optimizer = accelerator.prepare(optimizer)
     extra_metrics = load_extra(cfg["metrics"])
 
     def evaluate_split(name: str) -> tuple[dict, np.ndarray]:
@@ -345,12 +345,12 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
     # -- save and test ---------------------------------------------------------------------------
     unwrapped = accelerator.unwrap_model(model)
     accelerator.wait_for_everyone()
-    if main and save == "best_and_last":
-        _save(method, unwrapped, run_dir / "last")
+    if save == "best_and_last":
+        _save(method, unwrapped, run_dir / "last", accelerator)
     if best["state"] is not None:
-        _restore(unwrapped, best["state"])
-    if main and save != "none":
-        _save(method, unwrapped, run_dir / "best")
+        _restore(unwrapped, best["state"])  # under FSDP each rank restores its own shards
+    if save != "none":
+        _save(method, unwrapped, run_dir / "best", accelerator)
     test_metrics, predictions = evaluate_split("test")
     if main:
         (run_dir / "test_predictions.json").write_text(json.dumps(predictions.tolist()))
@@ -453,10 +453,24 @@ def _restore(model, state: dict) -> None:
         )
 
 
-def _save(method, model, folder: Path) -> None:
+def _save(method, model, folder: Path, accelerator: Accelerator) -> None:
+    """Rank 0 writes what the method keeps. Under FSDP2 every rank first takes part in gathering the whole state
+    dict from the shards (Accelerate's get_state_dict: full, offloaded to rank 0's CPU), which the method saves
+    from (untested on hardware)."""
+    if not accelerator.is_fsdp2:
+        if accelerator.is_main_process:
+            _write(folder, lambda tmp: method.save(model, tmp))
+        return
+    state_dict = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        _write(folder, lambda tmp: method.save(model, tmp, state_dict=state_dict))
+
+
+def _write(folder: Path, save) -> None:
+    """save(tmp) into a .partial folder, then swapped in whole."""
     tmp = folder.with_name(folder.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    method.save(model, str(tmp))
+    save(str(tmp))
     shutil.rmtree(folder, ignore_errors=True)
     tmp.replace(folder)
 

@@ -226,8 +226,11 @@ def plan_method(
     options: dict,
     gradient_checkpointing: bool = False,
     full_depth: bool = False,
+    sharding=None,
 ) -> tuple[object, int | None]:
     """The trace at the requested batch (with FLOPs) and the largest batch that fits the budget.
+
+    sharding (tunebench.sharding.Sharding): the traces as one rank of several GPUs holds them.
 
     The largest batch comes from a second trace at twice the batch: the peak at any batch follows from the two.
     A deep model is traced 2 and 3 repeats of its layer pattern deep and extrapolated to its depth in the same
@@ -238,6 +241,10 @@ def plan_method(
     depths = None if full_depth else extrapolation_depths(spec.config)
 
     def trace(batch: int, count_flops: bool):
+        step = trace_one(batch, count_flops)
+        return sharding.step(step) if sharding else step
+
+    def trace_one(batch: int, count_flops: bool):
         nonlocal depths
         kwargs = {
             "batch_size": batch,
@@ -344,6 +351,7 @@ def next_steps(
     options: dict,
     plans: list[MethodPlan],
     full_depth: bool = False,
+    shardings: dict | None = None,
 ) -> list[str]:
     """When nothing fits: a smaller batch, gradient checkpointing (traced), 8-bit optimizer states (estimated)."""
     from tunebench.tracing import PRECISIONS
@@ -360,7 +368,16 @@ def next_steps(
         if plan.method == "head":  # its backbone saves nothing for backward already
             continue
         step, max_batch = plan_method(
-            spec, plan.method, shape, precision, device, budget, options[plan.method], True, full_depth
+            spec,
+            plan.method,
+            shape,
+            precision,
+            device,
+            budget,
+            options[plan.method],
+            True,
+            full_depth,
+            (shardings or {}).get(plan.method),
         )
         need = device.bytes_for(step.peak_bytes)
         steps.append(
@@ -408,6 +425,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="trace every layer instead of extrapolating a deep model from 2 and 3 of its layers (slower, same result)",
     )
+    parser.add_argument("--gpus", type=int, help="GPUs the run spreads over (with --strategy); memory is per GPU")
+    parser.add_argument(
+        "--strategy", help="ddp (replicated model, gradient buckets) or fsdp (FSDP2 full sharding, block by block)"
+    )
 
 
 def run_plan(args: argparse.Namespace) -> int:
@@ -423,12 +444,16 @@ def plan_from_args(args: argparse.Namespace) -> dict:
     if not args.model:
         raise UserError("plan needs --model (a preset, an embedded model, a folder, or a config.json)")
     methods = _parse_methods(args.methods)
+    if args.strategy == "fsdp" and args.methods == ",".join(METHODS):  # the default list: head cannot use fsdp
+        methods = [m for m in methods if m != "head"]
     device = resolve_device(args.gpu, args.peak_tflops, args.precision)
     budget = parse_budget(args.budget) if args.budget else device.memory_bytes
     spec = resolve_spec(args.model)
     shape = _shape(args)
     started = time.perf_counter()
-    plan = make_plan(spec, shape, args.precision, device, budget, methods, args.results, args.full_depth)
+    plan = make_plan(
+        spec, shape, args.precision, device, budget, methods, args.results, args.full_depth, args.gpus, args.strategy
+    )
     plan["seconds_to_plan"] = round(time.perf_counter() - started, 1)
     return plan
 
@@ -442,14 +467,34 @@ def make_plan(
     methods,
     results=None,
     full_depth: bool = False,
+    gpus: int | None = None,
+    strategy: str | None = None,
 ) -> dict:
     from tunebench.methods import get_method
     from tunebench.optim import resolve_adamw
+    from tunebench.sharding import check_sharding, make_sharding, sharding_assumptions
     from tunebench.tracing import attention_implementation, build_meta_model, with_depth
 
     options = {m: dict(get_method(m).DEFAULTS["method_options"]) for m in methods}
+    check_sharding(gpus, strategy, spec.config.num_hidden_layers)
+    shardings = {
+        m: make_sharding(
+            spec.config,
+            m,
+            gpus,
+            strategy,
+            num_labels=shape.num_labels,
+            precision=precision,
+            options=options[m],
+            pooling=spec.pooling,
+        )
+        for m in methods
+    }
     traces = {
-        m: plan_method(spec, m, shape, precision, device, budget, options[m], full_depth=full_depth) for m in methods
+        m: plan_method(
+            spec, m, shape, precision, device, budget, options[m], full_depth=full_depth, sharding=shardings[m]
+        )
+        for m in methods
     }
     flops_per_token = {m: step.flops / (shape.batch_size * shape.seq_len) for m, (step, _) in traces.items()}
     mfu = calibrate_mfu(results, spec.name, precision, shape, flops_per_token)
@@ -465,6 +510,7 @@ def make_plan(
         "precision": precision,
         "device": asdict(device),
         "budget_bytes": budget,
+        "sharding": {"gpus": gpus or 1, "strategy": strategy},
         "assumptions": [
             f"attention: {attention}"
             + (" (fused kernel: no s x s matrix saved)" if attention == "sdpa" else " (saves the s x s scores)"),
@@ -481,12 +527,13 @@ def make_plan(
             f"+ {format_gib(device.context_bytes)} CUDA context",
             "qlora: bitsandbytes NF4 double-quant base (~0.516 byte/weight), other weights fp32, LoRA adapters fp32",
             "head: frozen backbone run under no_grad each step (cache_features runs it once per example instead)",
+            *sharding_assumptions(gpus, strategy),
         ],
         "methods": [asdict(p) for p in plans],
         "recommendation": recommend(plans, budget),
     }
     if budget is not None and not any(p.fits for p in plans):
-        out["next_steps"] = next_steps(spec, shape, precision, device, budget, options, plans, full_depth)
+        out["next_steps"] = next_steps(spec, shape, precision, device, budget, options, plans, full_depth, shardings)
     return out
 
 
@@ -521,7 +568,12 @@ def format_plan(plan: dict) -> str:
         f"{plan['model']['name']} ({plan['model']['source']}, {plan['model']['model_type']}): "
         f"batch {shape['batch_size']} x {shape['seq_len']} tokens, {shape['num_labels']} labels, {plan['precision']}; "
         f"budget {format_gib(budget) if budget else 'none'} on {device['name']}"
-        + (f" ({device['peak_flops'] / 1e12:.0f} TFLOP/s peak)" if device["peak_flops"] else ""),
+        + (f" ({device['peak_flops'] / 1e12:.0f} TFLOP/s peak)" if device["peak_flops"] else "")
+        + (
+            f"; {plan['sharding']['gpus']} GPUs, {plan['sharding']['strategy']}: memory and batch per GPU"
+            if plan["sharding"]["strategy"]
+            else ""
+        ),
         "",
         f"{'method':7} {'trainable':>10} {'peak':>9} {'weights':>8} {'buffers':>8} {'grads':>8} {'optim':>8}"
         f" {'activ':>8} {'other':>8}"

@@ -1,0 +1,85 @@
+"""Run by tests/test_sharding.py under torchrun (two gloo CPU processes): two training steps of a method's model
+under torch's own FSDP2 (`fully_shard` on every transformer block, then the root), measured by the CPU allocator.
+
+Each rank writes OUT/rank-RANK.json: per method, its peak bytes over the second step (torch.profiler's alloc/free
+events on top of the shards, buffers and AdamW state live before it) and the AdamW implementation it stepped with.
+Usage: fsdp_two_process.py MODEL_FOLDER METHODS(comma-separated) BATCH_PER_RANK SEQ_LEN OUT
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+import torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
+
+from tunebench.classifier import decay_param_groups
+from tunebench.measure import ProfiledPeak
+from tunebench.methods import get_method
+from tunebench.models import load_config
+from tunebench.optim import build_adamw, resolve_adamw
+from tunebench.sharding import block_list
+from tunebench.tracing import LR, MAX_GRAD_NORM, WEIGHT_DECAY, classifier_config, make_batch
+
+model_path, methods, batch_size, seq_len, out = (
+    sys.argv[1],
+    sys.argv[2],
+    int(sys.argv[3]),
+    int(sys.argv[4]),
+    sys.argv[5],
+)
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+config = classifier_config(load_config(model_path), 2)
+task = SimpleNamespace(label_names=["0", "1"], num_labels=2)
+batch = make_batch(batch_size, seq_len, 2, config.vocab_size, config.pad_token_id or 0)
+adamw = resolve_adamw("auto", "cpu")
+
+
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def measure(method: str) -> dict:
+    torch.manual_seed(0)
+    module = get_method(method)
+    cfg = {
+        "method_options": dict(module.DEFAULTS["method_options"]),
+        "train": {"gradient_checkpointing": False},
+        "pooling": None,
+        "head_dropout": None,
+    }
+    tokenizer = SimpleNamespace(pad_token_id=config.pad_token_id)
+    model = module.build(model_path, task, tokenizer, cfg, torch.device("cpu"))
+    model.train()
+    for block in block_list(model, config.num_hidden_layers):
+        fully_shard(block)
+    fully_shard(model)
+    optimizer = build_adamw(decay_param_groups(model, WEIGHT_DECAY), LR, adamw)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    def step() -> None:
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    # The first step initializes FSDP lazily (it replaces every shard with a padded copy) and creates AdamW's
+    # state; the allocator is read over the second, on top of what then stays live through it.
+    step()
+    shards = [local(p) for p in model.parameters()]
+    state = [local(v) for s in optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
+    with ProfiledPeak([*shards, *model.buffers(), *state]) as allocator:
+        step()
+    return {"peak_bytes": allocator.peak_bytes, "adamw": adamw}
+
+
+records = {method: measure(method) for method in methods.split(",")}
+Path(out, f"rank-{rank}.json").write_text(json.dumps(records))
+dist.destroy_process_group()

@@ -1,0 +1,214 @@
+"""Per-rank memory on N GPUs under DDP or FSDP2, from the traced single-device step (tunebench.tracing).
+
+`--batch-size` is each rank's micro-batch (Accelerate gives every process whole batches), so a rank's
+activations are the single-device trace's at that batch. What changes is where the state lives; each of the
+trace's points (the category totals at every new storage, labelled with the block running) is rewritten:
+
+- DDP (torch DistributedDataParallel as Accelerate builds it: bucket_cap_mb=25, gradient_as_bucket_view=False):
+  every rank holds the whole model, its gradients and AdamW state, plus the reducer's flat gradient buckets,
+  allocated when the model is wrapped and as large as the trainable parameters together (the 25 MB cap
+  only splits them into buckets): one more copy of the gradients for the whole run, counted as buffers.
+- FSDP2 (`fully_shard` on every transformer block, then on the root, reshard_after_forward=True, torch's
+  default prefetching): weights, gradients and AdamW state divided by N; the root's parameters (embeddings,
+  final norm, head) stay gathered from the start of forward to the end of backward (FSDP2 does not reshard
+  the root after forward). In forward the block running is gathered and its all-gather buffer is held until
+  the next block's copy-out (implicit prefetch): two blocks, three while the next block copies out. In
+  backward the block running is gathered and the one before it prefetched (two blocks); its gradients exist
+  whole until they are reduce-scattered, through a flat input buffer as large as them, and the last block's
+  buffer is held until the next block's reduce (reduce_scatter_max_input_buffers=1): two blocks of
+  gradients. The root's gradients stay whole until its own reduce-scatter at the end of backward. Clipping
+  and AdamW run on the shards, their temporaries a 1/N of one device's.
+- QLoRA under FSDP: the 4-bit weights are sharded like any parameter only when bitsandbytes stores them in a
+  float dtype (`bnb_4bit_quant_storage`, the compute dtype): the packed bytes are the same, so the trace's
+  storage stands; the quantization constants (absmax, codes) are replicated on every rank.
+
+Shards are padded to a multiple of N rows; the padding is ignored here (under a row per parameter).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+from torch import nn
+
+from tunebench.errors import UserError
+from tunebench.measure import CATEGORIES
+
+STRATEGIES = ("ddp", "fsdp")
+STEP_PHASES = ("clip", "optimizer")  # phases that work on the shards only
+
+
+def block_list(model: nn.Module, num_layers: int) -> nn.ModuleList | None:
+    """The model's stack of transformer blocks: the ModuleList with one module per layer."""
+    return next((m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) == num_layers), None)
+
+
+def check_sharding(gpus: int | None, strategy: str | None, num_layers: int) -> None:
+    """One-line errors for a sharding the planner cannot honour, before anything is traced."""
+    if strategy is None and gpus is None:
+        return
+    if gpus is None:
+        raise UserError(f"--strategy {strategy} needs --gpus N (the number of GPUs it spreads over)")
+    if gpus < 1:
+        raise UserError(f"--gpus must be at least 1, got {gpus}")
+    if strategy is None:
+        if gpus > 1:
+            raise UserError(f"--gpus {gpus} needs --strategy: one of {', '.join(STRATEGIES)}")
+        return
+    if strategy not in STRATEGIES:
+        raise UserError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if strategy == "fsdp" and gpus > num_layers:
+        raise UserError(
+            f"--gpus {gpus} is more GPUs than the model's {num_layers} layers: FSDP wraps block by block, "
+            f"so at most {num_layers} GPUs hold a block each; use fewer GPUs or --strategy ddp"
+        )
+
+
+def state_layout(model: nn.Module, num_layers: int) -> dict[str, int]:
+    """Bytes of one block's parameters and of the rest (the root), all and trainable, of a built (meta) model."""
+    blocks = block_list(model, num_layers)
+    first = {id(p) for p in blocks[0].parameters()} if blocks is not None else set()
+    in_blocks = {id(p) for p in blocks.parameters()} if blocks is not None else set()
+    layout = dict.fromkeys(("block_weights", "block_trainable", "root_weights", "root_trainable"), 0)
+    for param in model.parameters():
+        if id(param) in in_blocks and id(param) not in first:
+            continue
+        where = "block" if id(param) in first else "root"
+        nbytes = param.numel() * param.element_size()
+        layout[f"{where}_weights"] += nbytes
+        layout[f"{where}_trainable"] += nbytes if param.requires_grad else 0
+    return layout
+
+
+def per_rank_points(
+    points: np.ndarray, labels: list, layout: dict, trainable_bytes: int, strategy: str, gpus: int
+) -> np.ndarray:
+    """The trace's points (n x CATEGORIES, bytes) as one rank of `gpus` holds them under the strategy.
+
+    labels: each point's (phase, position), position a block index or "pre"/"post"; a depth-extrapolated
+    trace's keys (phase, "first"|"last", index) name a block too (tracing.extrapolate_depth). Under FSDP one
+    point is added: the root's reduce-scatter at the end of backward.
+    """
+    points = points.astype(np.float64).copy()
+    col = {c: CATEGORIES.index(c) for c in CATEGORIES}
+    if strategy == "ddp":
+        points[:, col["buffers"]] += trainable_bytes
+        return points
+    n = gpus
+    block_w, block_g = layout["block_weights"], layout["block_trainable"]
+    root_w, root_g = layout["root_weights"], layout["root_trainable"]
+    out = points.copy()
+    out[:, col["weights"]] /= n
+    out[:, col["optimizer_state"]] /= n
+    grads = points[:, col["gradients"]]
+    out[:, col["gradients"]] = grads / n
+    root_before = blocks_end = 0.0  # backward: root gradients before the blocks (head, final norm); all, after them
+    block_entry = None
+    last_backward = None
+    for i, label in enumerate(labels):
+        phase, position = label[0], label[1]
+        block = isinstance(position, int) or position in ("first", "last")
+        first_block = position == 0 or label[1:] == ("first", 0)  # the first block in forward order
+        new_block = i == 0 or labels[i - 1] != label
+        last_of_block = i + 1 == len(labels) or labels[i + 1] != label
+        gathered = 0.0
+        if phase == "forward":
+            if not block:  # "post": the last block's all-gather output is held until forward ends
+                gathered = 2 * root_w if position == "pre" else root_w + block_w
+            else:  # the block running, whole, and its all-gather output; while it copies out, the one before's
+                gathered = root_w + 2 * block_w + ((root_w if first_block else block_w) if new_block else 0)
+        elif phase == "backward":
+            last_backward = i
+            if not block:  # "pre": the last block is being prefetched; "post": every block resharded
+                gathered = root_w + (block_w if position == "pre" else 0)
+                if position == "pre":
+                    root_before = grads[i]
+                    out[i, col["gradients"]] = grads[i]
+                else:  # the first block's reduce-scatter input is held; the root's gradients are whole
+                    out[i, col["gradients"]] = root_before + grads[i] - blocks_end + (blocks_end - root_before) / n
+                    out[i, col["gradients"]] += block_g
+            else:  # the block running, whole, and the one before it prefetched (none before the first)
+                gathered = root_w + block_w * (1 if first_block else 2)
+                if new_block:
+                    block_entry = grads[i]
+                done = block_entry - root_before  # blocks finished before this one, whole in the trace
+                value = root_before + done / n + grads[i] - block_entry
+                if last_of_block:  # its reduce-scatter: whole gradients + flat input + output shard
+                    value = root_before + done / n + block_g * (2 + 1 / n)
+                elif done > 0:  # the previous block's reduce-scatter input, held until this one reduces
+                    value += block_g
+                out[i, col["gradients"]] = value
+                blocks_end = grads[i]
+        elif phase in STEP_PHASES:
+            out[i, col["other"]] /= n
+        out[i, col["weights"]] += gathered
+    if last_backward is None:
+        return out
+    # the root's reduce-scatter, after its parameters are resharded: its whole gradients, input and output shard
+    reduce = points[last_backward].copy()
+    reduce[col["weights"]] /= n
+    reduce[col["optimizer_state"]] /= n
+    reduce[col["gradients"]] = (grads[last_backward] - root_g) / n + root_g * (2 + 1 / n)
+    return np.vstack([out, reduce])
+
+
+@dataclass
+class Sharding:
+    """How the planned run spreads over GPUs, and one block's and the root's parameter bytes (state_layout)."""
+
+    strategy: str
+    gpus: int
+    layout: dict
+
+    def step(self, step):
+        """The traced single-device step (tracing.StepTrace) as one rank holds it."""
+        points = per_rank_points(
+            step.points, step.labels, self.layout, step.state["gradients"], self.strategy, self.gpus
+        )
+        index = len(points) - 1 - int(points.sum(1)[::-1].argmax())  # the last of equal maxima, as TensorTracker
+        divide = self.gpus if self.strategy == "fsdp" else 1
+        return replace(
+            step,
+            peak_bytes=int(points[index].sum()),
+            at_peak={c: int(v) for c, v in zip(CATEGORIES, points[index], strict=True)},
+            state={c: v // divide for c, v in step.state.items()},
+            points=points,
+            labels=[*step.labels, *[("backward", "root reduce-scatter")] * (len(points) - len(step.labels))],
+        )
+
+
+def make_sharding(config, method: str, gpus: int | None, strategy: str | None, **build) -> Sharding | None:
+    """The Sharding for --gpus/--strategy (None on one GPU), after checking that it can be planned.
+
+    build: build_meta_model's keywords for the method's model (precision, options, num_labels, pooling).
+    """
+    from tunebench.tracing import build_meta_model, with_depth
+
+    check_sharding(gpus, strategy, config.num_hidden_layers)
+    if strategy is None:
+        return None
+    if strategy == "fsdp" and method == "head" and build["options"].get("cache_features"):
+        raise UserError(
+            "head with cache_features (its default) cannot use --strategy fsdp: its feature cache runs the frozen "
+            "backbone outside the training step, each rank on its own share of batches, where FSDP needs every "
+            "rank in every forward; use --strategy ddp, or another method"
+        )
+    layout = state_layout(build_meta_model(with_depth(config, 1), method, **build), 1)
+    return Sharding(strategy, gpus, layout)
+
+
+def sharding_assumptions(gpus: int | None, strategy: str | None) -> list[str]:
+    """The plan's assumption lines for --gpus/--strategy."""
+    if strategy is None:
+        return []
+    common = f"{gpus} GPUs, {strategy}: peak memory, max batch and tok/s per GPU (--batch-size is each GPU's)"
+    if strategy == "ddp":
+        return [f"{common}; DDP's gradient buckets (bucket_cap_mb 25, not gradient views) add a gradient copy"]
+    return [
+        f"{common}; FSDP2 fully_shard per block + root: weights, gradients and AdamW state / {gpus}, plus the "
+        "root's whole parameters, 2-3 blocks all-gathered (current + prefetch) and reduce-scatter buffers",
+        "fsdp qlora: bnb_4bit_quant_storage = the compute dtype (bf16), so the 4-bit weights shard like any "
+        "parameter; quantization constants replicated on every GPU",
+        "fsdp: communication time not modelled (s/step is the compute of one GPU)",
+    ]
