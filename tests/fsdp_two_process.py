@@ -1,8 +1,10 @@
 """Run by tests/test_sharding.py under torchrun (two gloo CPU processes): two training steps of a method's model
 under torch's own FSDP2 (`fully_shard` on every transformer block, then the root), measured by the CPU allocator.
 
-Each rank writes OUT/rank-RANK.json: per method, its peak bytes over the second step (torch.profiler's alloc/free
-events on top of the shards, buffers and AdamW state live before it) and the AdamW implementation it stepped with.
+Each rank writes OUT/rank-RANK.json: per method, its peak bytes in each of three steps after the first
+(torch.profiler's alloc/free events on top of the shards, buffers and AdamW state live before it) and the AdamW
+implementation it stepped with; then the method saves from the whole state dict gathered from the shards, as the
+loop does under FSDP2, and rank 0 reloads it: `reload_matches` says whether every trained tensor came back equal.
 Usage: fsdp_two_process.py MODEL_FOLDER METHODS(comma-separated) BATCH_PER_RANK SEQ_LEN OUT
 """
 
@@ -15,6 +17,7 @@ from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
@@ -71,13 +74,27 @@ def measure(method: str) -> dict:
         optimizer.zero_grad(set_to_none=True)
 
     # The first step initializes FSDP lazily (it replaces every shard with a padded copy) and creates AdamW's
-    # state; the allocator is read over the second, on top of what then stays live through it.
+    # state; the allocator is read over each of the next three, on top of what then stays live through them.
     step()
     shards = [local(p) for p in model.parameters()]
     state = [local(v) for s in optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
-    with ProfiledPeak([*shards, *model.buffers(), *state]) as allocator:
-        step()
-    return {"peak_bytes": allocator.peak_bytes, "adamw": adamw}
+    peaks = []
+    for _ in range(3):
+        with ProfiledPeak([*shards, *model.buffers(), *state]) as allocator:
+            step()
+        peaks.append(allocator.peak_bytes)
+    # Save as the loop does under FSDP2: every rank gathers (Accelerate's get_state_dict options), rank 0 saves.
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, cpu_offload=True)
+    state_dict = get_model_state_dict(model, options=options)
+    reload_matches = None
+    if rank == 0:
+        folder = Path(out, method)
+        module.save(model, str(folder), state_dict=state_dict)
+        reloaded = module.load(str(folder), model_path, task, tokenizer, cfg, torch.device("cpu"))
+        again = reloaded.state_dict()
+        trained = [n for n, p in model.named_parameters() if p.requires_grad]
+        reload_matches = all(torch.equal(again[n], state_dict[n]) for n in trained)
+    return {"peak_bytes": peaks, "adamw": adamw, "reload_matches": reload_matches}
 
 
 records = {method: measure(method) for method in methods.split(",")}

@@ -41,6 +41,11 @@ class Classifier(nn.Module):
     def config(self):
         return self.backbone.config
 
+    @property
+    def _no_split_modules(self) -> list[str] | None:
+        """The backbone's block classes: Accelerate's FSDP TRANSFORMER_BASED_WRAP shards block by block by them."""
+        return getattr(self.backbone, "_no_split_modules", None)
+
     def gradient_checkpointing_enable(self, **kwargs) -> None:
         self.backbone.gradient_checkpointing_enable(**kwargs)
 

@@ -188,6 +188,10 @@ def make_sharding(config, method: str, gpus: int | None, strategy: str | None, *
     check_sharding(gpus, strategy, config.num_hidden_layers)
     if strategy is None:
         return None
+    if strategy == "fsdp" and method == "qlora" and build["options"].get("bits", 4) == 8:
+        raise UserError(
+            "qlora with method_options.bits=8 cannot use --strategy fsdp (int8 weights do not shard); use 4"
+        )
     if strategy == "fsdp" and method == "head" and build["options"].get("cache_features"):
         raise UserError(
             "head with cache_features (its default) cannot use --strategy fsdp: its feature cache runs the frozen "
