@@ -60,7 +60,9 @@ def main(argv: list[str] | None = None) -> dict:
         "environment": environment(1),
     }
     for name, row in report["plans"].items():
-        print(f"{name}: median {row['median_seconds']:.1f} s (min {row['min_seconds']:.1f}, max {row['max_seconds']:.1f})")
+        print(
+            f"{name}: median {row['median_seconds']:.1f} s (min {row['min_seconds']:.1f}, max {row['max_seconds']:.1f})"
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(Path(args.out), report)
     return report

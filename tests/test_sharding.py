@@ -99,3 +99,15 @@ def test_plan_per_gpu_under_ddp_and_fsdp(capsys) -> None:
         assert fsdp[method]["tensor_peak_bytes"] < one[method]["tensor_peak_bytes"]
     assert main([*common, "--gpus", "2", "--strategy", "fsdp"]) == 0
     assert [p["method"] for p in json.loads(capsys.readouterr().out)["methods"]] == ["full", "lora", "qlora"]
+
+
+def test_plan_speed_benchmark_times_a_fresh_process(tmp_path: Path) -> None:
+    """benchmarks/plan_speed.py on a tiny plan: one fresh `tunebench plan` process, timed, written as JSON."""
+    from tunebench.benchmarks import plan_speed
+
+    out = tmp_path / "plan_speed.json"
+    plan = ["tiny", "--model", "minilm", "--methods", "head", "--seq-len", "16"]
+    plan_speed.main(["--repeats", "1", "--out", str(out), "--plan", *plan])
+    row = json.loads(out.read_text())["plans"]["tiny"]
+    assert row["command"] == "tunebench plan --model minilm --methods head --seq-len 16"
+    assert len(row["seconds"]) == 1 and row["median_seconds"] > 0
