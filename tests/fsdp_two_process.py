@@ -5,6 +5,7 @@ Each rank writes OUT/rank-RANK.json: per method, its peak bytes in each of three
 (torch.profiler's alloc/free events on top of the shards, buffers and AdamW state live before it) and the AdamW
 implementation it stepped with; then the method saves from the whole state dict gathered from the shards, as the
 loop does under FSDP2, and rank 0 reloads it: `reload_matches` says whether every trained tensor came back equal.
+`ddp_peak_bytes`: the same method under torch DDP instead, the peak over wrapping and two steps.
 Usage: fsdp_two_process.py MODEL_FOLDER METHODS(comma-separated) BATCH_PER_RANK SEQ_LEN OUT
 """
 
@@ -20,6 +21,7 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
+from torch.nn.parallel import DistributedDataParallel
 
 from tunebench.classifier import decay_param_groups
 from tunebench.measure import ProfiledPeak
@@ -48,7 +50,10 @@ def local(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
-def measure(method: str) -> dict:
+tokenizer = SimpleNamespace(pad_token_id=config.pad_token_id)
+
+
+def build(method: str) -> tuple:
     torch.manual_seed(0)
     module = get_method(method)
     cfg = {
@@ -57,31 +62,46 @@ def measure(method: str) -> dict:
         "pooling": None,
         "head_dropout": None,
     }
-    tokenizer = SimpleNamespace(pad_token_id=config.pad_token_id)
     model = module.build(model_path, task, tokenizer, cfg, torch.device("cpu"))
     model.train()
+    return module, cfg, model
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    loss = model(**batch).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], MAX_GRAD_NORM)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def measure_ddp(method: str) -> int:
+    """The peak from wrapping in DDP (Accelerate's defaults: bucket_cap_mb 25, no gradient views; the reducer
+    allocates its buckets then) through two steps, on top of the parameters and buffers."""
+    _, _, model = build(method)
+    with ProfiledPeak([*model.parameters(), *model.buffers()]) as allocator:
+        wrapped = DistributedDataParallel(model)
+        optimizer = build_adamw(decay_param_groups(model, WEIGHT_DECAY), LR, adamw)
+        for _ in range(2):
+            train_step(wrapped, optimizer)
+    return allocator.peak_bytes
+
+
+def measure(method: str) -> dict:
+    module, cfg, model = build(method)
     for block in block_list(model, config.num_hidden_layers):
         fully_shard(block)
     fully_shard(model)
     optimizer = build_adamw(decay_param_groups(model, WEIGHT_DECAY), LR, adamw)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-
-    def step() -> None:
-        loss = model(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
     # The first step initializes FSDP lazily (it replaces every shard with a padded copy) and creates AdamW's
     # state; the allocator is read over each of the next three, on top of what then stays live through them.
-    step()
+    train_step(model, optimizer)
     shards = [local(p) for p in model.parameters()]
     state = [local(v) for s in optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
     peaks = []
     for _ in range(3):
         with ProfiledPeak([*shards, *model.buffers(), *state]) as allocator:
-            step()
+            train_step(model, optimizer)
         peaks.append(allocator.peak_bytes)
     # Save as the loop does under FSDP2: every rank gathers (Accelerate's get_state_dict options), rank 0 saves.
     options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, cpu_offload=True)
@@ -94,7 +114,12 @@ def measure(method: str) -> dict:
         again = reloaded.state_dict()
         trained = [n for n, p in model.named_parameters() if p.requires_grad]
         reload_matches = all(torch.equal(again[n], state_dict[n]) for n in trained)
-    return {"peak_bytes": peaks, "adamw": adamw, "reload_matches": reload_matches}
+    return {
+        "peak_bytes": peaks,
+        "adamw": adamw,
+        "reload_matches": reload_matches,
+        "ddp_peak_bytes": measure_ddp(method),
+    }
 
 
 records = {method: measure(method) for method in methods.split(",")}

@@ -36,7 +36,10 @@ from tunebench.errors import UserError
 from tunebench.measure import CATEGORIES
 
 STRATEGIES = ("ddp", "fsdp")
-STEP_PHASES = ("clip", "optimizer")  # phases that work on the shards only
+STEP_PHASES = ("clip", "optimizer")
+DDP_BROADCAST_BYTES = (
+    250 * 2**20
+)  # torch DistributedDataParallel's broadcast_bucket_size  # phases that work on the shards only
 
 
 def block_list(model: nn.Module, num_layers: int) -> nn.ModuleList | None:
@@ -66,35 +69,43 @@ def check_sharding(gpus: int | None, strategy: str | None, num_layers: int) -> N
 
 
 def state_layout(model: nn.Module, num_layers: int) -> dict[str, int]:
-    """Bytes of one block's parameters and of the rest (the root), all and trainable, of a built (meta) model."""
+    """Bytes of one block's parameters and of the rest (the root), all and trainable, and of the largest parameter,
+    of a built (meta) model."""
     blocks = block_list(model, num_layers)
     first = {id(p) for p in blocks[0].parameters()} if blocks is not None else set()
     in_blocks = {id(p) for p in blocks.parameters()} if blocks is not None else set()
-    layout = dict.fromkeys(("block_weights", "block_trainable", "root_weights", "root_trainable"), 0)
+    layout = dict.fromkeys(("block_weights", "block_trainable", "root_weights", "root_trainable", "largest_weight"), 0)
     for param in model.parameters():
         if id(param) in in_blocks and id(param) not in first:
             continue
         where = "block" if id(param) in first else "root"
         nbytes = param.numel() * param.element_size()
+        layout["largest_weight"] = max(layout["largest_weight"], nbytes)
         layout[f"{where}_weights"] += nbytes
         layout[f"{where}_trainable"] += nbytes if param.requires_grad else 0
     return layout
 
 
 def per_rank_points(
-    points: np.ndarray, labels: list, layout: dict, trainable_bytes: int, strategy: str, gpus: int
+    points: np.ndarray, labels: list, layout: dict, state: dict, strategy: str, gpus: int
 ) -> np.ndarray:
     """The trace's points (n x CATEGORIES, bytes) as one rank of `gpus` holds them under the strategy.
 
     labels: each point's (phase, position), position a block index or "pre"/"post"; a depth-extrapolated
-    trace's keys (phase, "first"|"last", index) name a block too (tracing.extrapolate_depth). Under FSDP one
-    point is added: the root's reduce-scatter at the end of backward.
+    trace's keys (phase, "first"|"last", index) name a block too (tracing.extrapolate_depth). state: the step's
+    full-size weights and gradients (StepTrace.state). One point is added: under DDP, wrapping the model; under
+    FSDP, the root's reduce-scatter at the end of backward.
     """
     points = points.astype(np.float64).copy()
     col = {c: CATEGORIES.index(c) for c in CATEGORIES}
     if strategy == "ddp":
-        points[:, col["buffers"]] += trainable_bytes
-        return points
+        points[:, col["buffers"]] += state["gradients"]
+        # Wrapping broadcasts rank 0's weights in flat chunks (DDP's broadcast_bucket_size, 250 MiB, filled until
+        # it is reached, so up to one tensor more), before the reducer allocates its buckets.
+        wrap = np.zeros(len(CATEGORIES))
+        wrap[col["weights"]] = state["weights"]
+        wrap[col["other"]] = min(state["weights"], DDP_BROADCAST_BYTES + layout["largest_weight"])
+        return np.vstack([wrap, points])
     n = gpus
     block_w, block_g = layout["block_weights"], layout["block_trainable"]
     root_w, root_g = layout["root_weights"], layout["root_trainable"]
@@ -149,7 +160,7 @@ def per_rank_points(
     reduce = points[last_backward].copy()
     reduce[col["weights"]] /= n
     reduce[col["optimizer_state"]] /= n
-    reduce[col["gradients"]] = (grads[last_backward] - root_g) / n + root_g * (2 + 1 / n)
+    reduce[col["gradients"]] = (state["gradients"] - root_g) / n + root_g * (2 + 1 / n)
     return np.vstack([out, reduce])
 
 
@@ -163,9 +174,7 @@ class Sharding:
 
     def step(self, step):
         """The traced single-device step (tracing.StepTrace) as one rank holds it."""
-        points = per_rank_points(
-            step.points, step.labels, self.layout, step.state["gradients"], self.strategy, self.gpus
-        )
+        points = per_rank_points(step.points, step.labels, self.layout, step.state, self.strategy, self.gpus)
         index = len(points) - 1 - int(points.sum(1)[::-1].argmax())  # the last of equal maxima, as TensorTracker
         divide = self.gpus if self.strategy == "fsdp" else 1
         return replace(
@@ -174,7 +183,9 @@ class Sharding:
             at_peak={c: int(v) for c, v in zip(CATEGORIES, points[index], strict=True)},
             state={c: v // divide for c, v in step.state.items()},
             points=points,
-            labels=[*step.labels, *[("backward", "root reduce-scatter")] * (len(points) - len(step.labels))],
+            labels=[("setup", "ddp wrap"), *step.labels]
+            if self.strategy == "ddp"
+            else [*step.labels, ("backward", "root reduce-scatter")],
         )
 
 
