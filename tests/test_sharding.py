@@ -78,6 +78,7 @@ def test_prediction_matches_torch_fully_shard_and_ddp_on_two_processes(tmp_path:
         (["--gpus", "4", "--strategy", "zero3"], "unknown strategy 'zero3'; choose one of ddp, fsdp"),
         (["--gpus", "32", "--strategy", "fsdp"], "--gpus 32 is more GPUs than the model's 16 layers"),
         (["--gpus", "2", "--strategy", "fsdp", "--methods", "head"], "head with cache_features (its default) cannot"),
+        (["--gpus", "2", "--strategy", "ddp", "--validate"], "--validate measures one process on this machine"),
     ],
 )
 def test_impossible_sharding_is_a_one_line_error(flags: list[str], message: str, capsys) -> None:

@@ -839,6 +839,8 @@ def validation_rows(args: argparse.Namespace) -> list[dict]:
     """Predicted against measured peak per model and method, for `plan --validate`'s arguments."""
     import tempfile
 
+    if args.gpus is not None or args.strategy is not None:
+        raise UserError("--validate measures one process on this machine; drop --gpus and --strategy")
     methods = _parse_methods(args.methods)
     if args.results:
         return validate_results(args.results)

@@ -2,25 +2,27 @@
 
 `--batch-size` is each rank's micro-batch (Accelerate gives every process whole batches), so a rank's
 activations are the single-device trace's at that batch. What changes is where the state lives; each of the
-trace's points (the category totals at every new storage, labelled with the block running) is rewritten:
+trace's points (the category totals at every new storage, labelled with the block running) is rewritten, as
+torch 2.13 allocates (read in torch/nn/parallel/distributed.py and torch/distributed/fsdp/_fully_shard/, and
+checked against both on two gloo CPU processes in tests/test_sharding.py):
 
-- DDP (torch DistributedDataParallel as Accelerate builds it: bucket_cap_mb=25, gradient_as_bucket_view=False):
+- DDP (DistributedDataParallel as Accelerate builds it: bucket_cap_mb=25, gradient_as_bucket_view=False):
   every rank holds the whole model, its gradients and AdamW state, plus the reducer's flat gradient buckets,
-  allocated when the model is wrapped and as large as the trainable parameters together (the 25 MB cap
-  only splits them into buckets): one more copy of the gradients for the whole run, counted as buffers.
-- FSDP2 (`fully_shard` on every transformer block, then on the root, reshard_after_forward=True, torch's
-  default prefetching): weights, gradients and AdamW state divided by N; the root's parameters (embeddings,
-  final norm, head) stay gathered from the start of forward to the end of backward (FSDP2 does not reshard
-  the root after forward). In forward the block running is gathered and its all-gather buffer is held until
-  the next block's copy-out (implicit prefetch): two blocks, three while the next block copies out. In
-  backward the block running is gathered and the one before it prefetched (two blocks); its gradients exist
-  whole until they are reduce-scattered, through a flat input buffer as large as them, and the last block's
-  buffer is held until the next block's reduce (reduce_scatter_max_input_buffers=1): two blocks of
-  gradients. The root's gradients stay whole until its own reduce-scatter at the end of backward. Clipping
-  and AdamW run on the shards, their temporaries a 1/N of one device's.
-- QLoRA under FSDP: the 4-bit weights are sharded like any parameter only when bitsandbytes stores them in a
-  float dtype (`bnb_4bit_quant_storage`, the compute dtype): the packed bytes are the same, so the trace's
-  storage stands; the quantization constants (absmax, codes) are replicated on every rank.
+  allocated when the model is wrapped and as large as the trainable parameters together (the 25 MB cap only
+  splits them): one more copy of the gradients for the whole run, counted as buffers. Wrapping first
+  broadcasts rank 0's weights in flat chunks of up to 250 MiB (broadcast_bucket_size) plus one tensor.
+- FSDP2 (`fully_shard` on every transformer block, then on the root, reshard_after_forward=True, default
+  prefetching): weights, gradients and AdamW state divided by N, plus whole copies: the root's parameters
+  (embeddings, final norm, head) from the start of forward to the end of backward (the root is not resharded
+  after forward), with its all-gather output too until the first block copies out; in forward the running
+  block and its all-gather output, held until the next block copies out (three blocks then); in backward the
+  running block and the prefetched one before it. A group's gradients are whole until its reduce-scatter,
+  which holds them, the flat input and the output shard at once (gloo also clones the input, NCCL does not:
+  there it is over by one shard of the group's gradients); the last flat input is held until the next
+  group's reduce (reduce_scatter_max_input_buffers=1). Clipping and AdamW work on the shards.
+- QLoRA under FSDP: the 4-bit weights shard like any parameter when bitsandbytes stores them in a float
+  dtype (`bnb_4bit_quant_storage`, fp32 in tunebench's qlora under FSDP, the dtype of the other parameters):
+  the packed bytes are the same, so the trace's storage stands; the quantization constants stay on every rank.
 
 Shards are padded to a multiple of N rows; the padding is ignored here (under a row per parameter).
 """
@@ -63,8 +65,8 @@ def check_sharding(gpus: int | None, strategy: str | None, num_layers: int) -> N
         raise UserError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     if strategy == "fsdp" and gpus > num_layers:
         raise UserError(
-            f"--gpus {gpus} is more GPUs than the model's {num_layers} layers: FSDP wraps block by block, "
-            f"so at most {num_layers} GPUs hold a block each; use fewer GPUs or --strategy ddp"
+            f"--gpus {gpus} is more GPUs than the model's {num_layers} layers: fsdp plans a block-by-block wrap "
+            f"on at most one GPU per block; use --gpus {num_layers} or fewer, or --strategy ddp"
         )
 
 
@@ -219,11 +221,14 @@ def sharding_assumptions(gpus: int | None, strategy: str | None) -> list[str]:
         return []
     common = f"{gpus} GPUs, {strategy}: peak memory, max batch and tok/s per GPU (--batch-size is each GPU's)"
     if strategy == "ddp":
-        return [f"{common}; DDP's gradient buckets (bucket_cap_mb 25, not gradient views) add a gradient copy"]
+        return [
+            f"{common}; DDP's gradient buckets (bucket_cap_mb 25, not gradient views) add a gradient copy; "
+            "wrapping broadcasts the weights in chunks of up to 250 MiB"
+        ]
     return [
         f"{common}; FSDP2 fully_shard per block + root: weights, gradients and AdamW state / {gpus}, plus the "
         "root's whole parameters, 2-3 blocks all-gathered (current + prefetch) and reduce-scatter buffers",
-        "fsdp qlora: bnb_4bit_quant_storage = the compute dtype (bf16), so the 4-bit weights shard like any "
-        "parameter; quantization constants replicated on every GPU",
+        "fsdp qlora: bnb_4bit_quant_storage = fp32 (the other parameters' dtype), so the 4-bit weights shard like "
+        "any parameter, same bytes; quantization constants replicated on every GPU",
         "fsdp: communication time not modelled (s/step is the compute of one GPU)",
     ]
