@@ -3,7 +3,8 @@ under torch's own FSDP2 (`fully_shard` on every transformer block, then the root
 
 Each rank writes OUT/rank-RANK.json: per method, its peak bytes in each of three steps after the first
 (torch.profiler's alloc/free events on top of the shards, buffers and AdamW state live before it) and the AdamW
-implementation it stepped with; then the method saves from the whole state dict gathered from the shards, as the
+implementation it stepped with; `restore_matches`: the loop's best-step snapshot and restore bring every rank's
+shards back; then the method saves from the whole state dict gathered from the shards, as the
 loop does under FSDP2, and rank 0 reloads it: `reload_matches` says whether every trained tensor came back equal.
 `ddp_peak_bytes`: the same method under torch DDP instead, the peak over wrapping and two steps.
 Usage: fsdp_two_process.py MODEL_FOLDER METHODS(comma-separated) BATCH_PER_RANK SEQ_LEN OUT
@@ -24,6 +25,7 @@ from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 from tunebench.classifier import decay_param_groups
+from tunebench.loop import _restore, _trainable_state
 from tunebench.measure import ProfiledPeak
 from tunebench.methods import get_method
 from tunebench.models import load_config
@@ -103,6 +105,11 @@ def measure(method: str) -> dict:
         with ProfiledPeak([*shards, *model.buffers(), *state]) as allocator:
             train_step(model, optimizer)
         peaks.append(allocator.peak_bytes)
+    # Keep the best step as the loop does (each rank its shards), train on, restore: the shards come back.
+    best = _trainable_state(model)
+    train_step(model, optimizer)
+    _restore(model, best)
+    restore_matches = all(torch.equal(local(p), best[n]) for n, p in model.named_parameters() if p.requires_grad)
     # Save as the loop does under FSDP2: every rank gathers (Accelerate's get_state_dict options), rank 0 saves.
     options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, cpu_offload=True)
     state_dict = get_model_state_dict(model, options=options)
@@ -117,6 +124,7 @@ def measure(method: str) -> dict:
     return {
         "peak_bytes": peaks,
         "adamw": adamw,
+        "restore_matches": restore_matches,
         "reload_matches": reload_matches,
         "ddp_peak_bytes": measure_ddp(method),
     }

@@ -25,7 +25,8 @@ def test_prediction_matches_torch_fully_shard_and_ddp_on_two_processes(tmp_path:
     block of a small random Llama and on the root, and the CPU allocator (torch.profiler's alloc/free events) gives
     each rank's peak in a training step, for full fine-tuning and LoRA. The prediction applies tunebench.sharding
     to the single-device fake trace at the same per-rank batch. Each method then saves from the state dict
-    gathered from the shards, as the loop does under FSDP2, and reloads equal. Then the same under DDP, from
+    gathered from the shards, as the loop does under FSDP2, and reloads equal; the loop's best-step snapshot and
+    restore bring each rank's shards back. Then the same under DDP, from
     wrapping (its broadcast of rank 0's weights, the peak for LoRA here) through two steps: within 0.5%.
 
     Tolerance: the lowest of three steps' peaks from 0.5% below the prediction to 0.5% plus three blocks'
@@ -59,6 +60,7 @@ def test_prediction_matches_torch_fully_shard_and_ddp_on_two_processes(tmp_path:
         )
         predicted = sharding.step(single).peak_bytes
         assert ranks[0][method]["reload_matches"], method  # saved from the gathered shards, reloaded whole
+        assert all(rank[method]["restore_matches"] for rank in ranks), method  # the loop's best step, per shard
         ddp = make_sharding(spec.config, method, 2, "ddp", **build).step(single).peak_bytes
         late_buffers = 3 * sharding.layout["block_weights"]
         for rank in ranks:

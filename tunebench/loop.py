@@ -273,7 +273,9 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
         curves["validation"].append({"step": at_step, **metrics})
         accelerator.log({f"validation/{k}": v for k, v in metrics.items()}, step=at_step)
         if metrics["accuracy"] > best["accuracy"]:
-            best.update(accuracy=metrics["accuracy"], step=at_step, state=_trainable_state(model, accelerator))
+            best.update(
+                accuracy=metrics["accuracy"], step=at_step, state=_trainable_state(accelerator.unwrap_model(model))
+            )
         log.info("step %d validation %s", at_step, metrics)
 
     model.train()
@@ -352,7 +354,7 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
     if save == "best_and_last":
         _save(method, unwrapped, run_dir / "last", accelerator)
     if best["state"] is not None:
-        _restore(unwrapped, best["state"])  # under FSDP each rank restores its own shards
+        _restore(unwrapped, best["state"])  # under FSDP2 each rank restores its own shards
     if save != "none":
         _save(method, unwrapped, run_dir / "best", accelerator)
     test_metrics, predictions = evaluate_split("test")
@@ -439,22 +441,31 @@ def _record_rank_failures(accelerator: Accelerator, run_dir: Path, result: dict)
         result.update(status=failures[0]["status"], error=error)
 
 
-def _trainable_state(model, accelerator: Accelerator) -> dict:
-    """A CPU copy of what trains: enough to restore the best step later."""
-    unwrapped = accelerator.unwrap_model(model)
-    trainable = {n for n, p in unwrapped.named_parameters() if p.requires_grad}
-    return {n: t.detach().to("cpu", copy=True) for n, t in unwrapped.state_dict().items() if n in trainable}
+def _trainable_state(model) -> dict:
+    """A CPU copy of what trains (under FSDP2, this rank's shards): enough to restore the best step later."""
+    return {n: _local(p).detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
 
 
 def _restore(model, state: dict) -> None:
     """Load the best step's trainable tensors; any trainable tensor missing, or any extra one, is an error."""
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    unexpected = model.load_state_dict(state, strict=False).unexpected_keys
+    targets = model.state_dict(keep_vars=True)
+    unexpected = set(state) - set(targets)
     missing = trainable - set(state)
     if missing or unexpected:
         raise RuntimeError(
             f"restoring the best step: missing trainable {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}"
         )
+    with torch.no_grad():
+        for name, tensor in state.items():
+            _local(targets[name]).copy_(tensor)
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of an FSDP2 parameter (a DTensor), or the tensor itself."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
 def _save(method, model, folder: Path, accelerator: Accelerator) -> None:

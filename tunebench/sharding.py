@@ -38,10 +38,8 @@ from tunebench.errors import UserError
 from tunebench.measure import CATEGORIES
 
 STRATEGIES = ("ddp", "fsdp")
-STEP_PHASES = ("clip", "optimizer")
-DDP_BROADCAST_BYTES = (
-    250 * 2**20
-)  # torch DistributedDataParallel's broadcast_bucket_size  # phases that work on the shards only
+STEP_PHASES = ("clip", "optimizer")  # phases that work on the shards only
+DDP_BROADCAST_BYTES = 250 * 2**20  # torch DistributedDataParallel's broadcast_bucket_size
 
 
 def block_list(model: nn.Module, num_layers: int) -> nn.ModuleList | None:
