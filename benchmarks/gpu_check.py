@@ -10,7 +10,8 @@ Steps (each writes JSON under OUTDIR; a failing step is recorded and the next on
               peak (CUDA: max_memory_allocated, memory_reserved, mem_get_info; CPU: the tensor tracker).
   throughput  tokens/s, MFU and the Trainer ratio per method on the Llama shape (vs_trainer, alternated).
   suite       the gpu suite's settings on MiniLM x {rotten_tomatoes, banking77} x every method.
-  fsdp        FSDP2 through configs/accelerate/fsdp2.yaml, one process, full and lora: train, save, reload.
+  fsdp        FSDP2 through configs/accelerate/fsdp2.yaml (full, lora) and fsdp2-qlora.yaml (qlora), one process:
+              train, save, reload.
 OUTDIR/summary.json lists every step's status, time, error and files.
 
 The GPU machine has torch, transformers, peft and accelerate and lacks the rest; at most 64 MiB travels
@@ -463,15 +464,16 @@ def step_suite(s: Setting) -> dict:
 
 
 def step_fsdp(s: Setting) -> dict:
-    """FSDP2 through the shipped Accelerate config, one process: train, save, reload (tunebench eval)."""
+    """FSDP2 through the shipped Accelerate configs, one process: train, save, reload (tunebench eval); full and
+    lora through fsdp2.yaml, qlora through fsdp2-qlora.yaml (its 4-bit weights stored in fp32 to shard)."""
     if not s.cuda:
         return {"status": "skipped", "why": "skipped: needs CUDA (Accelerate's FSDP plugin does not engage on the CPU)"}
     rows = []
-    for method in ("full", "lora"):
+    for method, config in (("full", "fsdp2.yaml"), ("lora", "fsdp2.yaml"), ("qlora", "fsdp2-qlora.yaml")):
         run_dir = s.out / "fsdp" / method
         train_cmd = [
             sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-            str(CONFIG_DIR / "accelerate" / "fsdp2.yaml"), "--num_processes", "1",
+            str(CONFIG_DIR / "accelerate" / config), "--num_processes", "1",
             "-m", "tunebench.cli", "train", "--method", method, "--model", s.minilm(),
             "--task", s.task("rotten_tomatoes"), "--max-train-samples", "256", "--max-eval-samples", "128",
             "--set", "train.trackers=[]", "--set", "train.save=best", "--out", str(run_dir),

@@ -57,8 +57,9 @@ class Method(Protocol):
         """The same model from a transformers config, called under torch.device("meta") (needed when PLANNING is
         set): same modules, trainable set and dtypes (precision: a key of tunebench.tracing.PRECISIONS)."""
 
-    def save(self, model: nn.Module, folder: str) -> None:
-        """Write what the method keeps (adapter, head, or the whole model)."""
+    def save(self, model: nn.Module, folder: str, state_dict: dict | None = None) -> None:
+        """Write what the method keeps (adapter, head, or the whole model); under FSDP the loop passes the whole
+        state dict gathered from the shards (state_dict), as model's own parameters are shards."""
 
     def load(self, folder: str, model_path: str, num_labels: int | None, cfg: dict, device: torch.device) -> nn.Module:
         """The inverse of save."""

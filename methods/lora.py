@@ -88,8 +88,9 @@ def build_meta(config, num_labels: int | None, cfg: dict, precision: str) -> nn.
     return attach_adapter(base, cfg["method_options"], is_generate(cfg))
 
 
-def save(model: nn.Module, folder: str) -> None:
-    model.save_pretrained(folder)  # adapter weights plus modules_to_save (the head)
+def save(model: nn.Module, folder: str, state_dict: dict | None = None) -> None:
+    """state_dict: the whole model's, gathered from FSDP's shards; peft picks the adapter and head out of it."""
+    model.save_pretrained(folder, state_dict=state_dict)  # adapter weights plus modules_to_save (the head)
 
 
 def load(folder: str, model_path: str, num_labels: int | None, cfg: dict, device) -> nn.Module:

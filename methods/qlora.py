@@ -7,6 +7,8 @@ bitsandbytes >= 0.45, on the CPU.
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
@@ -40,10 +42,18 @@ UNQUANTIZED_MODULES = (*UNQUANTIZED, "lm_head")
 SKIP_PATTERNS = [rf"(.*\.)?{name}" for name in UNQUANTIZED_MODULES]
 
 
+def under_fsdp() -> bool:
+    """Launched by `accelerate launch` with an FSDP config (it sets this variable for every process)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
 def quantization_config(bits: int, device: torch.device):
     from transformers import BitsAndBytesConfig
 
+    fsdp = under_fsdp()
     if bits == 8:
+        if fsdp:
+            raise UserError("qlora with method_options.bits=8 cannot run under FSDP (int8 weights do not shard); use 4")
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=SKIP_PATTERNS)
     compute = torch.bfloat16 if device.type == "cuda" else torch.float32
     return BitsAndBytesConfig(
@@ -51,6 +61,10 @@ def quantization_config(bits: int, device: torch.device):
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=compute,
+        # FSDP all-gathers a block's parameters as one flat tensor of one dtype: the packed 4-bit weights are
+        # stored in the dtype of the block's other parameters, fp32 after peft's prepare_model_for_kbit_training
+        # (same bytes: 0.5 per weight); bitsandbytes' own uint8 otherwise.
+        bnb_4bit_quant_storage=torch.float32 if fsdp else torch.uint8,
         llm_int8_skip_modules=SKIP_PATTERNS,
     )
 

@@ -41,6 +41,11 @@ class Classifier(nn.Module):
     def config(self):
         return self.backbone.config
 
+    @property
+    def _no_split_modules(self) -> list[str] | None:
+        """The backbone's block classes: Accelerate's FSDP TRANSFORMER_BASED_WRAP shards block by block by them."""
+        return getattr(self.backbone, "_no_split_modules", None)
+
     def gradient_checkpointing_enable(self, **kwargs) -> None:
         self.backbone.gradient_checkpointing_enable(**kwargs)
 
@@ -108,10 +113,14 @@ def drop_pooler(backbone: nn.Module) -> nn.Module:
     return backbone
 
 
-def save_trained(model: nn.Module, folder: str) -> None:
-    """The trainable parameters (all of them for full, the head and any unfrozen layers for head)."""
+def save_trained(model: nn.Module, folder: str, state_dict: dict | None = None) -> None:
+    """The trainable parameters (all of them for full, the head and any unfrozen layers for head).
+
+    state_dict: the whole model's, gathered from FSDP's shards (the model's own parameters are shards then).
+    """
     Path(folder).mkdir(parents=True, exist_ok=True)
-    trained = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    state = state_dict if state_dict is not None else dict(model.named_parameters())
+    trained = {n: state[n].detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
     save_file(trained, str(Path(folder, SAVED)))
 
 

@@ -137,6 +137,10 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
     track_memory, memory_cap = cfg["measure"]["track_memory"], cfg["measure"]["memory_cap"]
     set_seed(seed)
     method = get_method(method_name)
+    caches = options.get("cache_features") and hasattr(method, "cache_features") and not generation.is_generate(cfg)
+    if accelerator.is_fsdp2 and caches:
+        # each rank embeds its own share of the batches, where FSDP needs every rank in every forward
+        raise UserError("method_options.cache_features cannot run under FSDP; set it to false, or launch with DDP")
     meter = StepMeter(device)  # on CUDA: resets the peak statistics before the model loads
 
     # -- data: checked before any model is loaded ------------------------------------------------
@@ -172,7 +176,11 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
         f"{total:,}",
         100 * trainable / total,
     )
-    model = accelerator.prepare(model)  # quantized models are already placed by their device_map
+    adamw = optim.resolve_adamw(train_cfg["adamw"], device.type)
+    optimizer = optim.build_optimizer(decay_param_groups(model, weight_decay), lr, train_cfg["optimizer"], adamw)
+    result["optimizer"] = optim.describe(train_cfg["optimizer"], adamw)
+    # Together: FSDP2 shards the model and swaps the optimizer's parameters for the shards in one call.
+    model, optimizer = accelerator.prepare(model, optimizer)  # quantized models are already placed by their device_map
     meter.model_loaded()
     if generate:  # -- llm: forgetting is measured on the same tokens before and after training
         result["lm_head_untied"] = getattr(model, "lm_head_untied", False)
@@ -219,9 +227,6 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
     total_steps = math.ceil(micro_batches_per_epoch / grad_accum) * epochs
     if max_steps:
         total_steps = min(total_steps, max_steps)
-    adamw = optim.resolve_adamw(train_cfg["adamw"], device.type)
-    optimizer = optim.build_optimizer(decay_param_groups(model, weight_decay), lr, train_cfg["optimizer"], adamw)
-    result["optimizer"] = optim.describe(train_cfg["optimizer"], adamw)
     # Not passed to accelerator.prepare: Accelerate's scheduler steps once per process for each optimizer step.
     scheduler = get_scheduler(
         "constant_with_warmup" if train_cfg["scheduler"] == "constant" else train_cfg["scheduler"],
@@ -229,7 +234,6 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
         num_warmup_steps=int(train_cfg["warmup_ratio"] * total_steps),
         num_training_steps=total_steps,
     )
-    optimizer = accelerator.prepare(optimizer)
     extra_metrics = load_extra(cfg["metrics"])
 
     def evaluate_split(name: str) -> tuple[dict, np.ndarray]:
@@ -268,7 +272,9 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
         curves["validation"].append({"step": at_step, **metrics})
         accelerator.log({f"validation/{k}": v for k, v in metrics.items()}, step=at_step)
         if metrics["accuracy"] > best["accuracy"]:
-            best.update(accuracy=metrics["accuracy"], step=at_step, state=_trainable_state(model, accelerator))
+            best.update(
+                accuracy=metrics["accuracy"], step=at_step, state=_trainable_state(accelerator.unwrap_model(model))
+            )
         log.info("step %d validation %s", at_step, metrics)
 
     model.train()
@@ -344,12 +350,12 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
     # -- save and test ---------------------------------------------------------------------------
     unwrapped = accelerator.unwrap_model(model)
     accelerator.wait_for_everyone()
-    if main and save == "best_and_last":
-        _save(method, unwrapped, run_dir / "last")
+    if save == "best_and_last":
+        _save(method, unwrapped, run_dir / "last", accelerator)
     if best["state"] is not None:
-        _restore(unwrapped, best["state"])
-    if main and save != "none":
-        _save(method, unwrapped, run_dir / "best")
+        _restore(unwrapped, best["state"])  # under FSDP2 each rank restores its own shards
+    if save != "none":
+        _save(method, unwrapped, run_dir / "best", accelerator)
     test_metrics, predictions = evaluate_split("test")
     if main:
         (run_dir / "test_predictions.json").write_text(json.dumps(predictions.tolist()))
@@ -434,28 +440,51 @@ def _record_rank_failures(accelerator: Accelerator, run_dir: Path, result: dict)
         result.update(status=failures[0]["status"], error=error)
 
 
-def _trainable_state(model, accelerator: Accelerator) -> dict:
-    """A CPU copy of what trains: enough to restore the best step later."""
-    unwrapped = accelerator.unwrap_model(model)
-    trainable = {n for n, p in unwrapped.named_parameters() if p.requires_grad}
-    return {n: t.detach().to("cpu", copy=True) for n, t in unwrapped.state_dict().items() if n in trainable}
+def _trainable_state(model) -> dict:
+    """A CPU copy of what trains (under FSDP2, this rank's shards): enough to restore the best step later."""
+    return {n: _local(p).detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
 
 
 def _restore(model, state: dict) -> None:
     """Load the best step's trainable tensors; any trainable tensor missing, or any extra one, is an error."""
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    unexpected = model.load_state_dict(state, strict=False).unexpected_keys
+    targets = model.state_dict(keep_vars=True)
+    unexpected = set(state) - set(targets)
     missing = trainable - set(state)
     if missing or unexpected:
         raise RuntimeError(
             f"restoring the best step: missing trainable {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}"
         )
+    with torch.no_grad():
+        for name, tensor in state.items():
+            _local(targets[name]).copy_(tensor)
 
 
-def _save(method, model, folder: Path) -> None:
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of an FSDP2 parameter (a DTensor), or the tensor itself."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def _save(method, model, folder: Path, accelerator: Accelerator) -> None:
+    """Rank 0 writes what the method keeps. Under FSDP2 every rank first takes part in gathering the whole state
+    dict from the shards (Accelerate's get_state_dict: full, offloaded to rank 0's CPU), which the method saves
+    from (untested on hardware)."""
+    if not accelerator.is_fsdp2:
+        if accelerator.is_main_process:
+            _write(folder, lambda tmp: method.save(model, tmp))
+        return
+    state_dict = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        _write(folder, lambda tmp: method.save(model, tmp, state_dict=state_dict))
+
+
+def _write(folder: Path, save) -> None:
+    """save(tmp) into a .partial folder, then swapped in whole."""
     tmp = folder.with_name(folder.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    method.save(model, str(tmp))
+    save(str(tmp))
     shutil.rmtree(folder, ignore_errors=True)
     tmp.replace(folder)
 

@@ -238,10 +238,13 @@ def plan_method(
     settings: dict,
     full_depth: bool = False,
     seq_limits: bool = True,
+    sharding=None,
 ) -> tuple[object, Limits]:
     """The trace at the requested batch (with FLOPs) and the largest batch (and sequence length) within budget.
 
     settings: the trace_step keywords the run's config sets (step_settings: method options, optimizer, ...).
+
+    sharding (tunebench.sharding.Sharding): the traces as one rank of several GPUs holds them.
 
     The largest batch comes from a second trace at twice the batch: the peak at any batch follows from the two.
     With seq_limits, a third trace at another sequence length gives the largest sequence length at the planned
@@ -260,6 +263,10 @@ def plan_method(
     depths = None if full_depth else extrapolation_depths(spec.config)
 
     def trace(batch: int, count_flops: bool = False, seq_len: int = shape.seq_len):
+        step = trace_one(batch, count_flops, seq_len)
+        return sharding.step(step) if sharding else step
+
+    def trace_one(batch: int, count_flops: bool, seq_len: int):
         nonlocal depths
         kwargs = {
             "batch_size": batch,
@@ -374,6 +381,7 @@ def next_steps(
     settings: dict[str, dict],
     plans: list[MethodPlan],
     full_depth: bool = False,
+    shardings: dict | None = None,
 ) -> list[str]:
     """When nothing fits: a smaller batch with more accumulation, then what the config does not use yet, traced:
     gradient checkpointing, and 8-bit AdamW states where the optimizer state is large; only steps that save memory."""
@@ -398,7 +406,16 @@ def next_steps(
                 continue  # small optimizer state (adapters, a head): little to save
             tried = settings[plan.method] | {key: value}
             step, limits = plan_method(
-                spec, plan.method, shape, precision, device, budget, tried, full_depth, seq_limits=False
+                spec,
+                plan.method,
+                shape,
+                precision,
+                device,
+                budget,
+                tried,
+                full_depth,
+                seq_limits=False,
+                sharding=(shardings or {}).get(plan.method),
             )
             if step.peak_bytes >= plan.tensor_peak_bytes:  # nothing to gain (head: a frozen backbone saves nothing)
                 continue
@@ -472,6 +489,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="trace every layer instead of extrapolating a deep model from 2 and 3 of its layers (slower, same result)",
     )
+    parser.add_argument("--gpus", type=int, help="GPUs the run spreads over (with --strategy); memory is per GPU")
+    parser.add_argument(
+        "--strategy", help="ddp (replicated model, gradient buckets) or fsdp (FSDP2 full sharding, block by block)"
+    )
 
 
 def run_plan(args: argparse.Namespace) -> int:
@@ -492,6 +513,7 @@ class PlannedRun:
     task_type: str
     settings: dict[str, dict]  # method -> its config's trace_step keywords (step_settings)
     not_planned: list[str]  # keys the --config file sets that do not change one training step
+    methods_named: bool  # False: every plannable method, by default
 
 
 def planned_run(args: argparse.Namespace) -> PlannedRun:
@@ -515,7 +537,8 @@ def planned_run(args: argparse.Namespace) -> PlannedRun:
                 f"plan cannot honour {flag} ({SHORTCUTS[name]}): it does not change one training step; {_honours()}"
             )
     user = read_yaml(args.config) if args.config else {}
-    methods = _parse_methods(args.methods or args.method or options["overrides"].get("method") or user.get("method"))
+    named = args.methods or args.method or options["overrides"].get("method") or user.get("method")
+    methods = _parse_methods(named)
     if len(methods) > 1 and any(k.startswith("method_options.") for k in options["overrides"]):
         raise UserError("--set method_options.* is one method's: plan it alone with --method")
     configs = {m: run_config(m, args.task, **options) for m in methods}
@@ -538,6 +561,7 @@ def planned_run(args: argparse.Namespace) -> PlannedRun:
         task_type=task_type,
         settings={m: step_settings(c, spec) for m, c in configs.items()},
         not_planned=[k for k in flatten(user) if not honoured(k)],
+        methods_named=bool(named),
     )
 
 
@@ -577,18 +601,46 @@ def plan_from_args(args: argparse.Namespace) -> dict:
     device = resolve_device(args.gpu, args.peak_tflops, run.precision)
     budget = parse_budget(args.budget) if args.budget else device.memory_bytes
     started = time.perf_counter()
-    plan = make_plan(run, device, budget, args.results, args.full_depth)
+    plan = make_plan(run, device, budget, args.results, args.full_depth, args.gpus, args.strategy)
     plan["seconds_to_plan"] = round(time.perf_counter() - started, 1)
     return plan
 
 
-def make_plan(run: PlannedRun, device: Device, budget, results=None, full_depth: bool = False) -> dict:
+def make_plan(
+    run: PlannedRun,
+    device: Device,
+    budget,
+    results=None,
+    full_depth: bool = False,
+    gpus: int | None = None,
+    strategy: str | None = None,
+) -> dict:
     from tunebench.methods import get_method
+    from tunebench.sharding import check_sharding, make_sharding, sharding_assumptions
     from tunebench.tracing import attention_implementation, build_meta_model, with_depth
 
     spec, shape, precision = run.spec, run.shape, run.precision
+    check_sharding(gpus, strategy, spec.config.num_hidden_layers)
+    shardings = {}
+    for m, settings in list(run.settings.items()):
+        try:
+            shardings[m] = make_sharding(
+                spec.config,
+                m,
+                gpus,
+                strategy,
+                num_labels=shape.num_labels,
+                precision=precision,
+                options=settings["options"],
+                pooling=settings["pooling"],
+                task_type=run.task_type,
+            )
+        except UserError:
+            if run.methods_named:
+                raise
+            del run.settings[m]  # the default list: leave out what this strategy cannot run (head's feature cache)
     traces = {
-        m: plan_method(spec, m, shape, precision, device, budget, settings, full_depth)
+        m: plan_method(spec, m, shape, precision, device, budget, settings, full_depth, sharding=shardings[m])
         for m, settings in run.settings.items()
     }
     tokens_per_step = {m: shape.batch_size * shape.seq_len * run.settings[m]["grad_accum"] for m in traces}
@@ -620,6 +672,7 @@ def make_plan(run: PlannedRun, device: Device, budget, results=None, full_depth:
         "not_planned": run.not_planned,
         "device": asdict(device),
         "budget_bytes": budget,
+        "sharding": {"gpus": gpus or 1, "strategy": strategy},
         "assumptions": [
             f"attention: {attention}"
             + (" (fused kernel: no s x s matrix saved)" if attention == "sdpa" else " (saves the s x s scores)"),
@@ -635,12 +688,15 @@ def make_plan(run: PlannedRun, device: Device, budget, results=None, full_depth:
             f"device bytes = tensor peak x {1 + device.allocator_margin:.2f} "
             f"+ {format_gib(device.context_bytes)} CUDA context",
             *(get_method(m).PLANNING.assumption for m in run.settings if get_method(m).PLANNING.assumption),
+            *sharding_assumptions(gpus, strategy),
         ],
         "methods": [asdict(p) for p in plans],
         "recommendation": recommend(plans, budget),
     }
     if budget is not None and not any(p.fits for p in plans):
-        out["next_steps"] = next_steps(spec, shape, precision, device, budget, run.settings, plans, full_depth)
+        out["next_steps"] = next_steps(
+            spec, shape, precision, device, budget, run.settings, plans, full_depth, shardings
+        )
     return out
 
 
@@ -672,7 +728,12 @@ def format_plan(plan: dict) -> str:
         f"batch {shape['batch_size']} x {shape['seq_len']} tokens, "
         + (f"{shape['num_labels']} labels" if plan["task_type"] == "classify" else "causal-LM SFT")
         + f", {plan['precision']}; budget {format_gib(budget) if budget else 'none'} on {device['name']}"
-        + (f" ({device['peak_flops'] / 1e12:.0f} TFLOP/s peak)" if device["peak_flops"] else ""),
+        + (f" ({device['peak_flops'] / 1e12:.0f} TFLOP/s peak)" if device["peak_flops"] else "")
+        + (
+            f"; {plan['sharding']['gpus']} GPUs, {plan['sharding']['strategy']}: memory and batch per GPU"
+            if plan["sharding"]["strategy"]
+            else ""
+        ),
         *(f"{method}: {_describe_settings(s)}" for method, s in plan["settings"].items()),
         "",
         f"{'method':7} {'trainable':>10} {'peak':>9} {'weights':>8} {'buffers':>8} {'grads':>8} {'optim':>8}"
@@ -980,6 +1041,8 @@ def validation_rows(args: argparse.Namespace) -> list[dict]:
 
     from tunebench.models import DECODER_TYPES
 
+    if args.gpus is not None or args.strategy is not None:
+        raise UserError("--validate measures one process on this machine; drop --gpus and --strategy")
     methods = _parse_methods(args.methods)
     if args.results:
         return validate_results(args.results)

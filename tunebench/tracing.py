@@ -33,6 +33,7 @@ from tunebench.generation import IGNORE
 from tunebench.measure import CATEGORIES, ProfiledPeak, TensorTracker, quantization_state
 from tunebench.models import DECODER_TYPES
 from tunebench.optim import build_adamw, build_optimizer, resolve_adamw
+from tunebench.sharding import block_list
 
 # precision -> (weight dtype, autocast dtype or None)
 PRECISIONS = {
@@ -261,7 +262,7 @@ def _label_blocks(model: nn.Module, tracker: TimelineTracker, num_layers: int) -
     Backward enters block k when the gradient of its output is complete, and leaves the stack when the
     gradient of the first block's input is; a frozen stack (head) or a frozen embedding (lora) has fewer marks.
     """
-    blocks = next((m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) == num_layers), None)
+    blocks = block_list(model, num_layers)
     if blocks is None:
         return
 
