@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
@@ -31,7 +30,7 @@ from tunebench.methods import get_method
 from tunebench.models import load_config
 from tunebench.optim import build_adamw, resolve_adamw
 from tunebench.sharding import block_list
-from tunebench.tracing import LR, MAX_GRAD_NORM, WEIGHT_DECAY, classifier_config, make_batch
+from tunebench.tracing import LR, MAX_GRAD_NORM, WEIGHT_DECAY, classifier_config, make_batch, method_cfg
 
 model_path, methods, batch_size, seq_len, out = (
     sys.argv[1],
@@ -43,7 +42,6 @@ model_path, methods, batch_size, seq_len, out = (
 dist.init_process_group("gloo")
 rank = dist.get_rank()
 config = classifier_config(load_config(model_path), 2)
-task = SimpleNamespace(label_names=["0", "1"], num_labels=2)
 batch = make_batch(batch_size, seq_len, 2, config.vocab_size, config.pad_token_id or 0)
 adamw = resolve_adamw("auto", "cpu")
 
@@ -52,19 +50,11 @@ def local(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
-tokenizer = SimpleNamespace(pad_token_id=config.pad_token_id)
-
-
 def build(method: str) -> tuple:
     torch.manual_seed(0)
     module = get_method(method)
-    cfg = {
-        "method_options": dict(module.DEFAULTS["method_options"]),
-        "train": {"gradient_checkpointing": False},
-        "pooling": None,
-        "head_dropout": None,
-    }
-    model = module.build(model_path, task, tokenizer, cfg, torch.device("cpu"))
+    cfg = method_cfg(dict(module.DEFAULTS["method_options"]), None, False, "classify")
+    model = module.build(model_path, 2, cfg, torch.device("cpu"))
     model.train()
     return module, cfg, model
 
@@ -117,7 +107,7 @@ def measure(method: str) -> dict:
     if rank == 0:
         folder = Path(out, method)
         module.save(model, str(folder), state_dict=state_dict)
-        reloaded = module.load(str(folder), model_path, task, tokenizer, cfg, torch.device("cpu"))
+        reloaded = module.load(str(folder), model_path, 2, cfg, torch.device("cpu"))
         again = reloaded.state_dict()
         trained = [n for n, p in model.named_parameters() if p.requires_grad]
         reload_matches = all(torch.equal(again[n], state_dict[n]) for n in trained)
