@@ -43,6 +43,8 @@ class Method(Protocol):
 
     Optional members, looked up with hasattr:
       check_options(method_options) -> None: rejects bad options when the config is built, before anything loads;
+      check_strategy(strategy, cfg) -> None: rejects a multi-GPU strategy ("ddp" | "fsdp") this run's settings cannot
+        use (`plan --strategy` asks it before tracing, the loop before building the model under FSDP);
       cache_features(model, loader, device) -> (features, dataset indices): the backbone runs once and the head
         trains on the result (the loop gathers it across processes, in dataset order).
     """

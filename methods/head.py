@@ -18,6 +18,7 @@ from tunebench.classifier import Classifier, load_trained, save_trained
 from tunebench.errors import UserError
 from tunebench.generation import is_generate, load_model, untie_lm_head
 from tunebench.methods import Planning
+from tunebench.sharding import block_list
 
 DEFAULTS = {
     "train": {"lr": 1.0e-2, "weight_decay": 0.0},  # a linear probe on fixed features takes a large step
@@ -39,12 +40,10 @@ PLANNING = Planning(
 
 
 def _layers(backbone: nn.Module) -> nn.ModuleList:
-    """The stack of transformer blocks: the ModuleList as long as num_hidden_layers."""
-    depth = backbone.config.num_hidden_layers
-    for module in backbone.modules():
-        if isinstance(module, nn.ModuleList) and len(module) == depth:
-            return module
-    raise UserError("method_options.unfreeze_top: cannot find the transformer layers of this model")
+    layers = block_list(backbone, backbone.config.num_hidden_layers)
+    if layers is None:
+        raise UserError("method_options.unfreeze_top: cannot find the transformer layers of this model")
+    return layers
 
 
 def check_options(options: dict) -> None:
@@ -54,6 +53,15 @@ def check_options(options: dict) -> None:
         raise UserError(f"method_options.unfreeze_top must be a whole number >= 0, got {top!r}")
     if top and options["cache_features"]:
         raise UserError("method_options.cache_features needs a fully frozen backbone; set unfreeze_top=0")
+
+
+def check_strategy(strategy: str, cfg: dict) -> None:
+    if strategy == "fsdp" and cfg["method_options"]["cache_features"] and not is_generate(cfg):
+        # each rank embeds its own share of the batches outside the step, where FSDP needs every rank in every forward
+        raise UserError(
+            "head with cache_features (its default) cannot run under FSDP: its feature cache runs the frozen backbone "
+            "outside the training step; set method_options.cache_features=false, or use DDP"
+        )
 
 
 def build(model_path: str, num_labels: int | None, cfg: dict, device) -> nn.Module:

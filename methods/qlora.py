@@ -35,6 +35,11 @@ def check_options(options: dict) -> None:
         raise UserError(f"method_options.bits must be 4 or 8, got {options['bits']!r}")
 
 
+def check_strategy(strategy: str, cfg: dict) -> None:
+    if strategy == "fsdp" and cfg["method_options"]["bits"] == 8:
+        raise UserError("qlora with method_options.bits=8 cannot run under FSDP (int8 weights do not shard); use 4")
+
+
 # Modules left unquantized: the task head and pooler, a causal LM's head (embeddings are not linear layers).
 UNQUANTIZED_MODULES = (*UNQUANTIZED, "lm_head")
 # transformers matches a skip pattern from the start of a module's path, or as its suffix: a bare "pooler"
@@ -51,9 +56,7 @@ def quantization_config(bits: int, device: torch.device):
     from transformers import BitsAndBytesConfig
 
     fsdp = under_fsdp()
-    if bits == 8:
-        if fsdp:
-            raise UserError("qlora with method_options.bits=8 cannot run under FSDP (int8 weights do not shard); use 4")
+    if bits == 8:  # under FSDP check_strategy refuses it first
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=SKIP_PATTERNS)
     compute = torch.bfloat16 if device.type == "cuda" else torch.float32
     return BitsAndBytesConfig(

@@ -137,10 +137,8 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
     track_memory, memory_cap = cfg["measure"]["track_memory"], cfg["measure"]["memory_cap"]
     set_seed(seed)
     method = get_method(method_name)
-    caches = options.get("cache_features") and hasattr(method, "cache_features") and not generation.is_generate(cfg)
-    if accelerator.is_fsdp2 and caches:
-        # each rank embeds its own share of the batches, where FSDP needs every rank in every forward
-        raise UserError("method_options.cache_features cannot run under FSDP; set it to false, or launch with DDP")
+    if accelerator.is_fsdp2 and hasattr(method, "check_strategy"):
+        method.check_strategy("fsdp", cfg)
     meter = StepMeter(device)  # on CUDA: resets the peak statistics before the model loads
 
     # -- data: checked before any model is loaded ------------------------------------------------

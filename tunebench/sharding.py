@@ -194,21 +194,16 @@ def make_sharding(config, method: str, gpus: int | None, strategy: str | None, *
 
     build: build_meta_model's keywords for the method's model (precision, options, num_labels, pooling).
     """
-    from tunebench.tracing import build_meta_model, with_depth
+    from tunebench.methods import get_method
+    from tunebench.tracing import build_meta_model, method_cfg, with_depth
 
     check_sharding(gpus, strategy, config.num_hidden_layers)
     if strategy is None:
         return None
-    if strategy == "fsdp" and method == "qlora" and build["options"].get("bits", 4) == 8:
-        raise UserError(
-            "qlora with method_options.bits=8 cannot use --strategy fsdp (int8 weights do not shard); use 4"
-        )
-    if strategy == "fsdp" and method == "head" and build["options"].get("cache_features"):
-        raise UserError(
-            "head with cache_features (its default) cannot use --strategy fsdp: its feature cache runs the frozen "
-            "backbone outside the training step, each rank on its own share of batches, where FSDP needs every "
-            "rank in every forward; use --strategy ddp, or another method"
-        )
+    module = get_method(method)
+    if hasattr(module, "check_strategy"):
+        cfg = method_cfg(build["options"], build.get("pooling"), False, build.get("task_type", "classify"))
+        module.check_strategy(strategy, cfg)
     layout = state_layout(build_meta_model(with_depth(config, 1), method, **build), 1)
     return Sharding(strategy, gpus, layout)
 
