@@ -16,10 +16,15 @@ import argparse
 import itertools
 import json
 import math
+import multiprocessing
+import os
 import re
 import statistics
+import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 from tunebench import CONFIG_DIR
@@ -305,6 +310,29 @@ def plan_method(
     return step, limits
 
 
+def map_forked(fn, calls: list[dict]) -> list:
+    """[fn(**kwargs) for kwargs in calls], spread over this machine's cores: each call runs in a process forked from
+    this one, which shares the libraries it has imported (most of a plan's start-up). Here, one call after another,
+    where there is one core or no fork (not Linux). fn and the calls' values must pickle (a module's function)."""
+    workers = min(len(calls), len(os.sched_getaffinity(0))) if sys.platform == "linux" else 1
+    if workers < 2:
+        return [fn(**kwargs) for kwargs in calls]
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread) as pool:
+        return list(pool.map(_call, itertools.repeat(fn), calls))
+
+
+def _one_thread() -> None:
+    """A forked worker's torch runs on one thread: the traces are fake, and the OpenMP pool is not fork-safe."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _call(fn, kwargs: dict):
+    return fn(**kwargs)
+
+
 def _search_max(fits, cap: int) -> int:
     """The largest n <= cap with fits(n), fits monotone: double until it does not fit, then bisect."""
     if not fits(1):
@@ -398,32 +426,35 @@ def next_steps(
         ("gradient_checkpointing", True, "gradient checkpointing", "--set train.gradient_checkpointing=true"),
         ("optimizer", "adamw_8bit", "8-bit AdamW states", "--set train.optimizer=adamw_8bit"),
     ]
+    tried = []
     for key, value, what, flag in tries:
         for plan in plans:
             if settings[plan.method][key] == value:
                 continue
             if key == "optimizer" and plan.at_peak.get("optimizer_state", 0) < plan.tensor_peak_bytes / 10:
                 continue  # small optimizer state (adapters, a head): little to save
-            tried = settings[plan.method] | {key: value}
-            step, limits = plan_method(
-                spec,
-                plan.method,
-                shape,
-                precision,
-                device,
-                budget,
-                tried,
-                full_depth,
-                seq_limits=False,
-                sharding=(shardings or {}).get(plan.method),
-            )
-            if step.peak_bytes >= plan.tensor_peak_bytes:  # nothing to gain (head: a frozen backbone saves nothing)
-                continue
-            need = device.bytes_for(step.peak_bytes)
-            steps.append(
-                f"{plan.method} with {what} ({flag}) {'fits' if need <= budget else 'still needs'} "
-                f"{format_gib(need)} at batch {shape.batch_size} (traced; largest batch {limits.max_batch})"
-            )
+            tried.append((plan, what, flag, settings[plan.method] | {key: value}))
+    traced = map_forked(
+        partial(plan_method, spec, shape=shape, precision=precision, device=device, budget=budget),
+        [
+            {
+                "method": plan.method,
+                "settings": plan_settings,
+                "full_depth": full_depth,
+                "seq_limits": False,
+                "sharding": (shardings or {}).get(plan.method),
+            }
+            for plan, _, _, plan_settings in tried
+        ],
+    )
+    for (plan, what, flag, _), (step, limits) in zip(tried, traced, strict=True):
+        if step.peak_bytes >= plan.tensor_peak_bytes:  # nothing to gain (head: a frozen backbone saves nothing)
+            continue
+        need = device.bytes_for(step.peak_bytes)
+        steps.append(
+            f"{plan.method} with {what} ({flag}) {'fits' if need <= budget else 'still needs'} "
+            f"{format_gib(need)} at batch {shape.batch_size} (traced; largest batch {limits.max_batch})"
+        )
     return steps
 
 
@@ -639,17 +670,6 @@ def make_plan(
             if run.methods_named:
                 raise
             del run.settings[m]  # the default list: leave out what this strategy cannot run (head's feature cache)
-    traces = {
-        m: plan_method(spec, m, shape, precision, device, budget, settings, full_depth, sharding=shardings[m])
-        for m, settings in run.settings.items()
-    }
-    tokens_per_step = {m: shape.batch_size * shape.seq_len * run.settings[m]["grad_accum"] for m in traces}
-    flops_per_token = {m: step.flops / tokens_per_step[m] for m, (step, _) in traces.items()}
-    mfu = calibrate_mfu(results, spec.name, precision, shape, flops_per_token)
-    plans = [
-        _method_plan(m, step, run.settings[m]["grad_accum"], device, budget, limits, mfu[m])
-        for m, (step, limits) in traces.items()
-    ]
     method, settings = next(iter(run.settings.items()))
     attention = attention_implementation(  # one layer tells, and building 80 costs seconds
         build_meta_model(
@@ -661,6 +681,21 @@ def make_plan(
             task_type=run.task_type,
         )
     )
+    traced = map_forked(
+        partial(plan_method, spec, shape=shape, precision=precision, device=device, budget=budget),
+        [
+            {"method": m, "settings": settings, "full_depth": full_depth, "sharding": shardings[m]}
+            for m, settings in run.settings.items()
+        ],
+    )
+    traces = dict(zip(run.settings, traced, strict=True))
+    tokens_per_step = {m: shape.batch_size * shape.seq_len * run.settings[m]["grad_accum"] for m in traces}
+    flops_per_token = {m: step.flops / tokens_per_step[m] for m, (step, _) in traces.items()}
+    mfu = calibrate_mfu(results, spec.name, precision, shape, flops_per_token)
+    plans = [
+        _method_plan(m, step, run.settings[m]["grad_accum"], device, budget, limits, mfu[m])
+        for m, (step, limits) in traces.items()
+    ]
     layers = spec.config.num_hidden_layers
     depths = {step.depths for step, _ in traces.values()}
     out = {
