@@ -16,9 +16,13 @@ import argparse
 import itertools
 import json
 import math
+import multiprocessing
+import os
 import re
 import statistics
+import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -239,12 +243,15 @@ def plan_method(
     full_depth: bool = False,
     seq_limits: bool = True,
     sharding=None,
+    traced: dict | None = None,
 ) -> tuple[object, Limits]:
     """The trace at the requested batch (with FLOPs) and the largest batch (and sequence length) within budget.
 
     settings: the trace_step keywords the run's config sets (step_settings: method options, optimizer, ...).
 
     sharding (tunebench.sharding.Sharding): the traces as one rank of several GPUs holds them.
+
+    traced: trace_step's results for first_traces' calls, run already (prefetch_traces); others are traced here.
 
     The largest batch comes from a second trace at twice the batch: the peak at any batch follows from the two.
     With seq_limits, a third trace at another sequence length gives the largest sequence length at the planned
@@ -261,6 +268,11 @@ def plan_method(
     )
 
     depths = None if full_depth else extrapolation_depths(spec.config)
+    traced = dict(traced or {})
+
+    def trace_or_traced(config, method: str, **kwargs):
+        key = (config.num_hidden_layers, kwargs["batch_size"], kwargs["seq_len"], kwargs["count_flops"])
+        return traced.pop(key) if key in traced else trace_step(config, method, **kwargs)
 
     def trace(batch: int, count_flops: bool = False, seq_len: int = shape.seq_len):
         step = trace_one(batch, count_flops, seq_len)
@@ -277,11 +289,11 @@ def plan_method(
             **settings,
         }
         if depths:
-            step = trace_step_extrapolated(spec.config, method, depths, **kwargs)
+            step = trace_step_extrapolated(spec.config, method, depths, trace_or_traced, **kwargs)
             if step is not None:
                 return step
             depths = None  # the short stacks' steps did not line up: trace every layer from here on
-        return trace_step(spec.config, method, **kwargs)
+        return trace_or_traced(spec.config, method, **kwargs)
 
     step = trace(shape.batch_size, True)
     limits = Limits()
@@ -292,8 +304,7 @@ def plan_method(
     limits.max_batch = affine_max_batch(step, double_batch, limit, MAX_BATCH)
     if limits.max_batch is None:  # the two traces ran different ops: search by traces instead
         limits.max_batch = _search_max(lambda b: trace(b).peak_bytes <= limit, MAX_BATCH)
-    cap = getattr(spec.config, "max_position_embeddings", None) or MAX_SEQ_LEN
-    other = 2 * shape.seq_len if 2 * shape.seq_len <= cap else shape.seq_len // 2
+    cap, other = _other_seq_len(spec, shape)
     if not seq_limits or other < 1:
         return step, limits
     other_seq = trace(shape.batch_size, seq_len=other)
@@ -303,6 +314,94 @@ def plan_method(
             found = _search_max(lambda s, batch=batch: trace(batch, seq_len=s).peak_bytes <= limit, cap)
         setattr(limits, name, found)
     return step, limits
+
+
+def _other_seq_len(spec: ModelSpec, shape: Shape) -> tuple[int, int]:
+    """The model's longest sequence, and the second sequence length plan_method traces below it."""
+    cap = getattr(spec.config, "max_position_embeddings", None) or MAX_SEQ_LEN
+    return cap, 2 * shape.seq_len if 2 * shape.seq_len <= cap else shape.seq_len // 2
+
+
+def first_traces(
+    spec: ModelSpec, shape: Shape, budget: int | None, seq_limits: bool, full_depth: bool
+) -> list[tuple[int, int, int, bool]]:
+    """The trace_step calls plan_method starts from, as (layers, batch, seq_len, count_flops): the planned step with
+    its FLOPs; with a budget, twice its batch, and with seq_limits too another sequence length; each at the two
+    extrapolation depths, or at the model's own."""
+    from tunebench.tracing import extrapolation_depths
+
+    shapes = [(shape.batch_size, shape.seq_len, True)]
+    if budget is not None:
+        shapes.append((2 * shape.batch_size, shape.seq_len, False))
+        _, other = _other_seq_len(spec, shape)
+        if seq_limits and other >= 1:
+            shapes.append((shape.batch_size, other, False))
+    depths = (None if full_depth else extrapolation_depths(spec.config)) or (spec.config.num_hidden_layers,)
+    return [(layers, *traced) for traced in shapes for layers in depths]
+
+
+def prefetch_traces(
+    spec: ModelSpec,
+    shape: Shape,
+    precision: str,
+    budget: int | None,
+    runs: list[tuple[str, dict]],
+    full_depth: bool = False,
+    seq_limits: bool = True,
+) -> list[dict]:
+    """For each (method, settings) of runs, plan_method's first traces (first_traces), all run over the cores
+    together (map_forked): plan_method's `traced`."""
+    from tunebench.tracing import trace_step, with_depth
+
+    keys = first_traces(spec, shape, budget, seq_limits, full_depth)
+    depths = len({layers for layers, *_ in keys})
+    # by shape, then method: a worker takes a trace's depths together and shapes other methods traced too, whose
+    # ops FakeTensorMode's cache (one per process) has seen
+    order = [
+        (run, key)
+        for pair in range(0, len(keys), depths)
+        for run in range(len(runs))
+        for key in range(pair, pair + depths)
+    ]
+    calls = [
+        {
+            "config": with_depth(spec.config, keys[key][0]),
+            "method": runs[run][0],
+            "batch_size": keys[key][1],
+            "seq_len": keys[key][2],
+            "count_flops": keys[key][3],
+            "num_labels": shape.num_labels,
+            "precision": precision,
+            **runs[run][1],
+        }
+        for run, key in order
+    ]
+    steps = dict(zip(order, map_forked(trace_step, calls, chunksize=depths), strict=True))
+    return [{keys[key]: steps[run, key] for key in range(len(keys))} for run in range(len(runs))]
+
+
+def map_forked(fn, calls: list[dict], chunksize: int = 1) -> list:
+    """[fn(**kwargs) for kwargs in calls], spread over this machine's cores: each call runs in a process forked from
+    this one, which shares the libraries it has imported (most of a plan's start-up), chunksize consecutive calls
+    in the same one. Here, one call after another, where there is one core or no fork (not Linux). fn and the
+    calls' values must pickle (a module's function)."""
+    workers = min(len(calls), len(os.sched_getaffinity(0))) if sys.platform == "linux" else 1
+    if workers < 2:
+        return [fn(**kwargs) for kwargs in calls]
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread) as pool:
+        return list(pool.map(_call, itertools.repeat(fn), calls, chunksize=chunksize))
+
+
+def _one_thread() -> None:
+    """A forked worker's torch runs on one thread: the traces are fake, and the OpenMP pool is not fork-safe."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _call(fn, kwargs: dict):
+    return fn(**kwargs)
 
 
 def _search_max(fits, cap: int) -> int:
@@ -398,32 +497,38 @@ def next_steps(
         ("gradient_checkpointing", True, "gradient checkpointing", "--set train.gradient_checkpointing=true"),
         ("optimizer", "adamw_8bit", "8-bit AdamW states", "--set train.optimizer=adamw_8bit"),
     ]
+    tried = []
     for key, value, what, flag in tries:
         for plan in plans:
             if settings[plan.method][key] == value:
                 continue
             if key == "optimizer" and plan.at_peak.get("optimizer_state", 0) < plan.tensor_peak_bytes / 10:
                 continue  # small optimizer state (adapters, a head): little to save
-            tried = settings[plan.method] | {key: value}
-            step, limits = plan_method(
-                spec,
-                plan.method,
-                shape,
-                precision,
-                device,
-                budget,
-                tried,
-                full_depth,
-                seq_limits=False,
-                sharding=(shardings or {}).get(plan.method),
-            )
-            if step.peak_bytes >= plan.tensor_peak_bytes:  # nothing to gain (head: a frozen backbone saves nothing)
-                continue
-            need = device.bytes_for(step.peak_bytes)
-            steps.append(
-                f"{plan.method} with {what} ({flag}) {'fits' if need <= budget else 'still needs'} "
-                f"{format_gib(need)} at batch {shape.batch_size} (traced; largest batch {limits.max_batch})"
-            )
+            tried.append((plan, what, flag, settings[plan.method] | {key: value}))
+    prefetched = prefetch_traces(
+        spec, shape, precision, budget, [(p.method, s) for p, _, _, s in tried], full_depth, seq_limits=False
+    )
+    for (plan, what, flag, plan_settings), traced in zip(tried, prefetched, strict=True):
+        step, limits = plan_method(
+            spec,
+            plan.method,
+            shape,
+            precision,
+            device,
+            budget,
+            plan_settings,
+            full_depth,
+            seq_limits=False,
+            sharding=(shardings or {}).get(plan.method),
+            traced=traced,
+        )
+        if step.peak_bytes >= plan.tensor_peak_bytes:  # nothing to gain (head: a frozen backbone saves nothing)
+            continue
+        need = device.bytes_for(step.peak_bytes)
+        steps.append(
+            f"{plan.method} with {what} ({flag}) {'fits' if need <= budget else 'still needs'} "
+            f"{format_gib(need)} at batch {shape.batch_size} (traced; largest batch {limits.max_batch})"
+        )
     return steps
 
 
@@ -639,17 +744,6 @@ def make_plan(
             if run.methods_named:
                 raise
             del run.settings[m]  # the default list: leave out what this strategy cannot run (head's feature cache)
-    traces = {
-        m: plan_method(spec, m, shape, precision, device, budget, settings, full_depth, sharding=shardings[m])
-        for m, settings in run.settings.items()
-    }
-    tokens_per_step = {m: shape.batch_size * shape.seq_len * run.settings[m]["grad_accum"] for m in traces}
-    flops_per_token = {m: step.flops / tokens_per_step[m] for m, (step, _) in traces.items()}
-    mfu = calibrate_mfu(results, spec.name, precision, shape, flops_per_token)
-    plans = [
-        _method_plan(m, step, run.settings[m]["grad_accum"], device, budget, limits, mfu[m])
-        for m, (step, limits) in traces.items()
-    ]
     method, settings = next(iter(run.settings.items()))
     attention = attention_implementation(  # one layer tells, and building 80 costs seconds
         build_meta_model(
@@ -661,6 +755,20 @@ def make_plan(
             task_type=run.task_type,
         )
     )
+    prefetched = prefetch_traces(spec, shape, precision, budget, list(run.settings.items()), full_depth)
+    traces = {
+        m: plan_method(
+            spec, m, shape, precision, device, budget, settings, full_depth, sharding=shardings[m], traced=traced
+        )
+        for (m, settings), traced in zip(run.settings.items(), prefetched, strict=True)
+    }
+    tokens_per_step = {m: shape.batch_size * shape.seq_len * run.settings[m]["grad_accum"] for m in traces}
+    flops_per_token = {m: step.flops / tokens_per_step[m] for m, (step, _) in traces.items()}
+    mfu = calibrate_mfu(results, spec.name, precision, shape, flops_per_token)
+    plans = [
+        _method_plan(m, step, run.settings[m]["grad_accum"], device, budget, limits, mfu[m])
+        for m, (step, limits) in traces.items()
+    ]
     layers = spec.config.num_hidden_layers
     depths = {step.depths for step, _ in traces.values()}
     out = {

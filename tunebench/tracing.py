@@ -575,9 +575,12 @@ def with_depth(config, layers: int):
     return config
 
 
-def trace_step_extrapolated(config, method: str, depths: tuple[int, int], **kwargs) -> StepTrace | None:
-    """trace_step at the model's depth from traces of two shorter stacks; None if their points do not line up."""
-    low, high = (trace_step(with_depth(config, depth), method, **kwargs) for depth in depths)
+def trace_step_extrapolated(
+    config, method: str, depths: tuple[int, int], trace=trace_step, **kwargs
+) -> StepTrace | None:
+    """trace_step at the model's depth from traces of two shorter stacks; None if their points do not line up.
+    trace: trace_step, or a function that returns its results (the planner's, run ahead)."""
+    low, high = (trace(with_depth(config, depth), method, **kwargs) for depth in depths)
     return extrapolate_depth(low, high, config.num_hidden_layers)
 
 
