@@ -254,6 +254,26 @@ def test_unequal_budget_pooling_and_lr_rule_are_said_plainly(tmp_path: Path) -> 
     assert "| 1e-4 (set by the suite) |" in markdown and "| 1e-2 (the method's default) |" in markdown
 
 
+def test_a_generate_task_s_default_rate_is_the_method_s_generate_default(tmp_path: Path) -> None:
+    """head's default on a generate task is GENERATE_DEFAULTS' rate: that rate is its default there, not a setting."""
+    generate_lr = get_method("head").GENERATE_DEFAULTS["train"]["lr"]
+    rows = [("full", 1, 0.90, 1000e6, 100.0, 120.0), ("head", 1, 0.85, 100e6, 1200.0, 10.0)]
+    for name, head_lr in (("generate-default", generate_lr), ("classify-default", None)):
+        folder = tmp_path / name
+        _write_results(folder, rows, train={"head": {"lr": head_lr}} if head_lr else None)
+        for path in folder.glob("*.json"):
+            result = json.loads(path.read_text())
+            result["config"].setdefault("data", {})["task_type"] = "generate"
+            path.write_text(json.dumps(result))
+        write_report([str(folder)], str(tmp_path / f"{name}-report"))
+        markdown = (tmp_path / f"{name}-report" / "report.md").read_text()
+        if head_lr:
+            assert "not chosen by one rule" not in markdown
+            assert re.search(r"\| \*\*head\*\* \|.*\| [0-9.e-]+ \(the method's default\) \|", markdown)
+        else:  # the classification default on a generate task was set by hand
+            assert "set by the suite for head" in markdown
+
+
 def test_old_results_flag_their_pooling(report: Path) -> None:
     # cpu-len64 predates the shared pooling key: head pooled its own way, the others used the model's pooler
     flags = (report / "report.md").read_text().split("### Flags")[1]

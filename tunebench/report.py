@@ -410,15 +410,25 @@ def memory_label(groups: Sequence[Group]) -> str:
 
 def lr_rule(g: Group, sweeps: Sequence[Sweep]) -> str:
     """How the group's learning rate was chosen: tuned on validation, the method's default, or set."""
-    from tunebench.methods import get_method, registry
-
     if not g.mean("trainable_params"):
         return "unused: nothing trains"
     if any(s.label == g.method and g.runs[0] in s.by_lr[s.selected] for s in sweeps):
         return "tuned on validation"
     lrs = {r.result["config"]["train"]["lr"] for r in g.runs}
-    default = get_method(g.method).DEFAULTS["train"].get("lr") if g.method in registry() else None
-    return "the method's default" if lrs == {default} else "set by the suite"
+    return "the method's default" if lrs == {default_lr(g)} else "set by the suite"
+
+
+def default_lr(g: Group) -> float | None:
+    """The method's default learning rate for the group's task type (GENERATE_DEFAULTS for a generate task)."""
+    from tunebench.methods import get_method, registry
+
+    if g.method not in registry():
+        return None
+    method = get_method(g.method)
+    layers = [method.DEFAULTS]
+    if g.runs[0].result["config"].get("data", {}).get("task_type") == "generate":  # older results have no task_type
+        layers.append(getattr(method, "GENERATE_DEFAULTS", {}))
+    return next((layer["train"]["lr"] for layer in reversed(layers) if "lr" in layer.get("train", {})), None)
 
 
 def epochs_of(g: Group) -> str:
