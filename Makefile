@@ -30,7 +30,7 @@ demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/tunebench bench configs/suites/quick.yaml --out runs/quick
 	HF_HUB_OFFLINE=1 $(BIN)/tunebench report runs/quick -o runs/quick-report
 
-# Decoder LLMs, writes under runs/ (the reference measurement is not committed yet).
+# Decoder LLMs, writes under runs/ (the reference measurement is results/llm, reports/llm).
 demo-llm: setup
 	HF_HUB_OFFLINE=1 $(BIN)/tunebench bench configs/suites/llm.yaml --out runs/llm
 	HF_HUB_OFFLINE=1 $(BIN)/tunebench report runs/llm -o runs/llm-report
