@@ -199,5 +199,5 @@ def plan(*, verbose: bool = False, **options: Any) -> dict | list[dict]:
     args.set = [f"{key}={json.dumps(value)}" for key, value in options.pop("overrides", {}).items()]
     for name, value in options.items():
         setattr(args, name, value)
-    with quiet(verbose):
+    with quiet(verbose, tokenizing=args.validate):
         return validation_rows(args) if args.validate else plan_from_args(args)

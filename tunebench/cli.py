@@ -194,7 +194,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from tunebench.planner import run_plan
 
-    with quiet(args.verbose):
+    with quiet(args.verbose, tokenizing=args.validate):
         return run_plan(args)
 
 

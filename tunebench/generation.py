@@ -10,15 +10,18 @@ reviews, which no embedded task trains on) before and after training.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
-from datasets import Dataset, DatasetDict
 from torch import nn
 
 from tunebench.errors import UserError
 from tunebench.models import DECODER_TYPES, hub_error, load_config
+
+if TYPE_CHECKING:  # pandas and datasets load in a second: `plan` and `report` never need them
+    import pandas as pd
+    from datasets import Dataset, DatasetDict
 
 IGNORE = -100  # label of the tokens that carry no loss: prompt and padding
 TRAILING_PUNCTUATION = ".!?,;:"
@@ -55,6 +58,8 @@ def load_causal_lm(model_path: str, **kwargs) -> nn.Module:
 def examples_from_frame(name: str, split: str, df: pd.DataFrame, data_cfg: dict, label_names: list | None):
     """Rows of a data file as (prompt messages, answer): from prompt/answer columns, a prompt template over
     the row's columns, or a chat `messages` list whose last assistant turn is the answer."""
+    import pandas as pd
+
     messages_column, answer_column = data_cfg["messages_column"], data_cfg["answer_column"]
     template, prompt_column = data_cfg["prompt_template"], data_cfg["prompt_column"]
     if messages_column in df.columns and prompt_column not in df.columns and not template:
@@ -97,6 +102,8 @@ def _split_messages(name: str, split: str, row: int, messages) -> tuple[list[dic
 
 def splits_from_frames(name: str, frames: dict[str, pd.DataFrame], data_cfg: dict, spec) -> DatasetDict:
     """train/validation/test of (prompt, answer); missing splits carved at random, seeded, from train."""
+    import pandas as pd
+    from datasets import Dataset, DatasetDict
     from sklearn.model_selection import train_test_split
 
     columns = {}
@@ -128,6 +135,8 @@ def render_prompt(messages: list[dict], tokenizer, chat_template: bool) -> str:
 def tokenize(splits: DatasetDict, tokenizer, data_cfg: dict) -> tuple[DatasetDict, dict]:
     """input_ids = prompt + answer + eos, labels = -100 on the prompt; returns the splits and, per split,
     how many examples longer than data.max_length were dropped (data.too_long: drop) - or raises (error)."""
+    from datasets import DatasetDict
+
     if tokenizer.eos_token_id is None:
         raise UserError("the tokenizer has no eos token: a generate task needs one to end answers")
     max_length, templated = data_cfg["max_length"], bool(data_cfg["chat_template"] and tokenizer.chat_template)

@@ -24,17 +24,22 @@ def is_verbose(verbose: bool = False) -> bool:
 
 
 @contextlib.contextmanager
-def quiet(verbose: bool = False) -> Iterator[None]:
-    """Hide the expected output listed in the module docstring for the block; verbose hides nothing."""
+def quiet(verbose: bool = False, tokenizing: bool = True) -> Iterator[None]:
+    """Hide the expected output listed in the module docstring for the block; verbose hides nothing.
+    tokenizing=False leaves the datasets package alone (importing it takes most of a second): for a block that
+    tokenizes nothing, such as a plan without --validate."""
     if is_verbose(verbose):
         yield
         return
-    import datasets.utils as datasets_bars
     from transformers.utils import logging as transformers_logging
 
-    datasets_had_bars = not datasets_bars.are_progress_bars_disabled()
+    datasets_had_bars = False
+    if tokenizing:
+        import datasets.utils as datasets_bars
+
+        datasets_had_bars = not datasets_bars.are_progress_bars_disabled()
+        datasets_bars.disable_progress_bars()
     transformers_had_bars = transformers_logging.is_progress_bar_enabled()
-    datasets_bars.disable_progress_bars()
     transformers_logging.disable_progress_bar()
     bitsandbytes_logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
     bitsandbytes_level = bitsandbytes_logger.level

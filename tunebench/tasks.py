@@ -10,13 +10,15 @@ import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import pandas as pd
-from datasets import Dataset, DatasetDict
+from typing import TYPE_CHECKING
 
 from tunebench import CONFIG_DIR
 from tunebench.errors import UserError, unknown_choice
 from tunebench.files import package_dir, read_yaml
+
+if TYPE_CHECKING:  # pandas and datasets load in a second: `plan` and `report` never need them
+    import pandas as pd
+    from datasets import DatasetDict
 
 TASK_DIR = CONFIG_DIR / "tasks"
 DATA_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -95,6 +97,8 @@ def get_task(name: str) -> TaskSpec:
 
 
 def _read_file(path: str, encoding: str) -> pd.DataFrame:
+    import pandas as pd
+
     suffix = Path(path).suffix
     try:
         if suffix in (".csv", ".tsv"):
@@ -170,6 +174,9 @@ def load_capped(name: str, data_cfg: dict) -> TaskData:
 
 def load_task(spec: TaskSpec, data_cfg: dict) -> TaskData:
     """Read the task's files, check them, and return train/validation/test with integer labels."""
+    import pandas as pd
+    from datasets import Dataset, DatasetDict
+
     if spec.package and not spec.installed():
         raise UserError(f"task {spec.name!r} needs the package {spec.package!r}; run `make setup`")
     encoding = data_cfg["encoding"]
@@ -231,6 +238,8 @@ def load_task(spec: TaskSpec, data_cfg: dict) -> TaskData:
 
 
 def _encode_labels(spec: TaskSpec, frames: dict[str, pd.DataFrame], label: str):
+    import pandas as pd
+
     train_labels = frames["train"][label]
     if pd.api.types.is_integer_dtype(train_labels):
         count = len(spec.label_names) if spec.label_names else int(train_labels.max()) + 1
