@@ -376,28 +376,37 @@ def prefetch_traces(
         }
         for run, key in order
     ]
-    steps = dict(zip(order, map_forked(trace_step, calls, chunksize=depths), strict=True))
+    # peft imports bitsandbytes whenever it is installed, and bitsandbytes sets up torch.compile at import (about
+    # 1.5 s a process on 2 cores); the traces stand in for its 4-bit layers and need it only for its optimizers
+    from tunebench.optim import BITSANDBYTES_CLASSES
+
+    needs_bitsandbytes = any(settings["optimizer"] in BITSANDBYTES_CLASSES for _, settings in runs)
+    unimportable = () if needs_bitsandbytes else ("bitsandbytes",)
+    steps = dict(zip(order, map_forked(trace_step, calls, depths, unimportable), strict=True))
     return [{keys[key]: steps[run, key] for key in range(len(keys))} for run in range(len(runs))]
 
 
-def map_forked(fn, calls: list[dict], chunksize: int = 1) -> list:
+def map_forked(fn, calls: list[dict], chunksize: int = 1, unimportable: tuple[str, ...] = ()) -> list:
     """[fn(**kwargs) for kwargs in calls], spread over this machine's cores: each call runs in a process forked from
     this one, which shares the libraries it has imported (most of a plan's start-up), chunksize consecutive calls
-    in the same one. Here, one call after another, where there is one core or no fork (not Linux). fn and the
+    in the same one; in those processes the packages `unimportable` (not imported here) fail to import, as if
+    not installed. Here, one call after another, where there is one core or no fork (not Linux). fn and the
     calls' values must pickle (a module's function)."""
     workers = min(len(calls), len(os.sched_getaffinity(0))) if sys.platform == "linux" else 1
     if workers < 2:
         return [fn(**kwargs) for kwargs in calls]
     context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker, initargs=(unimportable,)) as pool:
         return list(pool.map(_call, itertools.repeat(fn), calls, chunksize=chunksize))
 
 
-def _one_thread() -> None:
+def _worker(unimportable: tuple[str, ...]) -> None:
     """A forked worker's torch runs on one thread: the traces are fake, and the OpenMP pool is not fork-safe."""
     import torch
 
     torch.set_num_threads(1)
+    for package in unimportable:
+        sys.modules.setdefault(package, None)  # `import package` raises ImportError; find_spec finds nothing
 
 
 def _call(fn, kwargs: dict):
@@ -722,7 +731,6 @@ def make_plan(
 ) -> dict:
     from tunebench.methods import get_method
     from tunebench.sharding import check_sharding, make_sharding, sharding_assumptions
-    from tunebench.tracing import attention_implementation, build_meta_model, with_depth
 
     spec, shape, precision = run.spec, run.shape, run.precision
     check_sharding(gpus, strategy, spec.config.num_hidden_layers)
@@ -744,17 +752,6 @@ def make_plan(
             if run.methods_named:
                 raise
             del run.settings[m]  # the default list: leave out what this strategy cannot run (head's feature cache)
-    method, settings = next(iter(run.settings.items()))
-    attention = attention_implementation(  # one layer tells, and building 80 costs seconds
-        build_meta_model(
-            with_depth(spec.config, 1),
-            method,
-            num_labels=shape.num_labels,
-            precision=precision,
-            options=settings["options"],
-            task_type=run.task_type,
-        )
-    )
     prefetched = prefetch_traces(spec, shape, precision, budget, list(run.settings.items()), full_depth)
     traces = {
         m: plan_method(
@@ -764,6 +761,7 @@ def make_plan(
     }
     tokens_per_step = {m: shape.batch_size * shape.seq_len * run.settings[m]["grad_accum"] for m in traces}
     flops_per_token = {m: step.flops / tokens_per_step[m] for m, (step, _) in traces.items()}
+    attention = next(iter(traces.values()))[0].attention  # the methods share the backbone
     mfu = calibrate_mfu(results, spec.name, precision, shape, flops_per_token)
     plans = [
         _method_plan(m, step, run.settings[m]["grad_accum"], device, budget, limits, mfu[m])

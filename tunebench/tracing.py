@@ -371,6 +371,7 @@ class StepTrace:
     labels: list = field(default=None, repr=False)  # (phase, position) of each point (TimelineTracker)
     depths: tuple[int, ...] = ()  # the layer-stack depths traced: the model's own, or two it is extrapolated from
     independent: dict | None = None  # measured steps: the allocator's own peak {"bytes", "by", ...} (measure_step)
+    attention: str | None = None  # the attention implementation the model ran (traced steps)
 
 
 def trace_step(
@@ -451,6 +452,7 @@ def trace_step(
         points=np.asarray(tracker.points, dtype=np.float64),
         labels=tracker.labels,
         depths=(config.num_hidden_layers,),
+        attention=attention_implementation(model),
     )
 
 
@@ -616,6 +618,7 @@ def extrapolate_depth(low: StepTrace, high: StepTrace, layers: int) -> StepTrace
         points=points.astype(np.float64),
         labels=keys_low,
         depths=(depth_low, depth_high),
+        attention=low.attention,
     )
 
 
