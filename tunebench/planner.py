@@ -23,7 +23,7 @@ import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from tunebench import CONFIG_DIR
@@ -732,6 +732,7 @@ def make_plan(
     from tunebench.methods import get_method
     from tunebench.sharding import check_sharding, make_sharding, sharding_assumptions
 
+    run = replace(run, settings=dict(run.settings))  # the default list loses what a strategy cannot run, below
     spec, shape, precision = run.spec, run.shape, run.precision
     check_sharding(gpus, strategy, spec.config.num_hidden_layers)
     shardings = {}
