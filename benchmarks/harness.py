@@ -21,8 +21,9 @@ A suite (configs/suites/*.yaml) is a small config layered on the shared defaults
 Each run's id is a hash of its effective config; its result lands in OUT/<run_id>.json, written
 atomically by the run itself, so a killed suite loses at most the run in flight.
 
-A finished result is *stale* when it came from a dirty tree, or when the source (SOURCE_PATHS) differs
-between the commit it records and the current working tree: `--dry-run` lists it, `--rerun-stale` reruns it.
+A finished result is *stale* when it came from a dirty tree (uncommitted changes in SOURCE_PATHS), or when
+the source (SOURCE_PATHS) differs between the commit it records and the current working tree: `--dry-run`
+lists it, `--rerun-stale` reruns it.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import yaml
 from tunebench.config import build_config, set_dotted
 from tunebench.errors import UserError
 from tunebench.files import read_yaml
+from tunebench.measure import SOURCE_PATHS
 from tunebench.results import (
     SCHEMA_VERSION,
     final_result,
@@ -65,8 +67,6 @@ EXTRA_AXES = {
     "epochs": "train.epochs",
     "lr": "train.lr",
 }
-# What a result's measurements depend on: a change here makes older results stale.
-SOURCE_PATHS = ("tunebench", "methods", "benchmarks", "configs", "pyproject.toml")
 
 
 @dataclass

@@ -18,6 +18,7 @@ from tunebench.benchmarks.harness import load_suite, run_id, select_shard, stale
 from tunebench.config import build_config
 from tunebench.errors import UserError
 from tunebench.evaluation import evaluate_run
+from tunebench.measure import git_state
 from tunebench.results import SCHEMA_VERSION, read_result
 
 REPO = Path(__file__).resolve().parent.parent
@@ -112,10 +113,12 @@ def test_stale_results_against_a_real_git_repository(tmp_path):
     assert stale_reason(result(first, dirty=True), repo) == "ran on a dirty tree"
     assert stale_reason({"environment": {}}, repo) == "records no commit"
     assert stale_reason(result("f" * 40), repo) == "unknown commit ffffffff"
-    (repo / "README.md").write_text("more notes\n")  # not source: the result still stands
+    (repo / "README.md").write_text("more notes\n")  # not source: the result still stands, a new run is clean
     assert stale_reason(result(first), repo) is None
+    assert git_state(repo) == {"commit": first, "dirty": False}
     (repo / "tunebench" / "loop.py").write_text("x = 2\n")  # uncommitted source change
     assert stale_reason(result(first), repo) == f"source changed since {first[:8]}"
+    assert git_state(repo) == {"commit": first, "dirty": True}
     _git(repo, "commit", "-qam", "second")
     assert stale_reason(result(first), repo) == f"source changed since {first[:8]}"
     assert stale_reason(result(_git(repo, "rev-parse", "HEAD")), repo) is None

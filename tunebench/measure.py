@@ -17,6 +17,7 @@ import sys
 import time
 import weakref
 from contextlib import ExitStack
+from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -25,6 +26,9 @@ from torch.utils._pytree import tree_leaves
 # weights: parameter storages exactly; buffers: persistent non-parameter state (module buffers, bitsandbytes
 # quantization constants, DDP gradient buckets).
 CATEGORIES = ("weights", "buffers", "gradients", "optimizer_state", "activations", "other")
+# What a result's measurements depend on in the checkout: a change here makes older results stale
+# (benchmarks.harness) and a result run over an uncommitted one dirty; results, reports and docs are not in it.
+SOURCE_PATHS = ("tunebench", "methods", "benchmarks", "configs", "pyproject.toml")
 
 
 class TensorTracker(TorchDispatchMode):
@@ -306,6 +310,8 @@ def environment(world_size: int = 1) -> dict:
     """What a result needs to be compared fairly: versions, commit, CPU, GPU."""
     from importlib.metadata import PackageNotFoundError, version
 
+    from tunebench import REPO_ROOT
+
     versions = {}
     for package in ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "datasets", "tunebench"):
         try:
@@ -319,7 +325,7 @@ def environment(world_size: int = 1) -> dict:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "versions": versions,
-        "git": _git_state(),
+        "git": git_state(REPO_ROOT),
         "world_size": world_size,
         "gpu": None,
     }
@@ -345,22 +351,19 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def _git_state() -> dict:
-    from tunebench import REPO_ROOT
-
-    if REPO_ROOT is None:  # installed from a wheel: no checkout to describe
+def git_state(repo: Path | None) -> dict:
+    """The checkout's commit, and whether SOURCE_PATHS have uncommitted changes (None: not a checkout)."""
+    if repo is None:  # installed from a wheel: no checkout to describe
         return {"commit": None, "dirty": None}
 
     def git(*args: str) -> str | None:
         try:
-            return subprocess.run(
-                ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
-            ).stdout.strip()
+            return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return None
 
     commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
+    status = git("status", "--porcelain", "--untracked-files=no", "--", *SOURCE_PATHS)
     return {"commit": commit or None, "dirty": bool(status) if status is not None else None}
 
 
