@@ -4,6 +4,10 @@ MFU calibration, recommendation, errors. Traces are shared through module fixtur
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -500,3 +504,29 @@ def test_plan_of_a_generate_task(capsys):
     assert main(["plan", "--model", "llama-3.2-1b", "--task", "banking77_gen", "--method", "lora", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["task_type"] == "generate" and plan["settings"]["lora"]["task_type"] == "generate"
+    assert plan["assumptions"][0].startswith("attention: sdpa")  # what the traced Llama ran
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2, reason="forks only with 2+ cores"
+)
+def test_forked_trace_workers_cannot_import_the_packages_named_unimportable():
+    """A fresh process (this one has imported bitsandbytes already): its forked workers import bitsandbytes, or
+    fail to when it is named unimportable, as the planner names it unless an 8-bit optimizer is planned."""
+    script = """
+import importlib
+from tunebench.planner import map_forked
+
+def importable(package):
+    try:
+        importlib.import_module(package)
+    except ImportError:
+        return False
+    return True
+
+calls = [{"package": "bitsandbytes"}] * 2
+print(map_forked(importable, calls), map_forked(importable, calls, unimportable=("bitsandbytes",)))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[-2] == "[True, True] [False, False]"
