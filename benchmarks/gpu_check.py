@@ -32,7 +32,7 @@ import time
 import traceback
 from pathlib import Path
 
-from tunebench import CONFIG_DIR, REPO_ROOT
+from tunebench.files import CONFIG_DIR, REPO_ROOT
 from tunebench.methods import plannable
 from tunebench.results import write_json_atomic
 from tunebench.units import GiB, MiB
@@ -116,7 +116,7 @@ def export_minilm(folder: Path) -> None:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from tunebench.models import resolve_model
+    from tunebench.models.hub import resolve_model
 
     source = Path(resolve_model("minilm"))
     AutoModel.from_pretrained(source, dtype=torch.bfloat16).save_pretrained(folder)
@@ -148,7 +148,7 @@ def export_task(name: str, folder: Path) -> Path:
     import yaml
 
     from tunebench.config import build_config
-    from tunebench.tasks import get_task, load_task
+    from tunebench.data.tasks import get_task, load_task
 
     task = load_task(get_task(name), build_config("full", name)["data"])
     folder.mkdir(parents=True, exist_ok=True)
@@ -255,7 +255,7 @@ class Setting:
         return str(exported) if exported else name
 
     def minilm(self) -> str:
-        from tunebench.models import resolve_model
+        from tunebench.models.hub import resolve_model
 
         bf16 = self.carried("minilm-bf16")
         return str(restore_fp32(bf16, self.work / "minilm")) if bf16 else resolve_model("minilm")
@@ -282,7 +282,7 @@ class Setting:
         import pandas as pd
 
         from tunebench.config import build_config
-        from tunebench.tasks import get_task, load_task
+        from tunebench.data.tasks import get_task, load_task
 
         path = self.work / f"long-{self.seq}.csv"
         if not path.exists():
@@ -425,7 +425,7 @@ def step_suite(s: Setting) -> dict:
     default learning rate (one rule for all; the sweep is the full gpu suite's)."""
     import yaml
 
-    from tunebench.benchmarks.harness import run_suite
+    from tunebench.harness import run_suite
 
     suite = yaml.safe_load((CONFIG_DIR / "suites" / "gpu.yaml").read_text())
     suite["name"] = "gpu-minilm"

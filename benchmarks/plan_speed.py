@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from tunebench import REPO_ROOT
+from tunebench.files import REPO_ROOT
 from tunebench.measure import environment
 from tunebench.results import write_json_atomic
 

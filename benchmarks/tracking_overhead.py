@@ -16,9 +16,9 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from tunebench import REPO_ROOT
 from tunebench.benchmarks.vs_trainer import spread
 from tunebench.config import build_config
+from tunebench.files import REPO_ROOT
 from tunebench.loop import train
 from tunebench.measure import environment
 from tunebench.results import write_json_atomic

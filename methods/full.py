@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from tunebench.classifier import load_trained, save_trained
-from tunebench.generation import load_model
 from tunebench.methods import Planning
+from tunebench.models.params import load_trained, save_trained
+from tunebench.models.task_model import load_model
 
 DEFAULTS = {"train": {"lr": 5.0e-5}, "method_options": {}}
 # Single-GPU fine-tuning with HF models at moderate batch typically reaches 30-45% of dense peak (the PaLM paper's

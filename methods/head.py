@@ -14,11 +14,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tunebench.classifier import Classifier, load_trained, save_trained
+from tunebench.data.generate import is_generate
 from tunebench.errors import UserError
-from tunebench.generation import is_generate, load_model, untie_lm_head
 from tunebench.methods import Planning
-from tunebench.sharding import block_list
+from tunebench.models.blocks import block_list
+from tunebench.models.causal_lm import untie_lm_head
+from tunebench.models.classifier import Classifier
+from tunebench.models.params import load_trained, save_trained
+from tunebench.models.task_model import load_model
 
 DEFAULTS = {
     "train": {"lr": 1.0e-2, "weight_decay": 0.0},  # a linear probe on fixed features takes a large step

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from torch import nn
 
-from tunebench.classifier import TASK_HEAD
+from tunebench.data.generate import is_generate
 from tunebench.errors import UserError
-from tunebench.generation import is_generate, load_model
 from tunebench.methods import Planning
+from tunebench.models.classifier import TASK_HEAD
+from tunebench.models.task_model import load_model
 
 DEFAULTS = {
     "train": {"lr": 1.0e-3},

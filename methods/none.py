@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from tunebench.classifier import load_trained, save_trained
+from tunebench.data.generate import is_generate
 from tunebench.errors import UserError
-from tunebench.generation import is_generate, load_causal_lm
+from tunebench.models.causal_lm import load_causal_lm
+from tunebench.models.params import load_trained, save_trained
 
 DEFAULTS = {"train": {}, "method_options": {}}
 PLANNING = None

@@ -12,10 +12,11 @@ import os
 import torch
 from torch import nn
 
-from tunebench.classifier import UNQUANTIZED
+from tunebench.data.generate import is_generate
 from tunebench.errors import UserError
-from tunebench.generation import is_generate, load_model
 from tunebench.methods import Planning, lora
+from tunebench.models.classifier import UNQUANTIZED
+from tunebench.models.task_model import load_model
 
 DEFAULTS = {
     "train": {"lr": 1.0e-3},

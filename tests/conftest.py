@@ -62,7 +62,7 @@ def decoder_folder(tmp_path_factory) -> str:
     """A small random Llama (2 layers, hidden 64) with MiniLM's tokenizer and no pad token, like most decoders."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from tunebench.models import resolve_model
+    from tunebench.models.hub import resolve_model
 
     folder = tmp_path_factory.mktemp("tiny-llama")
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("minilm"))
@@ -78,7 +78,7 @@ def decoder_folder(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def review_frame() -> pd.DataFrame:
     """200 real Rotten Tomatoes sentences, balanced, with their own column names and string labels."""
-    from tunebench.tasks import get_task
+    from tunebench.data.tasks import get_task
 
     spec = get_task("rotten_tomatoes")
     df = pd.read_csv(spec.files["train"])

@@ -23,13 +23,13 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
-from tunebench.classifier import decay_param_groups
 from tunebench.loop import _restore, _trainable_state
 from tunebench.measure import ProfiledPeak
 from tunebench.methods import get_method
-from tunebench.models import load_config
+from tunebench.models.blocks import block_list
+from tunebench.models.hub import load_config
+from tunebench.models.params import decay_param_groups
 from tunebench.optim import build_adamw, resolve_adamw
-from tunebench.sharding import block_list
 from tunebench.tracing import LR, MAX_GRAD_NORM, WEIGHT_DECAY, classifier_config, make_batch, method_cfg
 
 model_path, methods, batch_size, seq_len, out = (

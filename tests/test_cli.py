@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tunebench.cli import main
-from tunebench.models import EMBEDDED, describe_models
+from tunebench.models.hub import EMBEDDED, describe_models
 from tunebench.results import read_result
 
 TINY_FLAGS = ["--max-train-samples", "32", "--max-eval-samples", "32", "--max-length", "32", "--batch-size", "16"]

@@ -11,7 +11,7 @@ import pytest
 from tunebench.config import build_config
 from tunebench.evaluation import evaluate_run
 from tunebench.loop import train
-from tunebench.models import default_pooling, load_config, load_tokenizer
+from tunebench.models.hub import default_pooling, load_config, load_tokenizer
 
 
 def test_decoder_tokenizer_gets_a_pad_token_and_last_token_pooling(decoder_folder):

@@ -10,11 +10,12 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from tunebench import api, generation
+from tunebench import api
 from tunebench.config import build_config
+from tunebench.data import generate as generation
 from tunebench.errors import UserError
 from tunebench.evaluation import evaluate_run
-from tunebench.models import resolve_model
+from tunebench.models.hub import resolve_model
 
 # Two prompts, two answers: learnable in a few steps by a tiny model.
 PAIRS = [("Say yes.", "yes"), ("Say no.", "no")] * 8
@@ -71,7 +72,7 @@ def _overrides(model: str, **more) -> dict:
 def test_labels_mask_the_prompt_token_by_token(tiny_llm, pairs_file):
     cfg = build_config("full", pairs_file, overrides=_overrides(tiny_llm))
     tokenizer = AutoTokenizer.from_pretrained(tiny_llm)
-    from tunebench.tasks import get_task, load_task
+    from tunebench.data.tasks import get_task, load_task
 
     splits = load_task(get_task(pairs_file), cfg["data"]).splits
     encoded, dropped = generation.tokenize(splits, tokenizer, cfg["data"])
@@ -100,7 +101,7 @@ def test_chat_template_switch_and_messages_format(tiny_llm, tmp_path):
     rows = [{"messages": chat + [{"role": "assistant", "content": f"hello {i}"}]} for i in range(20)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     tokenizer = AutoTokenizer.from_pretrained(tiny_llm)
-    from tunebench.tasks import get_task, load_task
+    from tunebench.data.tasks import get_task, load_task
 
     for templated in (True, False):
         cfg = build_config(
@@ -146,7 +147,7 @@ def test_zero_shot_baseline_takes_no_step_and_forgets_nothing(tiny_llm, pairs_fi
 def test_generation_stops_at_eos_or_the_bound_and_exact_match_reads_decoded_text(tiny_llm, pairs_file):
     from transformers import AutoModelForCausalLM
 
-    from tunebench.tasks import get_task, load_task
+    from tunebench.data.tasks import get_task, load_task
 
     cfg = build_config("full", pairs_file, overrides=_overrides(tiny_llm))
     tokenizer = AutoTokenizer.from_pretrained(tiny_llm)
@@ -249,7 +250,7 @@ def test_the_untuned_baseline_is_refused_for_a_classification_task(tmp_path):
 
 
 def test_embedded_generate_tasks_answer_in_words():
-    from tunebench.tasks import get_task, load_task
+    from tunebench.data.tasks import get_task, load_task
 
     sizes = {"rotten_tomatoes_gen": (6824, 853, 853), "banking77_gen": (9003, 1000, 3080)}
     for name, expected in sizes.items():

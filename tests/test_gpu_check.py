@@ -14,7 +14,7 @@ from safetensors import safe_open
 
 from tunebench.benchmarks import gpu_check, vs_trainer
 from tunebench.config import build_config
-from tunebench.tasks import get_task, load_task
+from tunebench.data.tasks import get_task, load_task
 
 
 def test_bundle_calls_stay_under_the_carry_limit(tmp_path):

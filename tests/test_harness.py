@@ -14,10 +14,10 @@ import pytest
 import torch
 import yaml
 
-from tunebench.benchmarks.harness import load_suite, run_id, select_shard, stale_reason
 from tunebench.config import build_config
 from tunebench.errors import UserError
 from tunebench.evaluation import evaluate_run
+from tunebench.harness import load_suite, run_id, select_shard, stale_reason
 from tunebench.measure import git_state
 from tunebench.results import SCHEMA_VERSION, read_result
 

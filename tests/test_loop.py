@@ -17,12 +17,12 @@ import torch
 from safetensors.torch import load_file
 from torch.profiler import ProfilerActivity, profile
 
-from tunebench.batching import EpochPermutation
+from tunebench.data.batching import EpochPermutation
+from tunebench.data.tasks import get_task, load_task
 from tunebench.evaluation import evaluate_run
 from tunebench.loop import _restore, train
 from tunebench.methods import get_method
-from tunebench.models import load_tokenizer, resolve_model
-from tunebench.tasks import get_task, load_task
+from tunebench.models.hub import load_tokenizer, resolve_model
 
 TESTS = Path(__file__).parent
 

@@ -49,7 +49,7 @@ def test_a_fifth_method_from_an_entry_point_reaches_train_plan_and_report(bitfit
     from transformers import AutoModel
 
     from tunebench import api
-    from tunebench.models import resolve_model
+    from tunebench.models.hub import resolve_model
 
     runs = tmp_path / "runs"
     tiny = ["--max-train-samples", "16", "--max-eval-samples", "16", "--max-length", "32", "--batch-size", "8"]

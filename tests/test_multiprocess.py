@@ -17,10 +17,10 @@ import torch
 from eval_grid import EVAL_BATCH_SIZES, SPLIT_SIZES, VARIANTS
 from fixtures.rank1_fails import ERROR
 
-from tunebench.benchmarks.harness import _record_crash, load_suite
 from tunebench.config import build_config
+from tunebench.data.tasks import get_task, load_task
+from tunebench.harness import _record_crash, load_suite
 from tunebench.results import SCHEMA_VERSION, rank_failure_path, read_result, write_json_atomic
-from tunebench.tasks import get_task, load_task
 
 REPO = Path(__file__).resolve().parent.parent
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]  # what the `torchrun` script runs

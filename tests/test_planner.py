@@ -416,7 +416,7 @@ def test_8bit_adamw_state_is_what_bitsandbytes_allocates(minilm):
     of the tensors in its state, each storage once) and against bitsandbytes' layout by hand: tensors of 4096+
     values keep two uint8 states and two fp32 absmax per 256 values, smaller ones two fp32 states, and two
     256-entry fp32 quantization maps are shared."""
-    from tunebench.classifier import decay_param_groups
+    from tunebench.models.params import decay_param_groups
     from tunebench.optim import build_optimizer
     from tunebench.tracing import make_batch
 

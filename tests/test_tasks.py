@@ -9,8 +9,8 @@ import pytest
 from conftest import write_frame
 
 from tunebench.config import build_config
+from tunebench.data.tasks import SPLITS, get_task, load_task, registered_tasks
 from tunebench.errors import UserError
-from tunebench.tasks import SPLITS, get_task, load_task, registered_tasks
 
 
 @pytest.fixture(scope="module")

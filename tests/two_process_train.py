@@ -11,8 +11,8 @@ import os
 import sys
 from pathlib import Path
 
-from tunebench import batching
 from tunebench.config import build_config
+from tunebench.data import batching
 from tunebench.loop import train
 
 out = Path(sys.argv[1])

@@ -19,8 +19,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tunebench import CONFIG_DIR
 from tunebench.errors import UserError, unknown_choice
+from tunebench.files import CONFIG_DIR
 from tunebench.quiet import VERBOSE_ENV, quiet
 
 SUITE_DIR = CONFIG_DIR / "suites"
@@ -140,8 +140,8 @@ def bench(
 
     Returns {"exit_status": 0 unless a run failed, "results_dir": the folder, "results": its result dicts}.
     """
-    from tunebench.benchmarks.harness import default_out, run_suite
     from tunebench.files import read_yaml
+    from tunebench.harness import default_out, run_suite
     from tunebench.results import read_result, result_files
 
     suite_file = resolve_suite(suite)

@@ -145,7 +145,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
-    from tunebench.tasks import get_task, registered_tasks
+    from tunebench.data.tasks import get_task, registered_tasks
 
     for name in registered_tasks():
         spec = get_task(name)
@@ -155,7 +155,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from tunebench.models import EMBEDDED, describe_models, embedded_path
+    from tunebench.models.hub import EMBEDDED, describe_models, embedded_path
 
     if args.prepare:
         if args.prepare not in EMBEDDED:

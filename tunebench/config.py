@@ -14,9 +14,10 @@ from typing import Any
 
 import yaml
 
-from tunebench import CONFIG_DIR
+from tunebench.data.tasks import get_task
 from tunebench.errors import UserError
-from tunebench.files import read_yaml
+from tunebench.files import CONFIG_DIR, read_yaml
+from tunebench.methods import get_method
 from tunebench.optim import ADAMW_IMPLEMENTATIONS, OPTIMIZERS
 
 Config = dict[str, Any]
@@ -93,9 +94,6 @@ def build_config(
     config, task, method and grid layers); where names the layer in errors. method and task may also come
     from the user file or overrides; the explicit argument wins.
     """
-    from tunebench.methods import get_method
-    from tunebench.tasks import get_task
-
     cfg = read_yaml(CONFIG_DIR / "defaults.yaml")
     user = read_yaml(user_file) if user_file else {}
     overrides = overrides or {}
@@ -145,7 +143,7 @@ CHOICES = {
 
 def check_config(cfg: Config) -> None:
     """Raise UserError for a value out of its range or choices: before any work, not mid-run."""
-    from tunebench.classifier import check_pooling
+    from tunebench.models.classifier import check_pooling  # lazy: it imports torch and transformers
 
     check_pooling(cfg["pooling"])
     dropout = cfg["head_dropout"]

@@ -11,13 +11,15 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
-from tunebench import batching, generation
+from tunebench import generation
+from tunebench.data import batching
+from tunebench.data import generate as generate_data
+from tunebench.data.tasks import get_task, load_capped, load_task
 from tunebench.errors import UserError
 from tunebench.files import read_yaml
 from tunebench.methods import get_method
 from tunebench.metrics import classification_metrics, load_extra
-from tunebench.models import load_pretrained
-from tunebench.tasks import get_task, load_capped, load_task
+from tunebench.models.hub import load_pretrained
 
 
 @torch.no_grad()
@@ -60,7 +62,7 @@ def evaluate_run(run_dir: str | Path, task_name: str | None = None, split: str =
         raise UserError(f"{run_dir} has no saved weights (best/); was it run with train.save=none?")
     cfg = read_yaml(run_dir / "config.yaml")
     method = get_method(cfg["method"])
-    generate = generation.is_generate(cfg)
+    generate = generate_data.is_generate(cfg)
     task = load_capped(task_name or cfg["task"], cfg["data"])
     if not generate:
         saved = load_task(get_task(cfg["task"]), cfg["data"]).label_names
@@ -75,7 +77,7 @@ def evaluate_run(run_dir: str | Path, task_name: str | None = None, split: str =
     model = method.load(str(run_dir / "best"), model_path, task.num_labels, cfg, accelerator.device)
     if generate:
         model = accelerator.prepare(model)
-        encoded, _ = generation.tokenize({split: task.splits[split]}, tokenizer, cfg["data"])
+        encoded, _ = generate_data.tokenize({split: task.splits[split]}, tokenizer, cfg["data"])
         gen = cfg["generation"]
         metrics, predictions = generation.evaluate(
             accelerator.unwrap_model(model),

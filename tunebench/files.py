@@ -1,4 +1,5 @@
-"""Files tunebench reads: YAML mappings (configs, tasks, suites, planner tables) and installed packages' folders.
+"""Files tunebench reads: YAML mappings (configs, tasks, suites, planner tables), installed packages' folders, and
+where the default configs and the checkout are.
 
 Its own module so that config and tasks, which both read YAML, need not import each other.
 """
@@ -6,11 +7,21 @@ Its own module so that config and tasks, which both read YAML, need not import e
 from __future__ import annotations
 
 import importlib.util
+from importlib import resources
 from pathlib import Path
 
 import yaml
 
 from tunebench.errors import UserError
+
+# The default configs ship inside the package (the checkout's configs/ folder is tunebench.configs). A wheel
+# installs unpacked, so they are a real folder that the registries glob.
+CONFIG_DIR = Path(str(resources.files("tunebench.configs")))
+
+# The checkout this code runs from (an editable install), or None when installed from a wheel: it is only
+# asked for git provenance and for where the repository's own reports go.
+_parent = Path(__file__).resolve().parent.parent
+REPO_ROOT: Path | None = _parent if (_parent / "pyproject.toml").is_file() else None
 
 
 def read_yaml(path: str | Path) -> dict:

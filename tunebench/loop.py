@@ -25,17 +25,20 @@ from accelerate.utils import DataLoaderConfiguration, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from tunebench import batching, generation, optim
-from tunebench.classifier import count_parameters, decay_param_groups
+from tunebench import generation, optim
 from tunebench.config import Config, dump, flatten
+from tunebench.data import batching
+from tunebench.data import generate as generate_data
+from tunebench.data.tasks import load_capped
 from tunebench.errors import UserError
 from tunebench.evaluation import evaluate, in_dataset_order
 from tunebench.measure import StepMeter, TensorTracker, environment
 from tunebench.methods import get_method
 from tunebench.metrics import load_extra
-from tunebench.models import load_pretrained
+from tunebench.models.causal_lm import check_causal_lm
+from tunebench.models.hub import load_pretrained
+from tunebench.models.params import count_parameters, decay_param_groups
 from tunebench.results import SCHEMA_VERSION, rank_failure_path, read_rank_failures, write_json_atomic
-from tunebench.tasks import load_capped
 
 log = logging.getLogger("tunebench")
 
@@ -145,11 +148,11 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
     task = load_capped(cfg["task"], data_cfg)
     splits = task.splits
     model_path, model_config, tokenizer = load_pretrained(cfg["model"])
-    generate = generation.is_generate(cfg)
+    generate = generate_data.is_generate(cfg)
     with accelerator.main_process_first():
         if generate:  # -- llm: prompt -> answer, loss on the answer only (tunebench.generation)
-            generation.check_causal_lm(model_path, model_config)
-            encoded, dropped = generation.tokenize(splits, tokenizer, data_cfg)
+            check_causal_lm(model_path, model_config)
+            encoded, dropped = generate_data.tokenize(splits, tokenizer, data_cfg)
             result["too_long_dropped"] = dropped
         else:
             encoded = batching.tokenize(splits, tokenizer, max_length)
@@ -194,7 +197,7 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
             batch_size,
             seed,
             data_cfg["group_by_length"],
-            collate_fn=generation.collate(tokenizer.pad_token_id),
+            collate_fn=generate_data.collate(tokenizer.pad_token_id),
         )
         eval_loaders = {}
     elif options.get("cache_features") and hasattr(method, "cache_features"):

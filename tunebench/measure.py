@@ -23,11 +23,13 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from tunebench.files import REPO_ROOT
+
 # weights: parameter storages exactly; buffers: persistent non-parameter state (module buffers, bitsandbytes
 # quantization constants, DDP gradient buckets).
 CATEGORIES = ("weights", "buffers", "gradients", "optimizer_state", "activations", "other")
 # What a result's measurements depend on in the checkout: a change here makes older results stale
-# (benchmarks.harness) and a result run over an uncommitted one dirty; results, reports and docs are not in it.
+# (tunebench.harness) and a result run over an uncommitted one dirty; results, reports and docs are not in it.
 SOURCE_PATHS = ("tunebench", "methods", "benchmarks", "configs", "pyproject.toml")
 
 
@@ -309,8 +311,6 @@ def peak_rss_bytes() -> int:
 def environment(world_size: int = 1) -> dict:
     """What a result needs to be compared fairly: versions, commit, CPU, GPU."""
     from importlib.metadata import PackageNotFoundError, version
-
-    from tunebench import REPO_ROOT
 
     versions = {}
     for package in ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "datasets", "tunebench"):

@@ -26,9 +26,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from tunebench import CONFIG_DIR
 from tunebench.errors import UserError, unknown_choice
-from tunebench.files import read_yaml
+from tunebench.files import CONFIG_DIR, read_yaml
 from tunebench.units import GiB, MiB, format_gib
 
 PLANNER_DIR = CONFIG_DIR / "planner"
@@ -73,7 +72,7 @@ def resolve_spec(name: str) -> ModelSpec:
     """A preset, an embedded model, a local folder, or a config.json path."""
     from transformers import AutoConfig
 
-    from tunebench.models import DECODER_TYPES, EMBEDDED, default_pooling, load_config, resolve_model
+    from tunebench.models.hub import DECODER_TYPES, EMBEDDED, default_pooling, load_config, resolve_model
 
     presets = load_presets()
     if name in presets:
@@ -661,7 +660,7 @@ def planned_run(args: argparse.Namespace) -> PlannedRun:
     task_type = cfg["data"]["task_type"]
     num_labels = 2  # a generate task has no classes: its step is the causal LM's
     if task_type == "classify":
-        from tunebench.tasks import get_task, load_task
+        from tunebench.data.tasks import get_task, load_task
 
         task = get_task(cfg["task"])
         num_labels = len(task.label_names) if task.label_names else load_task(task, cfg["data"]).num_labels
@@ -905,7 +904,7 @@ def tiny_llama_folder(folder: str | Path, tie_word_embeddings: bool = False) -> 
     tie_word_embeddings: the LM head shares the input embeddings (as in SmolLM2, Llama-3.2 1B/3B, Qwen2.5 small)."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from tunebench.models import resolve_model
+    from tunebench.models.hub import resolve_model
 
     folder = Path(folder)
     if not (folder / "config.json").exists():
@@ -1003,11 +1002,11 @@ def validate_loop(model: str, methods: list[str], mixed_precision: str, run_root
     """
     from datasets import DatasetDict
 
-    from tunebench import batching
     from tunebench.config import build_config
+    from tunebench.data import batching
+    from tunebench.data.tasks import get_task, load_task
     from tunebench.loop import train
-    from tunebench.models import load_tokenizer
-    from tunebench.tasks import get_task, load_task
+    from tunebench.models.hub import load_tokenizer
     from tunebench.tracing import trace_step
 
     spec = _weighted_spec(model)
@@ -1146,7 +1145,7 @@ def validation_rows(args: argparse.Namespace) -> list[dict]:
     """Predicted against measured peak per model and method, for `plan --validate`'s arguments."""
     import tempfile
 
-    from tunebench.models import DECODER_TYPES
+    from tunebench.models.hub import DECODER_TYPES
 
     if args.gpus is not None or args.strategy is not None:
         raise UserError("--validate measures one process on this machine; drop --gpus and --strategy")

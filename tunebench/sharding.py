@@ -36,15 +36,11 @@ from torch import nn
 
 from tunebench.errors import UserError
 from tunebench.measure import CATEGORIES
+from tunebench.models.blocks import block_list
 
 STRATEGIES = ("ddp", "fsdp")
 STEP_PHASES = ("clip", "optimizer")  # phases that work on the shards only
 DDP_BROADCAST_BYTES = 250 * 2**20  # torch DistributedDataParallel's broadcast_bucket_size
-
-
-def block_list(model: nn.Module, num_layers: int) -> nn.ModuleList | None:
-    """The model's stack of transformer blocks: the ModuleList with one module per layer."""
-    return next((m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) == num_layers), None)
 
 
 def check_sharding(gpus: int | None, strategy: str | None, num_layers: int) -> None:

@@ -28,12 +28,12 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count, shape_wrapper
 
-from tunebench.classifier import decay_param_groups
-from tunebench.generation import IGNORE
+from tunebench.data.generate import IGNORE
 from tunebench.measure import CATEGORIES, ProfiledPeak, TensorTracker, quantization_state
-from tunebench.models import DECODER_TYPES
+from tunebench.models.blocks import block_list
+from tunebench.models.hub import DECODER_TYPES
+from tunebench.models.params import decay_param_groups
 from tunebench.optim import build_adamw, build_optimizer, resolve_adamw
-from tunebench.sharding import block_list
 
 # precision -> (weight dtype, autocast dtype or None)
 PRECISIONS = {
@@ -128,14 +128,14 @@ def build_meta_model(
 
 
 def meta_base(config, num_labels: int | None, cfg: dict, dtype: torch.dtype) -> nn.Module:
-    """What generation.load_model loads, from a config, in dtype: the causal LM of a generate task (with its
+    """What models.task_model.load_model loads, from a config, in dtype: the causal LM of a generate task (with its
     vocabulary-sized LM head), else tunebench.classifier.Classifier (the backbone without its pooler and the head,
     both in the checkpoint's dtype: transformers >= 5 loads a bf16 checkpoint in bf16). Methods call it from
     build_meta, under torch.device("meta")."""
     from transformers import AutoModel, AutoModelForCausalLM
 
-    from tunebench.classifier import Classifier, drop_pooler, head_dropout
-    from tunebench.generation import is_generate
+    from tunebench.data.generate import is_generate
+    from tunebench.models.classifier import Classifier, drop_pooler, head_dropout
 
     if is_generate(cfg):
         return _from_config(AutoModelForCausalLM, copy.deepcopy(config), dtype)
@@ -340,7 +340,7 @@ def make_batch(
     padded batch takes. Under FakeTensorMode transformers cannot see the mask's values and always takes it;
     a real batch with no padding at all drops the mask (a slightly cheaper path, see planner.validate_steps).
     A generate task's labels are the tokens with the prompt (each example's first half) and the padding -100,
-    as generation.collate gives them: the loss is the answer's alone.
+    as data.generate.collate gives them: the loss is the answer's alone.
     """
     generator = torch.Generator().manual_seed(0)
     lengths = torch.linspace(seq_len, max(1, seq_len // 2), batch_size).round().long()
@@ -679,7 +679,7 @@ def measure_step(
     (mem_get_info: the CUDA context and library workspaces).
     """
     from tunebench.methods import get_method
-    from tunebench.models import load_config
+    from tunebench.models.hub import load_config
 
     module = get_method(method)
     # pooling None: what the checkpoint was trained with, as the planner's spec.pooling

@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tunebench import CONFIG_DIR
 from tunebench.errors import UserError, unknown_choice
-from tunebench.files import package_dir, read_yaml
+from tunebench.files import CONFIG_DIR, package_dir, read_yaml
 
 if TYPE_CHECKING:  # pandas and datasets load in a second: `plan` and `report` never need them
     import pandas as pd
@@ -96,7 +95,7 @@ def get_task(name: str) -> TaskSpec:
     )
 
 
-def _read_file(path: str, encoding: str) -> pd.DataFrame:
+def read_file(path: str, encoding: str) -> pd.DataFrame:
     import pandas as pd
 
     suffix = Path(path).suffix
@@ -180,11 +179,11 @@ def load_task(spec: TaskSpec, data_cfg: dict) -> TaskData:
     if spec.package and not spec.installed():
         raise UserError(f"task {spec.name!r} needs the package {spec.package!r}; run `make setup`")
     encoding = data_cfg["encoding"]
-    frames = _load_hub(spec.hub_id) if spec.hub_id else {s: _read_file(p, encoding) for s, p in spec.files.items()}
+    frames = _load_hub(spec.hub_id) if spec.hub_id else {s: read_file(p, encoding) for s, p in spec.files.items()}
     if "train" not in frames:
         raise UserError(f"task {spec.name!r} has no train split")
     if data_cfg["task_type"] == "generate":
-        from tunebench.generation import splits_from_frames
+        from tunebench.data.generate import splits_from_frames
 
         for column, value in spec.where.items():
             frames = {s: df[df[column] == value].reset_index(drop=True) for s, df in frames.items()}

@@ -45,7 +45,7 @@ import yaml
 
 from tunebench.config import build_config, set_dotted
 from tunebench.errors import UserError
-from tunebench.files import read_yaml
+from tunebench.files import REPO_ROOT, read_yaml
 from tunebench.measure import SOURCE_PATHS
 from tunebench.results import (
     SCHEMA_VERSION,
@@ -289,8 +289,6 @@ def run_suite(
     track_memory: bool = True,
     rerun_stale: bool = False,
 ) -> int:
-    from tunebench import REPO_ROOT
-
     suite, runs = load_suite(suite_path, track_memory)
     runs = select_shard(runs, shard)
     out_dir = Path(out or default_out(suite, suite_path))
