@@ -14,7 +14,8 @@ so the same script runs on the tree before and after. What it records, with timi
 - `tunebench plan --json` of an 8B SFT plan of every method and of a 70B SFT plan over 8 GPUs with fsdp;
 - `tunebench plan --validate --json` rows.
 
---against prints each field that differs and exits 1 when any does.
+--against prints each field that differs and exits 1 when any does; --parts records (and compares) only some of
+runs, plans and validate.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ RUNS = {
     ),
     **{f"generate-{m}": dict(method=m, **GENERATE) for m in ("none", "full", "lora", "qlora", "head")},
 }
+PARTS = ("runs", "plans", "validate")
 # What a run records that is a measurement of time, or of where and when it ran.
 UNSTABLE = ("seconds", "per_second", "started_at", "finished_at", "environment", "run_dir", "peak_rss", "memory.cuda")
 KEPT = (
@@ -98,11 +100,16 @@ def cli_json(*args: str) -> dict | list:
     return stable(json.loads(done.stdout), ("seconds_to_plan",))
 
 
-def collect() -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        runs = train_runs(Path(tmp))
-    plans = {name: cli_json(*args) for name, args in PLANS.items()}
-    return {"runs": runs, "plans": plans, "validate": cli_json("--validate")}
+def collect(parts: list[str]) -> dict:
+    golden = {}
+    if "runs" in parts:
+        with tempfile.TemporaryDirectory() as tmp:
+            golden["runs"] = train_runs(Path(tmp))
+    if "plans" in parts:
+        golden["plans"] = {name: cli_json(*args) for name, args in PLANS.items()}
+    if "validate" in parts:
+        golden["validate"] = cli_json("--validate")
+    return golden
 
 
 def differences(before, after, path: str = "") -> list[str]:
@@ -121,12 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="where the golden JSON goes")
     parser.add_argument("--against", help="an earlier golden JSON: print what differs, exit 1 if anything does")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="what to record (default: all)")
     args = parser.parse_args(argv)
-    golden = collect()
+    golden = collect(args.parts)
     write_json_atomic(Path(args.out), golden)
     if not args.against:
         return 0
-    changed = differences(json.loads(Path(args.against).read_text()), json.loads(Path(args.out).read_text()))
+    before = {k: v for k, v in json.loads(Path(args.against).read_text()).items() if k in args.parts}
+    changed = differences(before, json.loads(Path(args.out).read_text()))
     print("\n".join(changed) or "identical", file=sys.stderr)
     return 1 if changed else 0
 
