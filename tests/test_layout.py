@@ -27,7 +27,7 @@ LAYERS = [
     ("train", ["generation", "evaluation", "loop", "train"]),
     ("planner", ["sharding", "tracing", "planner"]),
     ("harness", ["harness"]),
-    ("report", ["plots", "report"]),
+    ("report", ["report"]),
     ("api", ["api"]),
     ("cli", ["cli"]),
     ("scripts", ["benchmarks", "__init__"]),

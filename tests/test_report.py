@@ -20,7 +20,9 @@ from scipy import stats
 from tunebench.cli import main
 from tunebench.errors import UserError
 from tunebench.methods import get_method
-from tunebench.report import fmt_ratio, mean_ci, pareto_front, write_report
+from tunebench.report import write_report
+from tunebench.report.formatting import fmt_ratio
+from tunebench.report.stats import mean_ci, pareto_front
 
 FIXTURES = Path(__file__).parent / "fixtures" / "results"
 LEN64, LEN32 = FIXTURES / "cpu-len64", FIXTURES / "cpu-len32"

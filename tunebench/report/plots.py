@@ -1,12 +1,11 @@
 """The report's figures, drawn with matplotlib (Agg) and returned as SVG text.
 
-Each function takes rows already aggregated by tunebench.report and knows nothing of result files.
+Each function takes rows already aggregated by the report's document and knows nothing of result files.
 """
 
 from __future__ import annotations
 
 import io
-import re
 from collections.abc import Sequence
 
 import matplotlib
@@ -15,6 +14,7 @@ matplotlib.use("Agg")  # no display: the report is written on servers and in CI
 
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import ticker  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
 from tunebench.measure import CATEGORIES  # noqa: E402
 from tunebench.units import MiB  # noqa: E402
@@ -31,7 +31,6 @@ STYLE = {
     "legend.frameon": False,
 }
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22")
-MEMORY_PARTS = CATEGORIES  # the tensor tracker's roles, in its order
 PART_COLORS = ("#4c72b0", "#8172b3", "#dd8452", "#c44e52", "#55a868", "#b0b0b0")
 
 
@@ -40,19 +39,6 @@ def to_svg(fig: plt.Figure) -> str:
     fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
     plt.close(fig)
     return buffer.getvalue()
-
-
-def inline_svg(svg: str) -> str:
-    """SVG text fit for embedding in HTML: no XML prolog, no DTD, no namespace or metadata URLs.
-
-    HTML parsers put an inline <svg> in the SVG namespace themselves, so the xmlns attributes (the
-    only http:// strings matplotlib writes) can go, and the page then holds no URL at all. xlink:href
-    becomes SVG 2's plain href, which every current browser reads, so the page stays well-formed XML.
-    """
-    svg = svg[svg.index("<svg") :]
-    svg = re.sub(r"<metadata>.*?</metadata>", "", svg, flags=re.S)
-    svg = re.sub(r'\s+xmlns(:\w+)?="[^"]*"', "", svg)
-    return svg.replace("xlink:href=", "href=")
 
 
 def pareto_figure(points: Sequence[dict], colors: dict[str, str]) -> str:
@@ -166,21 +152,19 @@ def memory_figure(rows: Sequence[dict]) -> str:
         fig, ax = plt.subplots(figsize=(9.5, 0.5 + 0.45 * max(len(rows), 2)), layout="constrained")
         labels = [r["label"] for r in rows]
         left = [0.0] * len(rows)
-        for part, color in zip(MEMORY_PARTS, PART_COLORS, strict=True):
+        for part, color in zip(CATEGORIES, PART_COLORS, strict=True):
             widths = [(r["at_peak"] or {}).get(part, 0) / MiB for r in rows]
             ax.barh(labels, widths, left=left, color=color, label=part.replace("_", " "), height=0.6)
             left = [a + b for a, b in zip(left, widths, strict=True)]
         ax.invert_yaxis()  # first method on top, as in the tables
         ax.set_xlabel("Tensor memory at the peak (MiB)")
         ax.grid(axis="y", visible=False)
-        ax.legend(ncols=len(MEMORY_PARTS), loc="lower left", bbox_to_anchor=(0, 1.0), fontsize=8)
+        ax.legend(ncols=len(CATEGORIES), loc="lower left", bbox_to_anchor=(0, 1.0), fontsize=8)
         return to_svg(fig)
 
 
 def curves_figure(runs: Sequence[dict], colors: dict[str, str]) -> str:
     """Training loss and validation accuracy against step, one line per run. runs: {label, curves}."""
-    from matplotlib.lines import Line2D
-
     with plt.rc_context(STYLE):
         # Shared steps: a validation run only at the end of an epoch then sits where training ended.
         fig, (loss_ax, val_ax) = plt.subplots(1, 2, figsize=(9.5, 3.4), layout="constrained", sharex=True)
