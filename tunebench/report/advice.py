@@ -13,8 +13,6 @@ from tunebench.report.stats import ratio
 from tunebench.units import format_bytes
 
 TOLERANCE_POINTS = 1.0  # "within a point of the best": the accuracy a cheaper method may give up
-
-
 NEAR_CHANCE_POINTS = 5.0  # closer than this to chance, accuracy cannot rank the methods
 
 
@@ -36,6 +34,25 @@ def recommendation(groups: list[Group], num_labels: int | None) -> list[str]:
     near = [g for g in groups if best.accuracy - g.accuracy <= TOLERANCE_POINTS]
     lightest = min((g for g in near if g in with_memory), key=lambda g: g.mean("peak_memory_bytes"), default=best)
     fastest = max(near, key=lambda g: g.mean("tokens_per_second") or 0)
+    lines.append(_choice(groups, best, lightest, lowest, fastest))
+    lines += _against_baseline(groups, best)
+
+    if lowest is not None and lowest is not lightest:
+        lines.append(
+            f"On the tightest memory budget, **{lowest.label}** needs the least: "
+            f"{format_bytes(lowest.mean('peak_memory_bytes'))} at peak, "
+            f"{best.accuracy - lowest.accuracy:.1f} points below the best."
+        )
+
+    lines.extend(_caveats(groups, best, num_labels))
+    return lines
+
+
+def _choice(groups: list[Group], best: Group, lightest: Group, lowest: Group | None, fastest: Group) -> str:
+    """'Use X': the lightest method within a point of the best, or the best itself and why.
+
+    lightest and fastest: the lowest peak memory and the highest throughput within that point; lowest: the lowest
+    peak memory of all."""
     if lightest is not best:
         gap = best.accuracy - lightest.accuracy
         claim = (
@@ -43,27 +60,31 @@ def recommendation(groups: list[Group], num_labels: int | None) -> list[str]:
             if gap < 0.05
             else f"unless the last {gap:.1f} points matter: it is within {TOLERANCE_POINTS:g} point of {best.label}"
         )
-        lines.append(
+        return (
             f"**Use {lightest.label}**{':' if gap < 0.05 else ''} {claim} at "
             f"{fmt_share(ratio(lightest.mean('peak_memory_bytes'), best.mean('peak_memory_bytes')))} of its peak "
             f"memory{_speed_clause(lightest, best)}."
         )
+    fastest_overall = max(groups, key=lambda g: g.mean("tokens_per_second") or 0)
+    if best is lowest:
+        why = "it is the most accurate and needs the least memory" + (
+            ", and it is the fastest too" if best is fastest_overall else ""
+        )
     else:
-        fastest_overall = max(groups, key=lambda g: g.mean("tokens_per_second") or 0)
-        if best is lowest:
-            why = "it is the most accurate and needs the least memory" + (
-                ", and it is the fastest too" if best is fastest_overall else ""
-            )
-        else:
-            why = f"no method within {TOLERANCE_POINTS:g} point of its accuracy needs less memory"
-            if fastest is not best and best.mean("tokens_per_second"):
-                speedup = ratio(fastest.mean("tokens_per_second"), best.mean("tokens_per_second"))
-                why += f"; {fastest.label}, within that point too, has {fmt_ratio(speedup)} its throughput"
-        lines.append(f"**Use {best.label}**: {why}.")
+        why = f"no method within {TOLERANCE_POINTS:g} point of its accuracy needs less memory"
+        if fastest is not best and best.mean("tokens_per_second"):
+            speedup = ratio(fastest.mean("tokens_per_second"), best.mean("tokens_per_second"))
+            why += f"; {fastest.label}, within that point too, has {fmt_ratio(speedup)} its throughput"
+    return f"**Use {best.label}**: {why}."
 
+
+def _against_baseline(groups: list[Group], best: Group) -> list[str]:
+    """One sentence per other method: its accuracy, memory, throughput and checkpoint against full fine-tuning
+    (the best method where there is no single full group)."""
     fulls = [g for g in groups if g.method == "full"]
     baseline = fulls[0] if len(fulls) == 1 else best
     base_name = "full fine-tuning" if baseline.method == "full" else baseline.label
+    lines = []
     for g in groups:
         if g is baseline:
             continue
@@ -82,15 +103,6 @@ def recommendation(groups: list[Group], num_labels: int | None) -> list[str]:
             size = format_bytes(g.mean("checkpoint_bytes"))
             extras.append(f"a {size} checkpoint ({fmt_share(checkpoint)} of its size)")
         lines.append(sentence + (f", with {' and '.join(extras)}" if extras else "") + ".")
-
-    if lowest is not None and lowest is not lightest:
-        lines.append(
-            f"On the tightest memory budget, **{lowest.label}** needs the least: "
-            f"{format_bytes(lowest.mean('peak_memory_bytes'))} at peak, "
-            f"{best.accuracy - lowest.accuracy:.1f} points below the best."
-        )
-
-    lines.extend(_caveats(groups, best, num_labels))
     return lines
 
 

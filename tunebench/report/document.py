@@ -35,6 +35,22 @@ def _results_section(result_set: ResultSet, task: str, groups: list[Group], stem
     if not groups:
         return [Para("No completed runs."), Bullets(flags(result_set, task, groups))]
     sweeps = select_learning_rates(completed_runs(result_set, task))[1]
+    out = [summary_table(groups, sweeps)]
+    if any("test_exact_match" in r.result for g in groups for r in g.runs):
+        out += [
+            Heading(3, "Generation"),
+            generation_table(groups),
+            Details("Sample generations", [samples_table(groups)]),
+        ]
+    if sweeps:
+        out += [Heading(3, "Learning rate tuned on validation"), tuned_table(sweeps)]
+    out += [Details("Peak memory breakdown", [breakdown_table(groups)]), *_figures(groups, stem, colors)]
+    task_flags = flags(result_set, task, groups, sweeps)
+    return out + ([Heading(3, "Flags"), Bullets(task_flags)] if task_flags else [])
+
+
+def _figures(groups: list[Group], stem: str, colors: dict) -> list[Figure]:
+    """The task's Pareto fronts, memory breakdown (where the tensor tracker measured one) and curves."""
     points = [
         {
             "label": g.label,
@@ -49,22 +65,12 @@ def _results_section(result_set: ResultSet, task: str, groups: list[Group], stem
     ]
     memory_rows = [{"label": g.label, "at_peak": g.memory_at_peak()} for g in groups]
     curve_runs = [{"label": g.label, "curves": r.result.get("curves") or {}} for g in groups for r in g.runs]
-    out = [summary_table(groups, sweeps)]
-    if any("test_exact_match" in r.result for g in groups for r in g.runs):
-        out += [
-            Heading(3, "Generation"),
-            generation_table(groups),
-            Details("Sample generations", [samples_table(groups)]),
-        ]
-    if sweeps:
-        out += [Heading(3, "Learning rate tuned on validation"), tuned_table(sweeps)]
-    out += [
-        Details("Peak memory breakdown", [breakdown_table(groups)]),
+    out = [
         Figure(
             f"pareto-{stem}.svg",
             plots.pareto_figure(points, colors),
             "Pareto fronts: accuracy against peak memory and against throughput.",
-        ),
+        )
     ]
     if any(r["at_peak"] for r in memory_rows):
         out.append(
@@ -81,8 +87,7 @@ def _results_section(result_set: ResultSet, task: str, groups: list[Group], stem
             "Training loss and validation accuracy per run (one line per seed).",
         )
     )
-    task_flags = flags(result_set, task, groups, sweeps)
-    return out + ([Heading(3, "Flags"), Bullets(task_flags)] if task_flags else [])
+    return out
 
 
 def _hardware(result_set: ResultSet) -> str:
@@ -99,19 +104,8 @@ def build_document(sets: list[ResultSet], command: str) -> tuple[str, list]:
     """The report as a title and a list of blocks, rendered afterwards as Markdown and as HTML."""
     colors = _colors(sets)
     several = len(sets) > 1
-    total = sum(len(s.runs) for s in sets)
-    finished = sorted(r.result.get("finished_at") or r.result["started_at"] for s in sets for r in s.runs)
     title = "tunebench report: " + " vs ".join(s.label for s in sets)
-    first, last = finished[0][:10], finished[-1][:10]
-    intro = (
-        f"{total} runs from {', '.join(f'`{s.folder}`' for s in sets)}, finished "
-        f"{f'on {first}' if first == last else f'{first} to {last}'}. "
-        f"Generated from the result files by `{command}`; do not edit by hand."
-    )
-    skipped = [f"`{s.folder}`: {s.skipped_files}" for s in sets if s.skipped_files]
-    if skipped:
-        intro += f" Skipped JSON files that are not complete tunebench results: {', '.join(skipped)}."
-    blocks: list = [Para(intro), Heading(2, "What to use")]
+    blocks: list = [Para(_intro(sets, command)), Heading(2, "What to use")]
 
     sections: list = []
     for s in sets:
@@ -122,19 +116,52 @@ def build_document(sets: list[ResultSet], command: str) -> tuple[str, list]:
             sections += [Heading(2, f"Results: {where}")]
             sections += _results_section(s, task, groups, slug(s.label, task) if several else slug(task), colors)
     blocks += sections
-
     if several:
-        reference = sets[0]
-        blocks += [
-            Heading(2, "Side by side"),
-            Bullets([f"**{s.label}**: {_hardware(s)}" for s in sets]),
-        ]
-        for other in sets[1:]:
-            for task in tasks_of(other):
-                table = comparison_table(reference, other, task)
-                if table is not None:
-                    blocks += [Heading(3, f"{task}: {other.label} against {reference.label}"), table]
+        blocks += _side_by_side(sets)
+    blocks += _unfinished_runs(sets)
 
+    blocks.append(Heading(2, "Environment"))
+    for s in sets:
+        if several:
+            blocks.append(Heading(3, s.label))
+        blocks.append(environment_table(s))
+    return title, blocks
+
+
+def _intro(sets: Sequence[ResultSet], command: str) -> str:
+    """How many runs, from where, finished when, made by which command; and the files that were skipped."""
+    total = sum(len(s.runs) for s in sets)
+    finished = sorted(r.result.get("finished_at") or r.result["started_at"] for s in sets for r in s.runs)
+    first, last = finished[0][:10], finished[-1][:10]
+    intro = (
+        f"{total} runs from {', '.join(f'`{s.folder}`' for s in sets)}, finished "
+        f"{f'on {first}' if first == last else f'{first} to {last}'}. "
+        f"Generated from the result files by `{command}`; do not edit by hand."
+    )
+    skipped = [f"`{s.folder}`: {s.skipped_files}" for s in sets if s.skipped_files]
+    if skipped:
+        intro += f" Skipped JSON files that are not complete tunebench results: {', '.join(skipped)}."
+    return intro
+
+
+def _side_by_side(sets: Sequence[ResultSet]) -> list:
+    """Each set's hardware, then every other set's numbers against the first's, task by task."""
+    reference = sets[0]
+    blocks: list = [
+        Heading(2, "Side by side"),
+        Bullets([f"**{s.label}**: {_hardware(s)}" for s in sets]),
+    ]
+    for other in sets[1:]:
+        for task in tasks_of(other):
+            table = comparison_table(reference, other, task)
+            if table is not None:
+                blocks += [Heading(3, f"{task}: {other.label} against {reference.label}"), table]
+    return blocks
+
+
+def _unfinished_runs(sets: Sequence[ResultSet]) -> list:
+    """The runs that failed and the ones still running or interrupted: listed, never averaged."""
+    blocks: list = []
     failed = [(s, r) for s in sets for r in s.runs if r.status in ("oom", "failed")]
     if failed:
         blocks += [
@@ -162,10 +189,4 @@ def build_document(sets: list[ResultSet], command: str) -> tuple[str, list]:
                 align="llllll",
             ),
         ]
-
-    blocks.append(Heading(2, "Environment"))
-    for s in sets:
-        if several:
-            blocks.append(Heading(3, s.label))
-        blocks.append(environment_table(s))
-    return title, blocks
+    return blocks

@@ -23,8 +23,6 @@ BOOKKEEPING_KEYS = {
     "train.save",
     "train.eval_batch_size",
 }
-
-
 # Settings a like-for-like comparison must share; each gets its own plain sentence (like_for_like).
 BUDGET_KEYS = ("train.epochs", "train.max_steps")
 
