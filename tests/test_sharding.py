@@ -12,9 +12,10 @@ import pytest
 
 from tunebench.cli import main
 from tunebench.methods import get_method
-from tunebench.planner import resolve_spec, tiny_llama_folder
-from tunebench.sharding import make_sharding
-from tunebench.tracing import trace_step
+from tunebench.planner.inputs import resolve_spec
+from tunebench.planner.sharding import make_sharding
+from tunebench.planner.tracing import trace_step
+from tunebench.planner.validate import tiny_llama_folder
 
 REPO = Path(__file__).resolve().parent.parent
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
@@ -74,13 +75,13 @@ def test_prediction_matches_torch_fully_shard_and_ddp_on_two_processes(tmp_path:
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--strategy", "fsdp"], "--strategy fsdp needs --gpus N"),
-        (["--gpus", "0", "--strategy", "ddp"], "--gpus must be at least 1"),
-        (["--gpus", "4"], "--gpus 4 needs --strategy: one of ddp, fsdp"),
+        (["--strategy", "fsdp"], "strategy 'fsdp' needs a number of GPUs (gpus)"),
+        (["--gpus", "0", "--strategy", "ddp"], "the number of GPUs (gpus) must be at least 1"),
+        (["--gpus", "4"], "4 GPUs need a strategy: one of ddp, fsdp"),
         (["--gpus", "4", "--strategy", "zero3"], "unknown strategy 'zero3'; choose one of ddp, fsdp"),
-        (["--gpus", "32", "--strategy", "fsdp"], "--gpus 32 is more GPUs than the model's 16 layers"),
+        (["--gpus", "32", "--strategy", "fsdp"], "32 GPUs is more than the model's 16 layers"),
         (["--gpus", "2", "--strategy", "fsdp", "--methods", "head"], "head with cache_features (its default) cannot"),
-        (["--gpus", "2", "--strategy", "ddp", "--validate"], "--validate measures one process on this machine"),
+        (["--gpus", "2", "--strategy", "ddp", "--validate"], "validation measures one process on this machine"),
     ],
 )
 def test_impossible_sharding_is_a_one_line_error(flags: list[str], message: str, capsys) -> None:
