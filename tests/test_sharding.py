@@ -1,4 +1,4 @@
-"""Per-GPU memory under FSDP2 and DDP (tunebench.sharding), `plan --gpus/--strategy` and its bad input."""
+"""Per-GPU memory under FSDP2 and DDP (tunebench.planner.sharding), `plan --gpus/--strategy` and its bad input."""
 
 from __future__ import annotations
 
@@ -24,11 +24,11 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 def test_prediction_matches_torch_fully_shard_and_ddp_on_two_processes(tmp_path: Path) -> None:
     """The sharding arithmetic against torch's own FSDP2 and DDP: two gloo CPU processes run `fully_shard` on every
     block of a small random Llama and on the root, and the CPU allocator (torch.profiler's alloc/free events) gives
-    each rank's peak in a training step, for full fine-tuning and LoRA. The prediction applies tunebench.sharding
-    to the single-device fake trace at the same per-rank batch. Each method then saves from the state dict
-    gathered from the shards, as the loop does under FSDP2, and reloads equal; the loop's best-step snapshot and
-    restore bring each rank's shards back. Then the same under DDP, from
-    wrapping (its broadcast of rank 0's weights, the peak for LoRA here) through two steps: within 0.5%.
+    each rank's peak in a training step, for full fine-tuning and LoRA. The prediction applies
+    tunebench.planner.sharding to the single-device fake trace at the same per-rank batch. Each method then saves
+    from the state dict gathered from the shards, as the loop does under FSDP2, and reloads equal; the loop's
+    best-step snapshot and restore bring each rank's shards back. Then the same under DDP, from wrapping (its
+    broadcast of rank 0's weights, the peak for LoRA here) through two steps: within 0.5%.
 
     Tolerance: the lowest of three steps' peaks from 0.5% below the prediction to 0.5% plus three blocks'
     parameters above it. The peak varies from step to step and run to run by whole blocks of the tiny Llama (2.9 MB
