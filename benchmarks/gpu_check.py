@@ -329,7 +329,8 @@ def step_planner(s: Setting) -> dict:
 
     from tunebench.config import build_config
     from tunebench.loop import train
-    from tunebench.planner import load_gpus, validate_results
+    from tunebench.planner.inputs import load_gpus
+    from tunebench.planner.validate import validate_results
 
     _, device_defaults = load_gpus()
     folder = s.out / "planner"
@@ -382,8 +383,8 @@ def step_throughput(s: Setting) -> dict:
     """The loop's tokens/s and MFU per method on the Llama shape, and the Trainer ratio, alternated."""
     from tunebench.benchmarks.vs_trainer import COMPARABLE, compare
     from tunebench.methods import get_method
-    from tunebench.planner import load_gpus, match_gpu, resolve_spec
-    from tunebench.tracing import trace_step
+    from tunebench.planner.inputs import load_gpus, match_gpu, resolve_spec
+    from tunebench.planner.tracing import trace_step
 
     model = s.llama()
     spec = resolve_spec(model)

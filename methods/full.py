@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from tunebench.methods import Planning
+from tunebench.models.meta import PRECISIONS, meta_base
 from tunebench.models.params import load_trained, save_trained
 from tunebench.models.task_model import load_model
 
@@ -21,8 +22,6 @@ def build(model_path: str, num_labels: int | None, cfg: dict, device) -> nn.Modu
 
 
 def build_meta(config, num_labels: int | None, cfg: dict, precision: str) -> nn.Module:
-    from tunebench.tracing import PRECISIONS, meta_base
-
     return meta_base(config, num_labels, cfg, PRECISIONS[precision][0])
 
 

@@ -20,6 +20,7 @@ from tunebench.methods import Planning
 from tunebench.models.blocks import block_list
 from tunebench.models.causal_lm import untie_lm_head
 from tunebench.models.classifier import Classifier
+from tunebench.models.meta import PRECISIONS, meta_base
 from tunebench.models.params import load_trained, save_trained
 from tunebench.models.task_model import load_model
 
@@ -72,8 +73,6 @@ def build(model_path: str, num_labels: int | None, cfg: dict, device) -> nn.Modu
 
 
 def build_meta(config, num_labels: int | None, cfg: dict, precision: str) -> nn.Module:
-    from tunebench.tracing import PRECISIONS, meta_base
-
     return _train_head(meta_base(config, num_labels, cfg, PRECISIONS[precision][0]), cfg)
 
 

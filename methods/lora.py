@@ -11,6 +11,7 @@ from tunebench.data.generate import is_generate
 from tunebench.errors import UserError
 from tunebench.methods import Planning
 from tunebench.models.classifier import TASK_HEAD
+from tunebench.models.meta import PRECISIONS, meta_base
 from tunebench.models.task_model import load_model
 
 DEFAULTS = {
@@ -83,8 +84,6 @@ def build(model_path: str, num_labels: int | None, cfg: dict, device) -> nn.Modu
 
 
 def build_meta(config, num_labels: int | None, cfg: dict, precision: str) -> nn.Module:
-    from tunebench.tracing import PRECISIONS, meta_base
-
     base = meta_base(config, num_labels, cfg, PRECISIONS[precision][0])
     return attach_adapter(base, cfg["method_options"], is_generate(cfg))
 

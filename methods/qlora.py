@@ -16,6 +16,7 @@ from tunebench.data.generate import is_generate
 from tunebench.errors import UserError
 from tunebench.methods import Planning, lora
 from tunebench.models.classifier import UNQUANTIZED
+from tunebench.models.meta import PRECISIONS, meta_base, quantize_base
 from tunebench.models.task_model import load_model
 
 DEFAULTS = {
@@ -105,11 +106,9 @@ def build(model_path: str, num_labels: int | None, cfg: dict, device) -> nn.Modu
 
 
 def build_meta(config, num_labels: int | None, cfg: dict, precision: str) -> nn.Module:
-    """build's model with bitsandbytes' layers replaced by tunebench.tracing.QuantizedLinear stand-ins: the
+    """build's model with bitsandbytes' layers replaced by tunebench.models.meta.QuantizedLinear stand-ins: the
     unquantized parameters in fp32 (as peft's preparation leaves them), the base quantized after the adapter is
     attached (peft wraps a quantized layer in place: the same modules either way)."""
-    from tunebench.tracing import PRECISIONS, meta_base, quantize_base
-
     generate = is_generate(cfg)
     model = meta_base(config, num_labels, cfg, torch.float32)
     if cfg["train"]["gradient_checkpointing"]:  # what prepare_model_for_kbit_training adds for checkpointing

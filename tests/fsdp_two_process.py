@@ -28,9 +28,10 @@ from tunebench.measure import ProfiledPeak
 from tunebench.methods import get_method
 from tunebench.models.blocks import block_list
 from tunebench.models.hub import load_config
+from tunebench.models.meta import classifier_config
 from tunebench.models.params import decay_param_groups
 from tunebench.optim import build_adamw, resolve_adamw
-from tunebench.tracing import LR, MAX_GRAD_NORM, WEIGHT_DECAY, classifier_config, make_batch, method_cfg
+from tunebench.planner.tracing import LR, MAX_GRAD_NORM, WEIGHT_DECAY, make_batch, method_cfg
 
 model_path, methods, batch_size, seq_len, out = (
     sys.argv[1],

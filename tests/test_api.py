@@ -10,6 +10,7 @@ import pytest
 
 import tunebench
 from tunebench.errors import UserError
+from tunebench.planner.request import PlanRequest
 from tunebench.results import read_result
 
 
@@ -59,3 +60,13 @@ def test_unknown_settings_are_user_errors() -> None:
         tunebench.train(method="head", epoch=2)
     with pytest.raises(UserError, match="^unknown plan option 'bugdet'; choose one of: "):
         tunebench.plan(model="minilm", bugdet="24GiB")
+
+
+def test_plan_takes_a_request_and_its_errors_name_no_flag() -> None:
+    """tunebench.plan takes a PlanRequest as well as keywords; bad options are errors in the API's own words."""
+    with pytest.raises(UserError, match=r"^strategy 'fsdp' needs a number of GPUs \(gpus\)"):
+        tunebench.plan(PlanRequest(model="llama-3.2-1b", strategy="fsdp"))
+    with pytest.raises(UserError, match=r"^plan cannot honour epochs \(train.epochs\)"):
+        tunebench.plan(model="llama-3.2-1b", epochs=3)
+    with pytest.raises(UserError, match="^plan takes a PlanRequest or keyword options, not both"):
+        tunebench.plan(PlanRequest(), model="minilm")

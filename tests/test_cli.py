@@ -95,11 +95,11 @@ def test_train_then_eval_reproduces_predictions(capsys, tmp_path: Path) -> None:
             ["train", "--set", "train.optimizer=sgd"],
             "train.optimizer must be one of adamw, adamw_8bit, paged_adamw_8bit",
         ),
-        (["plan", "--set", "train.epochs=3"], "plan cannot honour --set train.epochs: it does not change one training"),
-        (["plan", "--set", "train.save=none"], "plan cannot honour --set train.save: "),
+        (["plan", "--set", "train.epochs=3"], "plan cannot honour the override train.epochs: it does not change one"),
+        (["plan", "--set", "train.save=none"], "plan cannot honour the override train.save: "),
         (["plan", "--set", "data.max_train_samples=8"], "step; the planner honours model, method, task, pooling"),
-        (["plan", "--epochs", "3"], "plan cannot honour --epochs (train.epochs): it does not change one training step"),
-        (["plan", "--methods", "full,lora", "--set", "method_options.r=8"], "--set method_options.* is one method's"),
+        (["plan", "--epochs", "3"], "plan cannot honour epochs (train.epochs): it does not change one training step"),
+        (["plan", "--methods", "full,lora", "--set", "method_options.r=8"], "method_options.* overrides are one"),
         (["fly"], "argument command: invalid choice: 'fly'"),
         ([], "the following arguments are required: command"),
         (["eval", "/no/such/run"], "/no/such/run is not a run folder (no config.yaml)"),
@@ -186,3 +186,12 @@ def test_console_script_bad_input(tmp_path: Path) -> None:
         "tunebench: error: unknown method 'sft'; choose one of: full, head, lora, none, qlora"
     )
     assert "Traceback" not in done.stderr and done.stdout == ""
+
+
+def test_plan_flags_are_a_plan_request() -> None:
+    """Every plan flag lands in PlanRequest's field of the same name (--seq-len: max_length, --set: overrides)."""
+    from tunebench.cli import build_parser, plan_request
+    from tunebench.planner.request import PlanRequest
+
+    args = build_parser().parse_args(["plan", "--seq-len", "64", "--set", "train.grad_accum=2", "--gpus", "2"])
+    assert plan_request(args) == PlanRequest(max_length=64, overrides=["train.grad_accum=2"], gpus=2)

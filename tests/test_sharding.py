@@ -1,4 +1,4 @@
-"""Per-GPU memory under FSDP2 and DDP (tunebench.sharding), `plan --gpus/--strategy` and its bad input."""
+"""Per-GPU memory under FSDP2 and DDP (tunebench.planner.sharding), `plan --gpus/--strategy` and its bad input."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import pytest
 
 from tunebench.cli import main
 from tunebench.methods import get_method
-from tunebench.planner import resolve_spec, tiny_llama_folder
-from tunebench.sharding import make_sharding
-from tunebench.tracing import trace_step
+from tunebench.planner.inputs import resolve_spec
+from tunebench.planner.sharding import make_sharding
+from tunebench.planner.tracing import trace_step
+from tunebench.planner.validate import tiny_llama_folder
 
 REPO = Path(__file__).resolve().parent.parent
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
@@ -23,11 +24,11 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 def test_prediction_matches_torch_fully_shard_and_ddp_on_two_processes(tmp_path: Path) -> None:
     """The sharding arithmetic against torch's own FSDP2 and DDP: two gloo CPU processes run `fully_shard` on every
     block of a small random Llama and on the root, and the CPU allocator (torch.profiler's alloc/free events) gives
-    each rank's peak in a training step, for full fine-tuning and LoRA. The prediction applies tunebench.sharding
-    to the single-device fake trace at the same per-rank batch. Each method then saves from the state dict
-    gathered from the shards, as the loop does under FSDP2, and reloads equal; the loop's best-step snapshot and
-    restore bring each rank's shards back. Then the same under DDP, from
-    wrapping (its broadcast of rank 0's weights, the peak for LoRA here) through two steps: within 0.5%.
+    each rank's peak in a training step, for full fine-tuning and LoRA. The prediction applies
+    tunebench.planner.sharding to the single-device fake trace at the same per-rank batch. Each method then saves
+    from the state dict gathered from the shards, as the loop does under FSDP2, and reloads equal; the loop's
+    best-step snapshot and restore bring each rank's shards back. Then the same under DDP, from wrapping (its
+    broadcast of rank 0's weights, the peak for LoRA here) through two steps: within 0.5%.
 
     Tolerance: the lowest of three steps' peaks from 0.5% below the prediction to 0.5% plus three blocks'
     parameters above it. The peak varies from step to step and run to run by whole blocks of the tiny Llama (2.9 MB
@@ -74,13 +75,13 @@ def test_prediction_matches_torch_fully_shard_and_ddp_on_two_processes(tmp_path:
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--strategy", "fsdp"], "--strategy fsdp needs --gpus N"),
-        (["--gpus", "0", "--strategy", "ddp"], "--gpus must be at least 1"),
-        (["--gpus", "4"], "--gpus 4 needs --strategy: one of ddp, fsdp"),
+        (["--strategy", "fsdp"], "strategy 'fsdp' needs a number of GPUs (gpus)"),
+        (["--gpus", "0", "--strategy", "ddp"], "the number of GPUs (gpus) must be at least 1"),
+        (["--gpus", "4"], "4 GPUs need a strategy: one of ddp, fsdp"),
         (["--gpus", "4", "--strategy", "zero3"], "unknown strategy 'zero3'; choose one of ddp, fsdp"),
-        (["--gpus", "32", "--strategy", "fsdp"], "--gpus 32 is more GPUs than the model's 16 layers"),
+        (["--gpus", "32", "--strategy", "fsdp"], "32 GPUs is more than the model's 16 layers"),
         (["--gpus", "2", "--strategy", "fsdp", "--methods", "head"], "head with cache_features (its default) cannot"),
-        (["--gpus", "2", "--strategy", "ddp", "--validate"], "--validate measures one process on this machine"),
+        (["--gpus", "2", "--strategy", "ddp", "--validate"], "validation measures one process on this machine"),
     ],
 )
 def test_impossible_sharding_is_a_one_line_error(flags: list[str], message: str, capsys) -> None:

@@ -21,50 +21,10 @@ from typing import Any
 
 from tunebench.errors import UserError, unknown_choice
 from tunebench.files import CONFIG_DIR
+from tunebench.planner.request import PlanRequest
 from tunebench.quiet import VERBOSE_ENV, quiet
 
 SUITE_DIR = CONFIG_DIR / "suites"
-# shortcut -> config key: the common settings, so most runs need no YAML at all (flags of `tunebench train`)
-SHORTCUTS = {
-    "model": "model",
-    "max_train_samples": "data.max_train_samples",
-    "max_eval_samples": "data.max_eval_samples",
-    "max_length": "data.max_length",
-    "epochs": "train.epochs",
-    "max_steps": "train.max_steps",
-    "batch_size": "train.batch_size",
-    "lr": "train.lr",
-    "seed": "seed",
-}
-
-
-def run_config(
-    method: str | None = None,
-    task: str | None = None,
-    *,
-    config: str | Path | None = None,
-    overrides: dict[str, Any] | None = None,
-    out: str | Path | None = None,
-    **shortcuts: Any,
-) -> dict:
-    """The effective config of a run: defaults, method, task, the config file, overrides, then shortcuts.
-
-    overrides maps dotted keys to values, as `--set` does: {"train.lr": 1e-4, "method_options.r": 8}.
-    """
-    from tunebench.config import build_config, set_dotted
-
-    unknown = set(shortcuts) - set(SHORTCUTS)
-    if unknown:
-        raise unknown_choice("setting", sorted(unknown)[0], [*SHORTCUTS, "config", "overrides", "out"])
-    layer: dict = {}
-    for key, value in (overrides or {}).items():
-        set_dotted(layer, key, value)
-    for name, value in shortcuts.items():
-        if value is not None:
-            set_dotted(layer, SHORTCUTS[name], value)
-    if out is not None:
-        layer["out"] = str(out)
-    return build_config(method, task, config, layer)
 
 
 def train(
@@ -84,6 +44,8 @@ def train(
     The run folder is out, else runs/<task>-<method>-<model>-<time>; the result is also written to
     result_path (default RUN_DIR/result.json). meta is what `bench` records about the run.
     """
+    # lazy: the config, the loop and the results import torch, which `import tunebench` does not
+    from tunebench.config import run_config
     from tunebench.results import run_name
 
     cfg = run_config(method, task, config=config, overrides=overrides, out=out, **shortcuts)
@@ -177,27 +139,23 @@ def write_report(results: str | Path | list[str | Path], out: str | Path) -> Pat
     return Path(out) / "report.md"
 
 
-def plan(*, verbose: bool = False, **options: Any) -> dict | list[dict]:
+def plan(request: PlanRequest | None = None, *, verbose: bool = False, **options: Any) -> dict | list[dict]:
     """`tunebench plan`: the plan dict (per method: peak memory, fits, max batch, speed; the recommendation).
 
-    options are the command's flags: model, method, task, config, overrides (as train's), max_length (--seq-len),
-    batch_size, num_labels, precision, budget, gpu, peak_tflops, methods, results, full_depth. validate=True
-    returns predicted against measured rows instead.
+    A PlanRequest, or its fields as keywords: model, method, task, config, overrides (as train's, or "key=value"
+    strings), max_length, batch_size, num_labels, precision, budget, gpu, peak_tflops, methods, results,
+    full_depth, gpus, strategy. validate=True returns predicted against measured rows instead.
     """
-    import argparse
-    import json
+    if request is None:
+        request = PlanRequest.from_options(options)
+    elif options:
+        raise UserError("plan takes a PlanRequest or keyword options, not both")
+    with quiet(verbose, tokenizing=request.validate):
+        # lazy: the planner imports torch and transformers; validation also the loop and datasets
+        if request.validate:
+            from tunebench.planner.validate import validation_rows
 
-    from tunebench.planner import add_arguments, plan_from_args, validation_rows
+            return validation_rows(request)
+        from tunebench.planner.predict import predict_plan
 
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    args = parser.parse_args([])
-    unknown = set(options) - set(vars(args)) - {"overrides"}
-    if unknown:
-        raise unknown_choice("plan option", sorted(unknown)[0], sorted(vars(args)))
-    # YAML reads JSON, as --set reads its values
-    args.set = [f"{key}={json.dumps(value)}" for key, value in options.pop("overrides", {}).items()]
-    for name, value in options.items():
-        setattr(args, name, value)
-    with quiet(verbose, tokenizing=args.validate):
-        return validation_rows(args) if args.validate else plan_from_args(args)
+        return predict_plan(request)

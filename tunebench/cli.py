@@ -10,10 +10,12 @@ import json
 import os
 import signal
 import sys
+from dataclasses import fields
 
 from tunebench import api
 from tunebench.errors import UserError, unknown_choice
-from tunebench.quiet import quiet
+from tunebench.planner.render import format_plan, format_validation
+from tunebench.planner.request import PlanRequest
 from tunebench.units import format_seconds
 
 
@@ -34,7 +36,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def add_config_arguments(p: argparse.ArgumentParser) -> None:
-    """The flags that build a run's config (tunebench.api.run_config): `train` and `plan` share them."""
+    """The flags that build a run's config (tunebench.config.run_config): `train` and `plan` share them."""
     from tunebench.methods import registry
 
     p.add_argument("--method", help=f"{' | '.join(registry())}, or a method module's path (default: lora)")
@@ -93,11 +95,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results", nargs="+")
     p.add_argument("-o", "--out", required=True)
 
-    p = sub.add_parser("plan", help="predict memory and speed per method for a GPU budget")
-    from tunebench.planner import add_arguments
-
-    add_arguments(p)
+    _add_plan_args(sub.add_parser("plan", help="predict memory and speed per method for a GPU budget"))
     return parser
+
+
+def _add_plan_args(p: argparse.ArgumentParser) -> None:
+    """`tunebench plan`'s flags: their destinations are tunebench.planner.request.PlanRequest's fields."""
+    from tunebench.methods import plannable
+
+    add_config_arguments(p)  # the same run's config as `train` builds, from the same flags
+    p.add_argument("--seq-len", dest="max_length", type=int, help="tokens per example: --max-length's alias")
+    p.add_argument("--budget", help="GPU memory to plan for, e.g. 24GiB, 24GB, 80G, 512MiB (default: the GPU's)")
+    p.add_argument("--num-labels", type=int, help="classes (default: the task's)")
+    p.add_argument(
+        "--precision",
+        choices=("bf16", "fp32", "amp"),
+        help="default: the run's (the checkpoint's dtype, autocast if train.mixed_precision is set); "
+        "bf16: pure bf16 weights/grads/AdamW state; amp: fp32 weights with bf16 autocast; fp32: everything fp32",
+    )
+    p.add_argument("--gpu", help="a GPU from configs/planner/gpus.yaml (h100-80g, a100-40g, l4, rtx4090, ...)")
+    p.add_argument("--peak-tflops", type=float, help="peak dense TFLOP/s at the precision, instead of the GPU's")
+    p.add_argument(
+        "--methods",
+        help=f"comma-separated subset of {','.join(plannable())} to compare (default: --method's, else all)",
+    )
+    p.add_argument("--results", help="a results folder: calibrates MFU (and, with --validate, checks peaks)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--validate", action="store_true", help="compare predictions with real steps on this machine")
+    p.add_argument(
+        "--full-depth",
+        action="store_true",
+        help="trace every layer instead of extrapolating a deep model from 2 and 3 of its layers (slower, same result)",
+    )
+    p.add_argument("--gpus", type=int, help="GPUs the run spreads over (with --strategy); memory is per GPU")
+    p.add_argument(
+        "--strategy", help="ddp (replicated model, gradient buckets) or fsdp (FSDP2 full sharding, block by block)"
+    )
 
 
 def train_options(args: argparse.Namespace) -> dict:
@@ -106,14 +139,21 @@ def train_options(args: argparse.Namespace) -> dict:
 
 
 def config_options(args: argparse.Namespace) -> dict:
-    """The config flags (add_config_arguments) as tunebench.api.run_config's keyword arguments, less method/task."""
-    from tunebench.config import flatten, parse_set
+    """The config flags (add_config_arguments) as tunebench.config.run_config's keyword arguments, less method/task."""
+    # lazy: tunebench.config imports torch, which the CLI's start-up (help, listing tasks) does without
+    from tunebench.config import SHORTCUTS, flatten, parse_set
 
     return {
         "config": args.config,
         "overrides": flatten(parse_set(args.set)),
-        **{name: getattr(args, name) for name in api.SHORTCUTS},
+        **{name: getattr(args, name) for name in SHORTCUTS},
     }
+
+
+def plan_request(args: argparse.Namespace) -> PlanRequest:
+    """The plan flags (_add_plan_args) as a PlanRequest: each flag's destination is a field; --set is overrides."""
+    options = {f.name: getattr(args, f.name) for f in fields(PlanRequest) if f.name != "overrides"}
+    return PlanRequest(**options, overrides=args.set)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -192,10 +232,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from tunebench.planner import run_plan
-
-    with quiet(args.verbose, tokenizing=args.validate):
-        return run_plan(args)
+    request = plan_request(args)
+    result = api.plan(request, verbose=args.verbose)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_validation(result) if request.validate else format_plan(result))
+    return 0
 
 
 COMMANDS = {

@@ -15,12 +15,24 @@ from typing import Any
 import yaml
 
 from tunebench.data.tasks import get_task
-from tunebench.errors import UserError
+from tunebench.errors import UserError, unknown_choice
 from tunebench.files import CONFIG_DIR, read_yaml
 from tunebench.methods import get_method
 from tunebench.optim import ADAMW_IMPLEMENTATIONS, OPTIMIZERS
 
 Config = dict[str, Any]
+# shortcut -> config key: the common settings, so most runs need no YAML at all (flags of `tunebench train`)
+SHORTCUTS = {
+    "model": "model",
+    "max_train_samples": "data.max_train_samples",
+    "max_eval_samples": "data.max_eval_samples",
+    "max_length": "data.max_length",
+    "epochs": "train.epochs",
+    "max_steps": "train.max_steps",
+    "batch_size": "train.batch_size",
+    "lr": "train.lr",
+    "seed": "seed",
+}
 
 
 def _coerce(value: Any, like: Any, key: str) -> Any:
@@ -181,6 +193,33 @@ def check_config(cfg: Config) -> None:
             f"data.encoding must be a text encoding Python knows (utf-8, latin-1, cp1252, ...), "
             f"got {cfg['data']['encoding']!r}"
         ) from None
+
+
+def run_config(
+    method: str | None = None,
+    task: str | None = None,
+    *,
+    config: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    out: str | Path | None = None,
+    **shortcuts: Any,
+) -> Config:
+    """The effective config of a run: defaults, method, task, the config file, overrides, then shortcuts.
+
+    overrides maps dotted keys to values, as `--set` does: {"train.lr": 1e-4, "method_options.r": 8}.
+    """
+    unknown = set(shortcuts) - set(SHORTCUTS)
+    if unknown:
+        raise unknown_choice("setting", sorted(unknown)[0], [*SHORTCUTS, "config", "overrides", "out"])
+    layer: dict = {}
+    for key, value in (overrides or {}).items():
+        set_dotted(layer, key, value)
+    for name, value in shortcuts.items():
+        if value is not None:
+            set_dotted(layer, SHORTCUTS[name], value)
+    if out is not None:
+        layer["out"] = str(out)
+    return build_config(method, task, config, layer)
 
 
 def flatten(data: dict, prefix: str = "") -> dict:

@@ -1,6 +1,6 @@
-"""Per-rank memory on N GPUs under DDP or FSDP2, from the traced single-device step (tunebench.tracing).
+"""Per-rank memory on N GPUs under DDP or FSDP2, from the traced single-device step (planner.tracing).
 
-`--batch-size` is each rank's micro-batch (Accelerate gives every process whole batches), so a rank's
+The batch size is each rank's micro-batch (Accelerate gives every process whole batches), so a rank's
 activations are the single-device trace's at that batch. What changes is where the state lives; each of the
 trace's points (the category totals at every new storage, labelled with the block running) is rewritten, as
 torch 2.13 allocates (read in torch/nn/parallel/distributed.py and torch/distributed/fsdp/_fully_shard/, and
@@ -36,7 +36,10 @@ from torch import nn
 
 from tunebench.errors import UserError
 from tunebench.measure import CATEGORIES
+from tunebench.methods import get_method
 from tunebench.models.blocks import block_list
+from tunebench.planner.extrapolate import with_depth
+from tunebench.planner.tracing import build_meta_model, method_cfg
 
 STRATEGIES = ("ddp", "fsdp")
 STEP_PHASES = ("clip", "optimizer")  # phases that work on the shards only
@@ -48,19 +51,19 @@ def check_sharding(gpus: int | None, strategy: str | None, num_layers: int) -> N
     if strategy is None and gpus is None:
         return
     if gpus is None:
-        raise UserError(f"--strategy {strategy} needs --gpus N (the number of GPUs it spreads over)")
+        raise UserError(f"strategy {strategy!r} needs a number of GPUs (gpus) to spread over")
     if gpus < 1:
-        raise UserError(f"--gpus must be at least 1, got {gpus}")
+        raise UserError(f"the number of GPUs (gpus) must be at least 1, got {gpus}")
     if strategy is None:
         if gpus > 1:
-            raise UserError(f"--gpus {gpus} needs --strategy: one of {', '.join(STRATEGIES)}")
+            raise UserError(f"{gpus} GPUs need a strategy: one of {', '.join(STRATEGIES)}")
         return
     if strategy not in STRATEGIES:
         raise UserError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     if strategy == "fsdp" and gpus > num_layers:
         raise UserError(
-            f"--gpus {gpus} is more GPUs than the model's {num_layers} layers: fsdp plans a block-by-block wrap "
-            f"on at most one GPU per block; use --gpus {num_layers} or fewer, or --strategy ddp"
+            f"{gpus} GPUs is more than the model's {num_layers} layers: fsdp plans a block-by-block wrap "
+            f"on at most one GPU per block; plan {num_layers} GPUs or fewer, or strategy ddp"
         )
 
 
@@ -88,7 +91,7 @@ def per_rank_points(
     """The trace's points (n x CATEGORIES, bytes) as one rank of `gpus` holds them under the strategy.
 
     labels: each point's (phase, position), position a block index or "pre"/"post"; a depth-extrapolated
-    trace's keys (phase, "first"|"last", index) name a block too (tracing.extrapolate_depth). state: the step's
+    trace's keys (phase, "first"|"last", index) name a block too (extrapolate.extrapolate_depth). state: the step's
     full-size weights and gradients (StepTrace.state). One point is added: under DDP, wrapping the model; under
     FSDP, the root's reduce-scatter at the end of backward.
     """
@@ -186,13 +189,10 @@ class Sharding:
 
 
 def make_sharding(config, method: str, gpus: int | None, strategy: str | None, **build) -> Sharding | None:
-    """The Sharding for --gpus/--strategy (None on one GPU), after checking that it can be planned.
+    """The Sharding for gpus and strategy (None on one GPU), after checking that it can be planned.
 
     build: build_meta_model's keywords for the method's model (precision, options, num_labels, pooling).
     """
-    from tunebench.methods import get_method
-    from tunebench.tracing import build_meta_model, method_cfg, with_depth
-
     check_sharding(gpus, strategy, config.num_hidden_layers)
     if strategy is None:
         return None
@@ -205,7 +205,7 @@ def make_sharding(config, method: str, gpus: int | None, strategy: str | None, *
 
 
 def sharding_assumptions(gpus: int | None, strategy: str | None) -> list[str]:
-    """The plan's assumption lines for --gpus/--strategy."""
+    """The plan's assumption lines for gpus and strategy."""
     if strategy is None:
         return []
     common = f"{gpus} GPUs, {strategy}: peak memory, max batch and tok/s per GPU (--batch-size is each GPU's)"
