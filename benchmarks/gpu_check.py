@@ -328,8 +328,8 @@ def step_planner(s: Setting) -> dict:
     import torch
 
     from tunebench.config import build_config
-    from tunebench.loop import train
     from tunebench.planner import load_gpus, validate_results
+    from tunebench.training.run import train
 
     _, device_defaults = load_gpus()
     folder = s.out / "planner"

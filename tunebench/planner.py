@@ -1005,9 +1005,9 @@ def validate_loop(model: str, methods: list[str], mixed_precision: str, run_root
     from tunebench.config import build_config
     from tunebench.data import batching
     from tunebench.data.tasks import get_task, load_task
-    from tunebench.loop import train
     from tunebench.models.hub import load_tokenizer
     from tunebench.tracing import trace_step
+    from tunebench.training.run import train
 
     spec = _weighted_spec(model)
     overrides = {
