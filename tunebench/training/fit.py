@@ -38,6 +38,11 @@ class Tally:
     examples: int = 0
     logged_step: int = 0
     largest_traced: int = 0  # elements of the largest batch traced by the tensor tracker
+    # The last micro-batch and its loss, each replaced only once the next one exists (the next batch fetched, the
+    # next forward done) and kept until the run ends: what is live at each traced step's peak, and over evaluation
+    # (the CUDA peak), is part of the measurement.
+    batch: dict | None = None
+    loss: torch.Tensor | None = None
 
 
 class Validation:
@@ -73,6 +78,7 @@ class Fitted:
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
     tracker: TensorTracker | None = None
+    tally: Tally | None = None  # held until the run ends (see Tally.batch)
 
 
 def fit(s: Setup, stop: threading.Event) -> Fitted:
@@ -120,6 +126,7 @@ def fit(s: Setup, stop: threading.Event) -> Fitted:
         train_seconds=train_seconds,
         eval_seconds=validation.seconds,
         tracker=tracker,
+        tally=tally,
     )
 
 
@@ -148,6 +155,7 @@ def optimizer_step(
     """Forward and backward over the step's micro-batches, then the update; returns the learning rate used."""
     accelerator, model = s.accelerator, s.model
     for k, batch in enumerate(micro_batches):
+        tally.batch = batch
         if stop.is_set():
             raise KeyboardInterrupt
         del batch["index"]
@@ -164,13 +172,13 @@ def optimizer_step(
             nullcontext() if update else accelerator.no_sync(model),
             tracker if track else nullcontext(),
         ):
-            loss = model(**batch).loss / group  # the step's loss is the mean over its micro-batches
-            accelerator.backward(loss)
+            tally.loss = model(**batch).loss / group  # the step's loss is the mean over its micro-batches
+            accelerator.backward(tally.loss)
             if track:
                 tracker.classify_state()
             if update:
                 step_lr = _update(s, tracker if track else None)
-        tally.loss_sum += loss.detach()
+        tally.loss_sum += tally.loss.detach()
         tally.micro_batches += 1
     return step_lr
 
