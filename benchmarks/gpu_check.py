@@ -328,9 +328,9 @@ def step_planner(s: Setting) -> dict:
     import torch
 
     from tunebench.config import build_config
-    from tunebench.loop import train
     from tunebench.planner.inputs import load_gpus
     from tunebench.planner.validate import validate_results
+    from tunebench.training.run import train
 
     _, device_defaults = load_gpus()
     folder = s.out / "planner"

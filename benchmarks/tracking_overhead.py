@@ -19,9 +19,9 @@ from pathlib import Path
 from tunebench.benchmarks.vs_trainer import spread
 from tunebench.config import build_config
 from tunebench.files import REPO_ROOT
-from tunebench.loop import train
 from tunebench.measure import environment
 from tunebench.results import write_json_atomic
+from tunebench.training.run import train
 
 
 def measure(method: str, steps: int, repeats: int) -> dict:

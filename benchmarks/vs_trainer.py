@@ -32,11 +32,11 @@ from tunebench.data import batching
 from tunebench.data.tasks import get_task, load_task
 from tunebench.errors import UserError
 from tunebench.files import REPO_ROOT
-from tunebench.loop import train
 from tunebench.measure import environment
 from tunebench.methods import get_method
 from tunebench.models.hub import load_config, load_tokenizer, resolve_model
 from tunebench.results import write_json_atomic
+from tunebench.training.run import train
 
 # The head method trains on cached backbone features, which Trainer has no equivalent for.
 COMPARABLE = ("full", "lora", "qlora")

@@ -18,10 +18,10 @@ from accelerate.utils import set_seed
 from tunebench.config import build_config
 from tunebench.data import batching
 from tunebench.data.tasks import get_task, load_task
-from tunebench.evaluation import evaluate
-from tunebench.loop import cached_features
 from tunebench.methods import get_method
 from tunebench.models.hub import load_config, load_tokenizer
+from tunebench.training.evaluation import evaluate
+from tunebench.training.kinds import cached_features
 
 SPLIT_SIZES = (1, 7, 129, 200, 853)  # 853: all of rotten_tomatoes' test split
 EVAL_BATCH_SIZES = (1, 16, 128)

@@ -23,7 +23,6 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
-from tunebench.loop import _restore, _trainable_state
 from tunebench.measure import ProfiledPeak
 from tunebench.methods import get_method
 from tunebench.models.blocks import block_list
@@ -32,6 +31,7 @@ from tunebench.models.meta import classifier_config
 from tunebench.models.params import decay_param_groups
 from tunebench.optim import build_adamw, resolve_adamw
 from tunebench.planner.tracing import LR, MAX_GRAD_NORM, WEIGHT_DECAY, make_batch, method_cfg
+from tunebench.training.checkpoint import restore, trainable_state
 
 model_path, methods, batch_size, seq_len, out = (
     sys.argv[1],
@@ -97,9 +97,9 @@ def measure(method: str) -> dict:
             train_step(model, optimizer)
         peaks.append(allocator.peak_bytes)
     # Keep the best step as the loop does (each rank its shards), train on, restore: the shards come back.
-    best = _trainable_state(model)
+    best = trainable_state(model)
     train_step(model, optimizer)
-    _restore(model, best)
+    restore(model, best)
     restore_matches = all(torch.equal(local(p), best[n]) for n, p in model.named_parameters() if p.requires_grad)
     # Save as the loop does under FSDP2: every rank gathers (Accelerate's get_state_dict options), rank 0 saves.
     options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, cpu_offload=True)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 
 from tunebench.config import build_config
-from tunebench.evaluation import evaluate_run
-from tunebench.loop import train
 from tunebench.models.hub import default_pooling, load_config, load_tokenizer
+from tunebench.training.evaluation import evaluate_run
+from tunebench.training.run import train
 
 
 def test_decoder_tokenizer_gets_a_pad_token_and_last_token_pooling(decoder_folder):

@@ -15,8 +15,8 @@ import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from tunebench.cli import main
-from tunebench.loop import OOM_HINT, train
 from tunebench.results import FINAL, SCHEMA_VERSION, STATUSES, final_result, read_result, write_json_atomic
+from tunebench.training.run import OOM_HINT, train
 
 TINY_FLAGS = ["--max-train-samples", "32", "--max-eval-samples", "32", "--max-length", "32", "--batch-size", "16"]
 

@@ -14,8 +14,9 @@ from tunebench import api
 from tunebench.config import build_config
 from tunebench.data import generate as generation
 from tunebench.errors import UserError
-from tunebench.evaluation import evaluate_run
 from tunebench.models.hub import resolve_model
+from tunebench.training import generate_eval
+from tunebench.training.evaluation import evaluate_run
 
 # Two prompts, two answers: learnable in a few steps by a tiny model.
 PAIRS = [("Say yes.", "yes"), ("Say no.", "no")] * 8
@@ -153,16 +154,16 @@ def test_generation_stops_at_eos_or_the_bound_and_exact_match_reads_decoded_text
     tokenizer = AutoTokenizer.from_pretrained(tiny_llm)
     encoded, _ = generation.tokenize(load_task(get_task(pairs_file), cfg["data"]).splits, tokenizer, cfg["data"])
     model = AutoModelForCausalLM.from_pretrained(tiny_llm)
-    metrics, outputs = generation.evaluate(model, encoded["test"], tokenizer, 4, 3, torch.device("cpu"))
+    metrics, outputs = generate_eval.evaluate(model, encoded["test"], tokenizer, 4, 3, torch.device("cpu"))
     longest = max(len(tokenizer(a, add_special_tokens=False)["input_ids"]) + 1 for a in encoded["test"]["answer"])
     assert metrics["max_new_tokens"] == longest + 3
     for text in outputs:  # a random model rarely says eos: each output is at most the bound
         assert len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= metrics["max_new_tokens"] + 1
-    references = [generation.normalise(a) for a in encoded["test"]["answer"]]
+    references = [generate_eval.normalise(a) for a in encoded["test"]["answer"]]
     assert metrics["exact_match"] == sum(
-        generation.normalise(o) == r for o, r in zip(outputs, references, strict=True)
+        generate_eval.normalise(o) == r for o, r in zip(outputs, references, strict=True)
     ) / len(outputs)
-    assert generation.normalise("  Positive.\n") == "positive"
+    assert generate_eval.normalise("  Positive.\n") == "positive"
 
 
 def test_real_smollm2_zero_shot_answers_in_words(tmp_path):

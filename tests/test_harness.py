@@ -16,10 +16,10 @@ import yaml
 
 from tunebench.config import build_config
 from tunebench.errors import UserError
-from tunebench.evaluation import evaluate_run
 from tunebench.harness import load_suite, run_id, select_shard, stale_reason
 from tunebench.measure import git_state
 from tunebench.results import SCHEMA_VERSION, read_result
+from tunebench.training.evaluation import evaluate_run
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = {

@@ -24,7 +24,7 @@ LAYERS = [
     ("models", ["models"]),
     ("methods", ["methods"]),
     ("config", ["config"]),
-    ("train", ["generation", "evaluation", "loop", "train"]),
+    ("train", ["training"]),
     ("planner", ["planner"]),
     ("harness", ["harness"]),
     ("report", ["report"]),

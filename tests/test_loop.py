@@ -19,10 +19,11 @@ from torch.profiler import ProfilerActivity, profile
 
 from tunebench.data.batching import EpochPermutation
 from tunebench.data.tasks import get_task, load_task
-from tunebench.evaluation import evaluate_run
-from tunebench.loop import _restore, train
 from tunebench.methods import get_method
 from tunebench.models.hub import load_tokenizer, resolve_model
+from tunebench.training.checkpoint import restore
+from tunebench.training.evaluation import evaluate_run
+from tunebench.training.run import train
 
 TESTS = Path(__file__).parent
 
@@ -128,11 +129,11 @@ def test_restoring_the_best_step_refuses_a_state_that_does_not_fit() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
     model[0].requires_grad_(False)
     state = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("1.")}
-    _restore(model, state)
+    restore(model, state)
     with pytest.raises(RuntimeError, match="missing trainable"):
-        _restore(model, {"1.weight": state["1.weight"]})
+        restore(model, {"1.weight": state["1.weight"]})
     with pytest.raises(RuntimeError, match="unexpected"):
-        _restore(model, {**state, "2.weight": state["1.weight"]})
+        restore(model, {**state, "2.weight": state["1.weight"]})
 
 
 SYNCS = ("aten::item", "aten::_local_scalar_dense")  # how the profiler names a read of a tensor's value

@@ -21,11 +21,11 @@ from sklearn.metrics import balanced_accuracy_score
 
 from tunebench.config import build_config
 from tunebench.data.tasks import get_task, load_capped, load_task
-from tunebench.evaluation import evaluate_run
-from tunebench.loop import train
 from tunebench.methods import get_method
 from tunebench.models.hub import load_pretrained, load_tokenizer, resolve_model
 from tunebench.results import final_result, read_result
+from tunebench.training.evaluation import evaluate_run
+from tunebench.training.run import train
 
 pytestmark = pytest.mark.slow
 

@@ -435,7 +435,7 @@ def test_plan_of_a_config_file_matches_the_run_it_trains(tmp_path, capsys):
 
     import yaml
 
-    from tunebench.loop import train
+    from tunebench.training.run import train
 
     folder = tiny_llama_folder(tmp_path / "tiny-llama")
     config = tmp_path / "run.yaml"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tunebench.config import build_config
 from tunebench.data import batching
-from tunebench.loop import train
+from tunebench.training.run import train
 
 out = Path(sys.argv[1])
 collated: list[list[int]] = []

@@ -58,7 +58,7 @@ def train(
             file=sys.stderr,
         )
     with quiet(verbose):
-        from tunebench.loop import train as train_loop
+        from tunebench.training.run import train as train_loop
 
         return train_loop(cfg, run_dir, result_path, meta=meta)
 
@@ -66,7 +66,7 @@ def train(
 def evaluate(run_dir: str | Path, task: str | None = None, split: str = "test", verbose: bool = False) -> dict:
     """Reload a run's best weights and evaluate them on a split (of another task with the same labels)."""
     with quiet(verbose):
-        from tunebench.evaluation import evaluate_run
+        from tunebench.training.evaluation import evaluate_run
 
         return evaluate_run(run_dir, task, split)
 

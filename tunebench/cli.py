@@ -257,11 +257,11 @@ def _interrupt_on_signals() -> None:
     raised inside a __del__ during garbage collection), so the flag the loop checks each step is set too."""
 
     def handler(signum, frame):
-        loop = sys.modules.get("tunebench.loop")
-        if loop is not None:
-            if loop.finishing.is_set():
+        run = sys.modules.get("tunebench.training.run")
+        if run is not None:
+            if run.finishing.is_set():
                 return  # the run is writing how it ended, and ends by itself
-            loop.stop_requested.set()
+            run.stop_requested.set()
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)

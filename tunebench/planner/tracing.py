@@ -189,7 +189,7 @@ def loop_step(
     max_grad_norm: float | None = MAX_GRAD_NORM,
     micro_batches: int = 1,
 ):
-    """One optimizer step in tunebench.loop's order, under the tracker.
+    """One optimizer step in tunebench.training.fit's order, under the tracker.
 
     micro_batches: forward and backward passes accumulated into the gradients before the step (gradient
     accumulation); from the second on, every gradient is live through the forward pass, so more than two

@@ -17,7 +17,6 @@ from tunebench.config import build_config
 from tunebench.data import batching
 from tunebench.data.tasks import get_task, load_task
 from tunebench.errors import UserError
-from tunebench.loop import train
 from tunebench.measure import ProfiledPeak, TensorTracker, quantization_state
 from tunebench.methods import get_method
 from tunebench.models.hub import DECODER_TYPES, load_config, load_tokenizer, resolve_model
@@ -28,6 +27,7 @@ from tunebench.planner.inputs import ModelSpec, Shape, load_gpus, parse_methods,
 from tunebench.planner.request import PlanRequest
 from tunebench.planner.tracing import LR, WEIGHT_DECAY, StepTrace, loop_step, make_batch, method_cfg, pad_id, trace_step
 from tunebench.results import read_result, result_files
+from tunebench.training.run import train
 from tunebench.units import format_gib
 
 VALIDATION_SHAPE = Shape(batch_size=8, seq_len=64, num_labels=2)

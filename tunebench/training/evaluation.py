@@ -1,5 +1,5 @@
-"""Evaluation: metrics over a loader gathered across processes, and `tunebench eval RUN_DIR` (reload what a
-method saved and evaluate it again). The loop evaluates with the same functions."""
+"""Classification evaluation: metrics over a loader gathered across processes; and `tunebench eval RUN_DIR`
+(reload what a method saved and evaluate it again, either task kind). The loop evaluates with the same functions."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
-from tunebench import generation
 from tunebench.data import batching
 from tunebench.data import generate as generate_data
 from tunebench.data.tasks import get_task, load_capped, load_task
@@ -20,6 +19,7 @@ from tunebench.files import read_yaml
 from tunebench.methods import get_method
 from tunebench.metrics import classification_metrics, load_extra
 from tunebench.models.hub import load_pretrained
+from tunebench.training import generate_eval
 
 
 @torch.no_grad()
@@ -79,7 +79,7 @@ def evaluate_run(run_dir: str | Path, task_name: str | None = None, split: str =
         model = accelerator.prepare(model)
         encoded, _ = generate_data.tokenize({split: task.splits[split]}, tokenizer, cfg["data"])
         gen = cfg["generation"]
-        metrics, predictions = generation.evaluate(
+        metrics, predictions = generate_eval.evaluate(
             accelerator.unwrap_model(model),
             encoded[split],
             tokenizer,

