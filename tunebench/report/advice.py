@@ -52,6 +52,8 @@ def recommendation(groups: list[Group], num_labels: int | None) -> list[str]:
 
 
 def _not_paired(labels: list[str]) -> str:
+    if not labels:
+        return "The paired test was not possible: the methods' test sets differ in size."
     return (
         f"The paired test was not possible: {_names_of(labels)} {'has' if len(labels) == 1 else 'have'} no "
         "per-example test outcomes (`test_correct`; older results), so accuracy is compared on seed intervals "
