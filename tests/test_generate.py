@@ -143,6 +143,9 @@ def test_zero_shot_baseline_takes_no_step_and_forgets_nothing(tiny_llm, pairs_fi
     # before and after on the same tokens, with the same weights: exactly no change
     assert result["forgetting"]["change"] == 0.0
     assert result["forgetting"]["tokens"] > 0
+    # one exact-match outcome per test example: their mean is the headline accuracy
+    assert len(result["test_correct"]) == result["test_size"] > 0
+    assert sum(result["test_correct"]) / result["test_size"] == pytest.approx(result["test_exact_match"], abs=1e-12)
 
 
 def test_generation_stops_at_eos_or_the_bound_and_exact_match_reads_decoded_text(tiny_llm, pairs_file):

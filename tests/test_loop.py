@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from torch.profiler import ProfilerActivity, profile
 
 from tunebench.data.batching import EpochPermutation
-from tunebench.data.tasks import get_task, load_task
+from tunebench.data.tasks import get_task, load_capped, load_task
 from tunebench.methods import get_method
 from tunebench.models.hub import load_tokenizer, resolve_model
 from tunebench.training.checkpoint import restore
@@ -83,6 +83,18 @@ def test_head_counts_the_backbone_pass_once(tmp_path: Path, tiny_config) -> None
     assert 0 < result["setup_seconds"] < result["train_seconds"]
     assert result["peak_memory_source"] == "tensor_tracker" and result["peak_memory_includes"]
     assert result["peak_memory_bytes"] == result["memory"]["tensor"]["peak_bytes"]
+
+
+def test_test_correct_is_one_outcome_per_test_example(tmp_path: Path, tiny_config) -> None:
+    cfg = tiny_config("head", overrides={"train": {"epochs": 1, "save": "none"}})
+    run_dir = tmp_path / "run"
+    result = train(cfg, run_dir)
+    assert result["status"] == "ok", result["error"]
+    labels = load_capped(cfg["task"], cfg["data"]).splits["test"]["label"]
+    predictions = json.loads((run_dir / "test_predictions.json").read_text())
+    assert result["test_size"] == len(labels) == len(result["test_correct"])
+    assert result["test_correct"] == [int(p == y) for p, y in zip(predictions, labels, strict=True)]
+    assert np.mean(result["test_correct"]) == pytest.approx(result["test_accuracy"], abs=1e-12)
 
 
 def test_grad_accumulation_updates_as_one_big_batch(tmp_path: Path, tiny_config) -> None:

@@ -22,7 +22,7 @@ from tunebench.errors import UserError
 from tunebench.methods import get_method
 from tunebench.report import write_report
 from tunebench.report.formatting import fmt_ratio
-from tunebench.report.stats import mean_ci, pareto_front
+from tunebench.report.stats import mcnemar_p, mean_ci, paired_bootstrap, pareto_front
 
 FIXTURES = Path(__file__).parent / "fixtures" / "results"
 LEN64, LEN32 = FIXTURES / "cpu-len64", FIXTURES / "cpu-len32"
@@ -73,6 +73,26 @@ def test_pareto_front_minimizing_memory() -> None:
 def test_pareto_front_maximizing_throughput() -> None:
     points = [(100, 90), (300, 85), (200, 80), (300, 84), (1000, 70)]
     assert pareto_front(points, minimize_x=False) == [True, True, False, False, True]
+
+
+def test_mcnemar_is_the_exact_binomial_on_discordant_pairs() -> None:
+    # 10 discordant pairs split 9/1 (plus 5 concordant ones, which do not count): 2 * (1 + 10) / 2**10
+    a = [1] * 9 + [0] + [1, 1, 1, 0, 0]
+    b = [0] * 9 + [1] + [1, 1, 1, 0, 0]
+    assert mcnemar_p(a, b) == 0.021484375 == 2 * 11 / 2**10
+    assert mcnemar_p([1, 0], [1, 0]) == 1.0
+
+
+def test_paired_bootstrap_interval_holds_the_difference() -> None:
+    # 100 examples: a right on 90, b on 60, b's right ones a subset of a's: +30 points
+    a, b = [1] * 90 + [0] * 10, [1] * 60 + [0] * 40
+    difference, low, high = paired_bootstrap([a], [b])
+    assert difference == pytest.approx(0.30)
+    assert 0 < low < difference < high
+    assert paired_bootstrap([a], [b]) == (difference, low, high)  # fixed seed: the same report every time
+    # several seeds each: resampled too, the interval still holds the mean difference
+    difference, low, high = paired_bootstrap([a, a[::-1]], [b, b])
+    assert low < difference < high
 
 
 # -- reports from real result files ---------------------------------------------------------------------
@@ -189,7 +209,7 @@ def _write_results(
     for method, seed, accuracy, memory, tokens_per_second, seconds in rows:
         result = copy.deepcopy(template)
         result["config"].update(method=method, seed=seed, pooling=None)
-        result["config"]["train"]["lr"] = get_method(method).DEFAULTS["train"]["lr"]
+        result["config"]["train"]["lr"] = get_method(method).DEFAULTS["train"].get("lr")  # none: no rate
         result["config"]["train"].update((train or {}).get(method, {}))
         result["grid"] = {"model": "minilm", "task": "rotten_tomatoes", "method": method, "seed": seed}
         result.update(
@@ -238,6 +258,60 @@ def test_recommendation_follows_hand_made_numbers(tmp_path: Path) -> None:
     write_report([str(tmp_path / "flipped")], str(tmp_path / "out2"))
     advice = (tmp_path / "out2" / "report.md").read_text().split("## What to use")[1].split("\n## ")[0]
     assert "**lora** is the most accurate" in advice and "**Use lora**: no method within 1 point" in advice
+
+
+def _outcomes(right: range, n: int = 63) -> list[int]:
+    return [int(i in right) for i in range(n)]
+
+
+def test_paired_advice_prefers_only_what_the_interval_separates(tmp_path: Path) -> None:
+    # 63 test examples. full and lora disagree on 6 (4 for full, 2 for lora): tied. head is far below: separated.
+    correct = {
+        "full": _outcomes(range(40)),
+        "lora": [int(i < 36 or 40 <= i < 42) for i in range(63)],  # 36 + 2 = 38 right
+        "head": _outcomes(range(15)),
+        "none": _outcomes(range(5)),  # the lightest of all: never the one to use
+    }
+    rows = [
+        ("full", 1, 40 / 63, 1000e6, 100.0, 120.0),
+        ("lora", 1, 38 / 63, 400e6, 160.0, 80.0),
+        ("head", 1, 15 / 63, 100e6, 1200.0, 10.0),
+        ("none", 1, 5 / 63, 50e6, 0.0, 0.0),
+    ]
+    _write_results(tmp_path / "set", rows)
+    for method, outcome in correct.items():
+        path = tmp_path / "set" / f"{method}-s1.json"
+        result = json.loads(path.read_text())
+        result.update(test_correct=outcome, test_size=63, too_long_dropped={"train": 3, "validation": 0, "test": 1})
+        path.write_text(json.dumps(result))
+    write_report([str(tmp_path / "set")], str(tmp_path / "out"))
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    advice = markdown.split("## What to use")[1].split("\n## ")[0]
+    assert "**full** is the most accurate at 63.5" in advice
+    assert "full and lora are tied on accuracy: +3.2 points, 95% CI −" in advice and "n = 63." in advice
+    assert "**Use lora**: tied on accuracy with full (−3.2 points) at 40% of its peak memory" in advice
+    assert "full is more accurate than head: +39.7 points, 95% CI +" in advice
+    assert "Use none" not in advice and "**none** is the most accurate" not in advice
+    assert "Gain over the untuned baseline none, never recommended" in advice and "full +55.6 points" in advice
+    assert "paired test was not possible" not in markdown
+    paired = markdown.split("### Paired comparisons")[1].split("\n\n", 2)[1]
+    assert "| **full** − **lora** | 63 | +3.2 |" in paired
+    assert "Test set: n = 63 examples." in markdown
+    assert "Examples dropped as too long: 3 train, 0 validation, 1 test." in markdown
+    assert "Learning-rate trials: 1 per method." in markdown
+    assert re.search(r"resolving a 2-point difference needs about [0-9,]+ test examples", markdown)
+
+
+def test_results_without_outcomes_fall_back_and_say_so(tmp_path: Path) -> None:
+    rows = [("full", 1, 0.90, 1000e6, 100.0, 120.0), ("lora", 1, 0.895, 400e6, 160.0, 80.0)]
+    _write_results(tmp_path / "set", rows)
+    write_report([str(tmp_path / "set")], str(tmp_path / "out"))
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    advice = markdown.split("## What to use")[1].split("\n## ")[0]
+    assert "**Use lora** unless the last 0.5 points matter" in advice
+    assert "The paired test was not possible: full and lora have no per-example test outcomes" in advice
+    assert "The paired test was not possible" in markdown.split("### Flags")[1]
+    assert "### Paired comparisons" not in markdown
 
 
 def test_unequal_budget_pooling_and_lr_rule_are_said_plainly(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from tunebench.report.formatting import fmt_accuracy_text, fmt_ratio, fmt_share
 from tunebench.report.groups import Group, Sweep, completed_runs, select_learning_rates
 from tunebench.report.load import ResultSet
+from tunebench.report.paired import BASELINE, Paired, compare, signed, without_outcomes
 from tunebench.report.settings import differing_settings, environment_summary, epochs_of, lr_rule, pooling_of
 from tunebench.report.stats import ratio
 from tunebench.units import format_bytes
@@ -17,35 +18,117 @@ NEAR_CHANCE_POINTS = 5.0  # closer than this to chance, accuracy cannot rank the
 
 
 def recommendation(groups: list[Group], num_labels: int | None) -> list[str]:
-    """Plain-language advice for one task, every clause computed from the groups' numbers."""
+    """Plain-language advice for one task, every clause computed from the groups' numbers. Accuracy prefers a
+    method only where the paired interval excludes 0; among the methods tied with the best, the lightest is
+    chosen. The untuned baseline is never recommended."""
     if not groups:
         return ["No completed runs: nothing to recommend."]
-    best = max(groups, key=lambda g: g.accuracy)
-    if len(groups) == 1:
-        return [f"Only **{best.label}** completed ({fmt_accuracy_text(best)}): there is nothing to compare."]
-    lines = []
-    with_memory = [g for g in groups if g.mean("peak_memory_bytes")]
+    baseline = next((g for g in groups if g.method == BASELINE), None)
+    candidates = [g for g in groups if g.method != BASELINE]
+    if not candidates:
+        return [f"Only the untuned baseline **{baseline.label}** completed: there is no method to recommend."]
+    best = max(candidates, key=lambda g: g.accuracy)
+    if len(candidates) == 1:
+        only = f"Only **{best.label}** completed ({fmt_accuracy_text(best)}): there is nothing to compare."
+        return [only, *_gains(candidates, baseline)]
+    with_memory = [g for g in candidates if g.mean("peak_memory_bytes")]
     lowest = min(with_memory, key=lambda g: g.mean("peak_memory_bytes"), default=None)
-
-    tied = [g for g in groups if g is not best and best.overlaps(g) and g.n > 1 and best.n > 1]
-    tie_note = f"; its 95% interval overlaps {_names(tied)}, so these seeds do not separate them" if tied else ""
-    lines.append(f"**{best.label}** is the most accurate at {fmt_accuracy_text(best)}{tie_note}.")
-
-    near = [g for g in groups if best.accuracy - g.accuracy <= TOLERANCE_POINTS]
-    lightest = min((g for g in near if g in with_memory), key=lambda g: g.mean("peak_memory_bytes"), default=best)
-    fastest = max(near, key=lambda g: g.mean("tokens_per_second") or 0)
-    lines.append(_choice(groups, best, lightest, lowest, fastest))
+    against_best = {g.label: compare(best, g) for g in candidates if g is not best}
+    if all(against_best.values()):
+        lines, chosen = _paired_choice(candidates, best, against_best, with_memory, lowest)
+    else:
+        lines, chosen = _tolerance_choice(candidates, best, with_memory, lowest)
+        lines.append(_not_paired(without_outcomes(groups)))
+    lines += _gains(candidates, baseline)
     lines += _against_baseline(groups, best)
-
-    if lowest is not None and lowest is not lightest:
+    if lowest is not None and lowest is not chosen:
         lines.append(
             f"On the tightest memory budget, **{lowest.label}** needs the least: "
             f"{format_bytes(lowest.mean('peak_memory_bytes'))} at peak, "
             f"{best.accuracy - lowest.accuracy:.1f} points below the best."
         )
-
     lines.extend(_caveats(groups, best, num_labels))
     return lines
+
+
+def _not_paired(labels: list[str]) -> str:
+    if not labels:
+        return "The paired test was not possible: the methods' test sets differ in size."
+    return (
+        f"The paired test was not possible: {_names_of(labels)} {'has' if len(labels) == 1 else 'have'} no "
+        "per-example test outcomes (`test_correct`; older results), so accuracy is compared on seed intervals "
+        f"and a {TOLERANCE_POINTS:g}-point tolerance instead."
+    )
+
+
+def _tolerance_choice(
+    candidates: list[Group], best: Group, with_memory: list[Group], lowest: Group | None
+) -> tuple[list[str], Group]:
+    """Without per-example outcomes: the lightest method within a point of the best (the seed intervals say
+    whether the seeds separate them)."""
+    tied = [g for g in candidates if g is not best and best.overlaps(g) and g.n > 1 and best.n > 1]
+    tie_note = f"; its 95% interval overlaps {_names(tied)}, so these seeds do not separate them" if tied else ""
+    near = [g for g in candidates if best.accuracy - g.accuracy <= TOLERANCE_POINTS]
+    lightest = min((g for g in near if g in with_memory), key=lambda g: g.mean("peak_memory_bytes"), default=best)
+    fastest = max(near, key=lambda g: g.mean("tokens_per_second") or 0)
+    return [
+        f"**{best.label}** is the most accurate at {fmt_accuracy_text(best)}{tie_note}.",
+        _choice(candidates, best, lightest, lowest, fastest),
+    ], lightest
+
+
+def _paired_choice(
+    candidates: list[Group],
+    best: Group,
+    against_best: dict[str, Paired],
+    with_memory: list[Group],
+    lowest: Group | None,
+) -> tuple[list[str], Group]:
+    """With per-example outcomes: each method against the best on the paired interval; the lightest of the
+    methods tied with the best is the one to use."""
+    lines = [f"**{best.label}** is the most accurate at {fmt_accuracy_text(best)}."]
+    for g in candidates:
+        if g is best:
+            continue
+        paired = against_best[g.label]
+        if paired.separated:
+            lines.append(f"{best.label} is more accurate than {g.label}: {paired.text()}, McNemar p = {paired.p:.3g}.")
+        else:
+            lines.append(f"{best.label} and {g.label} are tied on accuracy: {paired.text()}.")
+    tied = [g for g in candidates if g is best or not against_best[g.label].separated]
+    lightest = min((g for g in tied if g in with_memory), key=lambda g: g.mean("peak_memory_bytes"), default=best)
+    if lightest is not best:
+        share = fmt_share(ratio(lightest.mean("peak_memory_bytes"), best.mean("peak_memory_bytes")))
+        lines.append(
+            f"**Use {lightest.label}**: tied on accuracy with {best.label} "
+            f"({signed(-against_best[lightest.label].difference)} points) at {share} of its peak memory"
+            f"{_speed_clause(lightest, best)}."
+        )
+    elif len(tied) > 1:
+        lines.append(f"**Use {best.label}**: no method tied with it on accuracy needs less memory.")
+    else:
+        lines.append(
+            f"**Use {best.label}**: the paired intervals put it ahead of every other method"
+            f"{', and it needs the least memory' if best is lowest else ''}."
+        )
+    return lines, lightest
+
+
+def _gains(candidates: list[Group], baseline: Group | None) -> list[str]:
+    """Each method's gain over the untuned baseline, paired where the results allow."""
+    if baseline is None:
+        return []
+    parts = []
+    for g in candidates:
+        paired = compare(g, baseline)
+        parts.append(
+            f"{g.label} {paired.text()}" if paired else f"{g.label} {signed(g.accuracy - baseline.accuracy)} points"
+        )
+    return [
+        f"Gain over the untuned baseline {baseline.label}, never recommended ({fmt_accuracy_text(baseline)}): "
+        + "; ".join(parts)
+        + "."
+    ]
 
 
 def _choice(groups: list[Group], best: Group, lightest: Group, lowest: Group | None, fastest: Group) -> str:
@@ -193,6 +276,9 @@ def flags(result_set: ResultSet, task: str, groups: list[Group], sweeps: Sequenc
     for key, by_value in differing_settings(groups).items():
         listing = "; ".join(f"{v} for {', '.join(labels)}" for v, labels in by_value.items())
         out.append(f"Runs differ in `{key}` beyond the method: {listing}.")
+    unpaired = without_outcomes(groups)
+    if unpaired and len(groups) > 1:
+        out.append(_not_paired(unpaired))
     single = [g.label for g in groups if g.n == 1]
     if single:
         out.append(f"A single seed (no confidence interval) for: {', '.join(single)}.")

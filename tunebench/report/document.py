@@ -10,6 +10,7 @@ from tunebench.report.advice import flags, task_advice
 from tunebench.report.blocks import Bullets, Details, Figure, Heading, Para, Table, slug
 from tunebench.report.groups import Group, completed_runs, group_runs, method_rank, select_learning_rates
 from tunebench.report.load import ResultSet, tasks_of
+from tunebench.report.paired import all_pairs, paired_table, test_set_notes
 from tunebench.report.tables import (
     breakdown_table,
     comparison_table,
@@ -42,6 +43,10 @@ def _results_section(result_set: ResultSet, task: str, groups: list[Group], stem
             generation_table(groups),
             Details("Sample generations", [samples_table(groups)]),
         ]
+    pairs = all_pairs(groups)
+    if pairs:
+        out += [Heading(3, "Paired comparisons"), paired_table(pairs)]
+    out.append(Bullets(test_set_notes(groups, sweeps, pairs)))
     if sweeps:
         out += [Heading(3, "Learning rate tuned on validation"), tuned_table(sweeps)]
     out += [Details("Peak memory breakdown", [breakdown_table(groups)]), *_figures(groups, stem, colors)]

@@ -78,7 +78,7 @@ def evaluate(
             outputs[i] = tokenizer.decode(tokens, skip_special_tokens=True)
     references = [normalise(a) for a in split["answer"]]
     predicted = [normalise(o) for o in outputs]
-    exact = float(np.mean([p == r for p, r in zip(predicted, references, strict=True)]))
+    exact = float(np.mean(exact_matches(split, outputs)))
     metrics = {
         "accuracy": exact,
         "exact_match": exact,
@@ -91,6 +91,11 @@ def evaluate(
         "max_new_tokens": bound,
     }
     return metrics, np.array(outputs, dtype=object)
+
+
+def exact_matches(split: Dataset, outputs) -> list[int]:
+    """1 where the generated output matches the reference answer after normalisation, else 0; dataset order."""
+    return [int(normalise(o) == normalise(a)) for o, a in zip(outputs, split["answer"], strict=True)]
 
 
 def samples(split: Dataset, outputs: np.ndarray, count: int = SAMPLES) -> list[dict]:

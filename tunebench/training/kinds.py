@@ -83,7 +83,9 @@ class Classify:
         return evaluation.evaluate(model, self.eval_loaders[split], accelerator, extra_metrics)
 
     def test_fields(self, test_metrics: dict, predictions: np.ndarray, model) -> dict:
-        return {}
+        """The per-example outcomes a paired comparison of methods needs: prediction == label."""
+        labels = np.asarray(self.encoded["test"]["label"])
+        return per_example_fields((predictions == labels).astype(int).tolist())
 
 
 class CachedFeatures(Classify):
@@ -174,4 +176,10 @@ class Generate:
             **generate_eval.result_fields(test_metrics),
             "sample_generations": generate_eval.samples(self.encoded["test"], predictions),
             "forgetting": self.forgetting.result(model),
+            **per_example_fields(generate_eval.exact_matches(self.encoded["test"], predictions)),
         }
+
+
+def per_example_fields(correct: list[int]) -> dict:
+    """test_correct (0/1 per test example, dataset order) and test_size: what the report pairs methods on."""
+    return {"test_correct": correct, "test_size": len(correct)}
