@@ -234,14 +234,28 @@ def test_a_model_without_a_causal_lm_head_is_refused(pairs_file, tmp_path):
 def test_report_shows_generation_columns_the_untuned_row_and_samples(tiny_llm, pairs_file, tmp_path):
     from tunebench.report import write_report
 
-    for method in ("none", "head"):
-        api.train(method, pairs_file, overrides=_overrides(tiny_llm), out=tmp_path / "runs" / method)
+    # head with a large step: its forgetting shows at the digits the report prints
+    results = {
+        method: api.train(
+            method,
+            pairs_file,
+            overrides=_overrides(tiny_llm, train=SMALL["train"] | {"lr": 0.1}),
+            out=tmp_path / "runs" / method,
+        )
+        for method in ("none", "head")
+    }
     write_report([str(tmp_path / "runs")], str(tmp_path / "report"))
     text = (tmp_path / "report" / "report.md").read_text()
     generation_rows = text.split("### Generation")[1].split("*Exact match")[0]
     none_row = next(line for line in generation_rows.splitlines() if line.startswith("| **none**"))
     assert none_row.split("|")[3].strip() == "+0.0"  # the untuned model's gain over itself
-    assert "yes" in next(line for line in generation_rows.splitlines() if line.startswith("| **head**"))
+    head_row = next(line for line in generation_rows.splitlines() if line.startswith("| **head**"))
+    assert "yes" in head_row
+    # forgetting in total, then the build's and the training's share of it
+    forgetting = results["head"]["forgetting"]
+    shown = [cell.strip() for cell in head_row.split("|")[6:9]]
+    assert abs(forgetting["training_change"]) >= 5e-4  # the three columns differ at the digits shown
+    assert shown == [f"{forgetting[key]:+.3f}" for key in ("change", "build_change", "training_change")]
     assert "| none | Say " in text  # sample generations: prompt, reference, output
 
 
