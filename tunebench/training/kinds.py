@@ -4,7 +4,7 @@ A kind tokenizes the task, makes the loaders, evaluates a split and adds its own
 calls the same methods whatever the kind. Classify: text -> label, evaluated sharded over prepared loaders.
 CachedFeatures (a Classify): the head method's frozen backbone runs once over each split and the head trains
 on its pooled features. Generate: prompt -> answer written by a causal LM, loss on the answer only, scored on
-what it generates (every process alike) and measured for forgetting.
+what it generates (every process alike) and measured for forgetting from the unmodified checkpoint.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ class TaskKind(Protocol):
     tokens_outside_steps: int  # non-padding tokens the backbone ran over outside the steps (training work)
 
     def encode(self, splits, model_path: str, model_config, result: dict) -> None: ...
+    def before_model(self, accelerator: Accelerator) -> None: ...
     def model_ready(self, model, accelerator: Accelerator, result: dict) -> None: ...
     def train_loader(self, model, accelerator: Accelerator, meter: StepMeter): ...
     def evaluate(self, split: str, model, accelerator: Accelerator, extra_metrics: list) -> tuple[dict, np.ndarray]: ...
@@ -58,6 +59,9 @@ class Classify:
 
     def encode(self, splits, model_path: str, model_config, result: dict) -> None:
         self.encoded = batching.tokenize(splits, self.tokenizer, self.args.max_length)
+
+    def before_model(self, accelerator: Accelerator) -> None:
+        """Nothing to measure on the unmodified checkpoint."""
 
     def model_ready(self, model, accelerator: Accelerator, result: dict) -> None:
         """Nothing to measure before training."""
@@ -130,23 +134,30 @@ def cached_features(
 
 class Generate:
     """Prompt -> answer (decoder LLMs): loss on the answer only; scored outside the prepared loaders on what the
-    model generates, by every process alike; forgetting measured on the same tokens before and after training."""
+    model generates, by every process alike; forgetting measured on the same tokens on the unmodified checkpoint,
+    on the model the method built, and after training."""
 
     tokens_outside_steps = 0
 
     def __init__(self, args: TrainArgs, tokenizer):
         self.args, self.tokenizer = args, tokenizer
         self.encoded: dict = {}
+        self.model_path = ""
         self.forgetting: ForgettingProbe | None = None
 
     def encode(self, splits, model_path: str, model_config, result: dict) -> None:
         check_causal_lm(model_path, model_config)
+        self.model_path = model_path
         self.encoded, result["too_long_dropped"] = generate_data.tokenize(splits, self.tokenizer, self.args.data)
+
+    def before_model(self, accelerator: Accelerator) -> None:
+        """Forgetting's loss on the unmodified checkpoint, loaded, measured and freed here."""
+        self.forgetting = ForgettingProbe(self.tokenizer, self.args.generation, accelerator.device)
+        self.forgetting.measure_original(self.model_path, accelerator.autocast())
 
     def model_ready(self, model, accelerator: Accelerator, result: dict) -> None:
         result["lm_head_untied"] = getattr(model, "lm_head_untied", False)
-        self.forgetting = ForgettingProbe(self.tokenizer, self.args.generation, accelerator.device)
-        self.forgetting.measure_before(accelerator.unwrap_model(model))
+        self.forgetting.measure_built(accelerator.unwrap_model(model))
 
     def train_loader(self, model, accelerator: Accelerator, meter: StepMeter):
         args = self.args

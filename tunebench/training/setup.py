@@ -1,6 +1,7 @@
-"""A run's parts, made in dependency order: data -> model -> optimizer (prepared together) -> loaders ->
-schedule -> trackers. The order is also the order in which random numbers are drawn (the seed first, then the
-model's new weights, then the samplers), so it is part of what a run measures."""
+"""A run's parts, made in dependency order: data -> (generate tasks: forgetting's loss on the unmodified
+checkpoint) -> model -> optimizer (prepared together) -> loaders -> schedule -> trackers. The order is also the
+order in which random numbers are drawn (the seed first, then the model's new weights, then the samplers), so it
+is part of what a run measures."""
 
 from __future__ import annotations
 
@@ -52,9 +53,11 @@ def prepare(args: TrainArgs, accelerator: Accelerator, result: dict) -> Setup:
     method = get_method(args.method)
     if accelerator.is_fsdp2 and hasattr(method, "check_strategy"):
         method.check_strategy("fsdp", args.config)
-    meter = StepMeter(accelerator.device)  # on CUDA: resets the peak statistics before the model loads
     # Data before the model: a bad task, file or column fails before any model is loaded.
     task, model_path, kind = _data(args, method, accelerator, result)
+    # Before the meter: the unmodified checkpoint's copy (forgetting's baseline) is no part of the method's memory.
+    kind.before_model(accelerator)
+    meter = StepMeter(accelerator.device)  # on CUDA: resets the peak statistics before the model loads
     # The model next: its shape needs the task's labels, the optimizer needs its parameters.
     model, optimizer, trainable = _model_and_optimizer(args, method, task, model_path, accelerator, result)
     meter.model_loaded()
