@@ -62,7 +62,10 @@ def test_train_then_eval_reproduces_predictions(capsys, tmp_path: Path) -> None:
     code, out, err = run_cli(capsys, "train", "--method", "head", *TINY_FLAGS, *QUIET, "--out", str(run_dir))
     assert code == 0, err
     assert out.startswith("head on rotten_tomatoes: test accuracy ")
-    assert read_result(run_dir / "result.json")["status"] == "ok"
+    result = read_result(run_dir / "result.json")
+    assert result["status"] == "ok"
+    # the pooling that ran: MiniLM is a sentence-transformers checkpoint, trained with mean pooling
+    assert result["config"]["pooling"] is None and result["model"]["pooling"] == "mean"
 
     code, out, err = run_cli(capsys, "eval", str(run_dir))
     assert code == 0, err
