@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import write_frame
 
 from tunebench.cli import main
+from tunebench.files import CONFIG_DIR, read_yaml
 from tunebench.models.hub import EMBEDDED, describe_models
 from tunebench.results import read_result
 
@@ -60,7 +62,10 @@ def test_train_then_eval_reproduces_predictions(capsys, tmp_path: Path) -> None:
     code, out, err = run_cli(capsys, "train", "--method", "head", *TINY_FLAGS, *QUIET, "--out", str(run_dir))
     assert code == 0, err
     assert out.startswith("head on rotten_tomatoes: test accuracy ")
-    assert read_result(run_dir / "result.json")["status"] == "ok"
+    result = read_result(run_dir / "result.json")
+    assert result["status"] == "ok"
+    # the pooling that ran: MiniLM is a sentence-transformers checkpoint, trained with mean pooling
+    assert result["config"]["pooling"] is None and result["model"]["pooling"] == "mean"
 
     code, out, err = run_cli(capsys, "eval", str(run_dir))
     assert code == 0, err
@@ -195,3 +200,75 @@ def test_plan_flags_are_a_plan_request() -> None:
 
     args = build_parser().parse_args(["plan", "--seq-len", "64", "--set", "train.grad_accum=2", "--gpus", "2"])
     assert plan_request(args) == PlanRequest(max_length=64, overrides=["train.grad_accum=2"], gpus=2)
+
+
+# Every data.* and generation.* key of configs/defaults.yaml with its bad values (and train.log_every): refused
+# by the config check, before a run folder exists. test_every_data_and_generation_key_has_bad_values keeps it whole.
+BAD_VALUES = [
+    ("data.text_column=", "data.text_column must be text, got None"),
+    ("data.text_pair_column=[a]", "data.text_pair_column must be text or null, got ['a']"),
+    ("data.label_column=label: x", "data.label_column must be text, got the mapping {'label': 'x'} (YAML reads"),
+    ("data.encoding=klingon", "data.encoding must be a text encoding Python knows"),
+    ("data.max_length=0", "data.max_length must be a positive integer, got 0"),
+    ("data.max_length=1.5", "data.max_length must be a positive integer, got 1.5"),
+    ("data.max_train_samples=-1", "data.max_train_samples must be a positive integer or null, got -1"),
+    ("data.max_eval_samples=0.5", "data.max_eval_samples must be a positive integer or null, got 0.5"),
+    ("data.group_by_length=maybe", "config key 'data.group_by_length' must be true or false, got 'maybe'"),
+    ("data.task_type=regress", "data.task_type must be one of classify, generate, got 'regress'"),
+    ("data.prompt_column=7", "data.prompt_column must be text, got 7"),
+    ("data.answer_column=", "data.answer_column must be text, got None"),
+    ("data.messages_column=[]", "data.messages_column must be text, got []"),
+    (
+        "data.prompt_template=Review: {txt}",
+        "data.prompt_template must be text, got the mapping {'Review': {'txt': None}} (YAML reads 'a: b' and {a} "
+        "as mappings); quote the value: --set 'data.prompt_template=\"...\"'",
+    ),
+    ("data.prompt_template={text", "--set 'data.prompt_template={text': YAML cannot read the value ("),
+    ("data.prompt_template='Review: {text'", "data.prompt_template 'Review: {text' has a stray brace ("),
+    ("data.prompt_template='Review: text}'", "data.prompt_template 'Review: text}' has a stray brace ("),
+    ("data.prompt_template='Review: {}'", "data.prompt_template 'Review: {}' has a field without a column name"),
+    ("data.prompt_template=[a]", "data.prompt_template must be text or null, got ['a']"),
+    ("data.chat_template=sometimes", "config key 'data.chat_template' must be true or false, got 'sometimes'"),
+    ("data.too_long=truncate", "data.too_long must be one of error, drop, got 'truncate'"),
+    ("generation.batch_size=0", "generation.batch_size must be a positive integer, got 0"),
+    ("generation.batch_size=2.5", "generation.batch_size must be a positive integer, got 2.5"),
+    ("generation.margin=-1", "generation.margin must be an integer >= 0, got -1"),
+    ("generation.forgetting_texts=-1", "generation.forgetting_texts must be an integer >= 0, got -1"),
+    ("generation.forgetting_max_length=0", "generation.forgetting_max_length must be a positive integer, got 0"),
+    ("train.log_every=0", "train.log_every must be a positive integer, got 0"),
+]
+
+
+@pytest.mark.parametrize(("setting", "expected"), BAD_VALUES, ids=[s for s, _ in BAD_VALUES])
+def test_bad_data_and_generation_values_exit_2_before_a_run_folder(capsys, tmp_path, setting, expected) -> None:
+    run_dir = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "--task", "banking77_gen", "--set", setting, "--out", str(run_dir))
+    assert code == 2
+    assert expected in one_line_error(err)
+    assert not run_dir.exists()
+
+
+def test_every_data_and_generation_key_has_bad_values() -> None:
+    defaults = read_yaml(CONFIG_DIR / "defaults.yaml")
+    keys = {f"{section}.{key}" for section in ("data", "generation") for key in defaults[section]}
+    assert keys <= {setting.partition("=")[0] for setting, _ in BAD_VALUES}
+
+
+def test_template_naming_a_missing_column_says_which_and_which_exist(capsys, tmp_path, review_files) -> None:
+    generate = ["--set", "data.task_type=generate", "--set", "data.answer_column=sentiment"]
+    template = ["--set", "data.prompt_template='Review: {txt}'"]
+    argv = ["train", "--model", "smollm2-135m", "--task", str(review_files["csv"]), *QUIET, *generate, *template]
+    code, _, err = run_cli(capsys, *argv, "--out", str(tmp_path / "run"))
+    assert code == 2
+    assert one_line_error(err).endswith(
+        "data.prompt_template names column(s) ['txt'] that task 'reviews' train split lacks; "
+        "it has ['review', 'sentiment', 'critic_id']"
+    )
+
+
+def test_label_values_print_plain(capsys, tmp_path, review_frame) -> None:
+    one_label = write_frame(review_frame.assign(sentiment=1), tmp_path / "same.csv")
+    columns = ["--set", "data.text_column=review", "--set", "data.label_column=sentiment"]
+    code, _, err = run_cli(capsys, "train", "--task", str(one_label), *QUIET, *columns, "--out", str(tmp_path / "r"))
+    assert code == 2
+    assert "every training example has the label 1; a classifier needs" in one_line_error(err)

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from tunebench.data.tasks import get_task
+from tunebench.data.template import template_columns
 from tunebench.errors import UserError, unknown_choice
 from tunebench.files import CONFIG_DIR, read_yaml
 from tunebench.methods import get_method
@@ -89,7 +90,13 @@ def parse_set(items: list[str]) -> dict:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise UserError(f"--set takes key=value (for example train.lr=1e-4), got {item!r}")
-        set_dotted(nested, key, yaml.safe_load(raw) if raw else None)
+        try:
+            value = yaml.safe_load(raw) if raw else None
+        except yaml.YAMLError as exc:  # `data.prompt_template={text`: a flow mapping left open
+            raise UserError(
+                f"--set {item!r}: YAML cannot read the value ({exc.problem}); quote text: --set '{key}=\"...\"'"
+            ) from None
+        set_dotted(nested, key, value)
     return nested
 
 
@@ -151,6 +158,26 @@ CHOICES = {
     "data.task_type": ("classify", "generate"),
     "data.too_long": ("error", "drop"),
 }
+POSITIVE_INTEGERS = (
+    "train.epochs",
+    "train.batch_size",
+    "train.grad_accum",
+    "train.log_every",
+    "data.max_length",
+    "generation.batch_size",
+    "generation.forgetting_max_length",
+)
+NON_NEGATIVE_INTEGERS = ("train.eval_every", "generation.margin", "generation.forgetting_texts")
+# null defaults get no type from _coerce: without these checks a bad value fails mid-run, not here
+POSITIVE_INTEGERS_OR_NULL = ("data.max_train_samples", "data.max_eval_samples", "train.max_steps")
+COLUMN_NAMES = (
+    "data.text_column",
+    "data.label_column",
+    "data.prompt_column",
+    "data.answer_column",
+    "data.messages_column",
+)
+COLUMN_NAMES_OR_NULL = ("data.text_pair_column", "data.prompt_template")
 
 
 def check_config(cfg: Config) -> None:
@@ -166,18 +193,10 @@ def check_config(cfg: Config) -> None:
         section, key = dotted.split(".")
         if cfg[section][key] not in choices:
             raise UserError(f"{dotted} must be one of {', '.join(choices)}, got {cfg[section][key]!r}")
-    for dotted in ("train.epochs", "train.batch_size", "train.grad_accum", "data.max_length"):
-        section, key = dotted.split(".")
-        if not isinstance(cfg[section][key], int) or cfg[section][key] < 1:
-            raise UserError(f"{dotted} must be a positive integer, got {cfg[section][key]!r}")
+    _check_integers(cfg)
     if cfg["train"]["lr"] <= 0:
         raise UserError(f"train.lr must be positive, got {cfg['train']['lr']!r}")
-    # null defaults get no type from _coerce: without these checks a bad value fails mid-run, not here
-    for dotted in ("data.max_train_samples", "data.max_eval_samples", "train.max_steps"):
-        section, key = dotted.split(".")
-        value = cfg[section][key]
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise UserError(f"{dotted} must be a positive integer or null, got {value!r}")
+    _check_texts(cfg)
     cap = cfg["measure"]["memory_cap"]
     if isinstance(cap, str):  # YAML 1.1 reads 1e9 (no dot) as a string
         try:
@@ -193,6 +212,45 @@ def check_config(cfg: Config) -> None:
             f"data.encoding must be a text encoding Python knows (utf-8, latin-1, cp1252, ...), "
             f"got {cfg['data']['encoding']!r}"
         ) from None
+
+
+def _value(cfg: Config, dotted: str) -> Any:
+    section, key = dotted.split(".")
+    return cfg[section][key]
+
+
+def _check_integers(cfg: Config) -> None:
+    def integer(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    for dotted in POSITIVE_INTEGERS:
+        if not integer(value := _value(cfg, dotted)) or value < 1:
+            raise UserError(f"{dotted} must be a positive integer, got {value!r}")
+    for dotted in NON_NEGATIVE_INTEGERS:
+        if not integer(value := _value(cfg, dotted)) or value < 0:
+            raise UserError(f"{dotted} must be an integer >= 0, got {value!r}")
+    for dotted in POSITIVE_INTEGERS_OR_NULL:
+        value = _value(cfg, dotted)
+        if value is not None and (not integer(value) or value < 1):
+            raise UserError(f"{dotted} must be a positive integer or null, got {value!r}")
+
+
+def _check_texts(cfg: Config) -> None:
+    """Column names and the prompt template are text; a template's braces must pair up."""
+    for dotted in (*COLUMN_NAMES, *COLUMN_NAMES_OR_NULL):
+        value = _value(cfg, dotted)
+        if (value is None and dotted in COLUMN_NAMES_OR_NULL) or (isinstance(value, str) and value):
+            continue
+        if isinstance(value, dict):  # `--set 'data.prompt_template=Review: {text}'`: YAML read key: value
+            raise UserError(
+                f"{dotted} must be text, got the mapping {value!r} (YAML reads 'a: b' and {{a}} as mappings); "
+                f"quote the value: --set '{dotted}=\"...\"'"
+            )
+        raise UserError(
+            f"{dotted} must be {'text or null' if dotted in COLUMN_NAMES_OR_NULL else 'text'}, got {value!r}"
+        )
+    if cfg["data"]["prompt_template"] is not None:
+        template_columns(cfg["data"]["prompt_template"])
 
 
 def run_config(

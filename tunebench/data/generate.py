@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from tunebench.data.template import template_columns
 from tunebench.errors import UserError
 
 if TYPE_CHECKING:  # pandas and datasets load in a second: `plan` and `report` never need them
@@ -37,6 +38,12 @@ def examples_from_frame(name: str, split: str, df: pd.DataFrame, data_cfg: dict,
         rows = [_split_messages(name, split, i, m) for i, m in enumerate(df[messages_column])]
         return [r[0] for r in rows], [r[1] for r in rows]
     needed = [answer_column] + ([] if template else [prompt_column])
+    absent = [c for c in template_columns(template) if c not in df.columns] if template else []
+    if absent:
+        raise UserError(
+            f"data.prompt_template names column(s) {absent} that task {name!r} {split} split lacks; "
+            f"it has {list(df.columns)}"
+        )
     missing = [c for c in needed if c not in df.columns]
     if missing:
         raise UserError(

@@ -213,7 +213,7 @@ def load_task(spec: TaskSpec, data_cfg: dict) -> TaskData:
     train_labels = frames["train"][label].unique()
     if len(train_labels) < 2:  # it would train and score 1.0 on a test split of the same label: meaningless
         raise UserError(
-            f"task {spec.name!r}: every training example has the label {train_labels[0]!r}; "
+            f"task {spec.name!r}: every training example has the label {train_labels.tolist()[0]!r}; "
             f"a classifier needs at least two labels (column {label!r}, set with data.label_column)"
         )
     if set(frames) != set(SPLITS):

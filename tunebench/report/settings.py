@@ -77,8 +77,12 @@ def differing_settings(groups: list[Group]) -> dict[str, dict[str, list[str]]]:
 
 
 def pooling_of(result: dict) -> str:
-    """The pooling a run used. Results from before `pooling` was one shared key: head had its own
-    method option; full, lora and qlora used the model's sequence-classification head (BERT: the pooler on CLS)."""
+    """The pooling a run used: as recorded, else as configured. Results from before `pooling` was one shared
+    key: head had its own method option; full, lora and qlora used the model's sequence-classification head
+    (BERT: the pooler on CLS)."""
+    resolved = (result.get("model") or {}).get("pooling")  # what ran, recorded since issue 19
+    if resolved:
+        return resolved
     cfg = result["config"]
     if "pooling" in cfg:
         chosen = cfg["pooling"]

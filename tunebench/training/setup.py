@@ -19,6 +19,7 @@ from tunebench.data.tasks import load_capped
 from tunebench.measure import StepMeter
 from tunebench.methods import get_method
 from tunebench.metrics import load_extra
+from tunebench.models.classifier import resolve_pooling
 from tunebench.models.hub import load_pretrained
 from tunebench.models.params import count_parameters, decay_param_groups
 from tunebench.training.args import TrainArgs
@@ -102,6 +103,8 @@ def _data(args: TrainArgs, method, accelerator: Accelerator, result: dict):
         "sizes": {name: len(split) for name, split in kind.encoded.items()},
     }
     result["model"] = {"name": args.model, "path": model_path, "model_type": model_config.model_type}
+    if args.config["data"]["task_type"] == "classify":  # what ran: a null config means the checkpoint's own
+        result["model"]["pooling"] = resolve_pooling(args.config["pooling"], model_path, model_config)
     return task, model_path, kind
 
 
