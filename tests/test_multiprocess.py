@@ -73,13 +73,14 @@ def test_readme_multiprocess_command_runs_as_written(tmp_path):
     env = dict(re.fullmatch(r"(\w+)=(.*)", w).groups() for w in words[: words.index("torchrun")])
     command = [*TORCHRUN, *words[words.index("torchrun") + 1 :]]
     # small sample counts; 200 evaluation examples make batches of 128 and 72, one for each process
-    command += ["--max-train-samples", "32", "--max-eval-samples", "200", "--out", str(tmp_path / "run")]
+    command += ["--max-train-samples", "32", "--max-eval-samples", "200"]
     done = subprocess.run(command, env={**os.environ, **env}, cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    result = read_result(tmp_path / "run" / "result.json")
+    [run_dir] = (tmp_path / "runs").iterdir()  # no --out: one folder for both ranks, named by rank 0
+    result = read_result(run_dir / "result.json")
     assert result["status"] == "ok" and result["environment"]["world_size"] == 2
     assert result["task"]["sizes"]["test"] == 200
-    assert len(json.loads((tmp_path / "run" / "test_predictions.json").read_text())) == 200
+    assert len(json.loads((run_dir / "test_predictions.json").read_text())) == 200
 
 
 def test_failure_on_one_rank_ends_every_rank_and_the_result_names_it(tmp_path):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +45,8 @@ def train(
     """
     # lazy: the config, the loop and the results import torch, which `import tunebench` does not
     from tunebench.config import run_config
-    from tunebench.results import run_name
 
     cfg = run_config(method, task, config=config, overrides=overrides, out=out, **shortcuts)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = cfg["out"] or f"runs/{run_name(cfg)}-{stamp}"
     if int(os.environ.get("RANK", "0")) == 0 and cfg["data"]["task_type"] == "classify":
         print(
             f"{cfg['model']}: pretrained backbone; new classification head for {Path(cfg['task']).stem} "
@@ -60,7 +56,7 @@ def train(
     with quiet(verbose):
         from tunebench.training.run import train as train_loop
 
-        return train_loop(cfg, run_dir, result_path, meta=meta)
+        return train_loop(cfg, cfg["out"], result_path, meta=meta)
 
 
 def evaluate(run_dir: str | Path, task: str | None = None, split: str = "test", verbose: bool = False) -> dict:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from datetime import datetime, timezone
@@ -13,13 +14,13 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
-from accelerate.utils import DataLoaderConfiguration
+from accelerate.state import AcceleratorState, PartialState
+from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, parse_flag_from_env
 
 from tunebench.config import Config, dump
 from tunebench.errors import UserError
 from tunebench.measure import environment
-from tunebench.results import SCHEMA_VERSION, rank_failure_path, read_rank_failures, write_json_atomic
+from tunebench.results import SCHEMA_VERSION, rank_failure_path, read_rank_failures, run_name, write_json_atomic
 from tunebench.training import checkpoint, record, setup
 from tunebench.training.args import TrainArgs
 from tunebench.training.fit import Fitted, fit
@@ -36,20 +37,23 @@ finishing = threading.Event()
 OOM_HINT = "out of memory: try a smaller --batch-size or --max-length, or a lighter method (lora, qlora, head)"
 
 
-def train(cfg: Config, run_dir: str | Path, result_path: str | Path | None = None, meta: dict | None = None) -> dict:
-    """Train one run as cfg says, write run_dir/{config.yaml,result.json,best/,last/,logs/}.
+def train(
+    cfg: Config, run_dir: str | Path | None = None, result_path: str | Path | None = None, meta: dict | None = None
+) -> dict:
+    """Train one run as cfg says, write run_dir/{config.yaml,result.json,best/,last/,logs/}; run_dir None is
+    default_run_dir's.
 
     The result is written when the run starts (status running) and again when it ends, whatever
     the end: ok, oom, failed or interrupted. meta (the harness's run_id, suite, grid) goes into the
     result as it is. Returns the result.
     """
-    run_dir = Path(run_dir)
-    result_path = Path(result_path or run_dir / "result.json")
     stop_requested.clear()
     finishing.clear()
     # Accelerate keeps one process-wide state that refuses a second precision; each run sets its own (the
     # process group, kept in PartialState, stays).
     AcceleratorState._reset_state()
+    run_dir = Path(run_dir or default_run_dir(cfg))
+    result_path = Path(result_path or run_dir / "result.json")
     accelerator = Accelerator(
         mixed_precision=cfg["train"]["mixed_precision"],
         log_with=cfg["train"]["trackers"] or None,
@@ -95,6 +99,19 @@ def train(cfg: Config, run_dir: str | Path, result_path: str | Path | None = Non
         _end(accelerator, run_dir, result_path, result, log_file)
         finishing.clear()
     return result
+
+
+def default_run_dir(cfg: Config) -> str:
+    """runs/<task>-<method>-<model>-<time>, as rank 0 names it. Under several processes each rank's clock may
+    read another second, so the others take rank 0's name over the process group: one folder for every rank,
+    where rank 0 reads their failures. (The environment torchrun gives all ranks holds no shared unique name:
+    TORCHELASTIC_RUN_ID is "none" unless --standalone or --rdzv-id set it.)"""
+    names = [f"runs/{run_name(cfg)}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"]
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # the process group, which the run's Accelerator then shares: on the CPU where it would be, as it would
+        PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+        broadcast_object_list(names, from_process=0)
+    return names[0]
 
 
 def _end(accelerator: Accelerator, run_dir: Path, result_path: Path, result: dict, log_file) -> None:
