@@ -35,7 +35,7 @@ ELSEWHERE = {
     "bash benchmarks/gpu_check.sh --cpu": "tests/test_gpu_check.py runs its steps on the CPU",
     "bash benchmarks/gpu_check.sh": "runs on the GPU machine",
     "python -m tunebench.benchmarks": "measurement scripts: tests/test_gpu_check.py runs vs_trainer tiny, "
-    "tests/test_sharding.py plan_speed tiny",
+    "tests/test_sharding.py plan_speed tiny, tests/test_golden.py the golden check's comparison",
     "accelerate launch": "needs GPUs: Accelerate's FSDP plugin does not engage on the CPU; tests/test_sharding.py "
     "runs torch's fully_shard directly (memory, save and reload)",
     "tunebench models --prepare": "needs an optional model package that make setup does not install",
