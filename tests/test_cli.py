@@ -213,6 +213,7 @@ BAD_VALUES = [
     ("data.max_length=1.5", "data.max_length must be a positive integer, got 1.5"),
     ("data.max_train_samples=-1", "data.max_train_samples must be a positive integer or null, got -1"),
     ("data.max_eval_samples=0.5", "data.max_eval_samples must be a positive integer or null, got 0.5"),
+    ("data.max_test_samples=0", "data.max_test_samples must be a positive integer or null, got 0"),
     ("data.group_by_length=maybe", "config key 'data.group_by_length' must be true or false, got 'maybe'"),
     ("data.task_type=regress", "data.task_type must be one of classify, generate, got 'regress'"),
     ("data.prompt_column=7", "data.prompt_column must be text, got 7"),

@@ -9,7 +9,7 @@ import pytest
 from conftest import write_frame
 
 from tunebench.config import build_config
-from tunebench.data.tasks import SPLITS, get_task, load_task, registered_tasks
+from tunebench.data.tasks import SPLITS, get_task, load_capped, load_task, registered_tasks
 from tunebench.errors import UserError
 
 
@@ -287,3 +287,14 @@ def test_a_single_label_is_an_error_not_a_perfect_score(tmp_path: Path, data_cfg
     path = write_frame(rows, tmp_path / "one_label.csv")
     message = expect_error("^task 'one_label': every training example has the label 'positive'", str(path), data_cfg)
     assert "at least two labels" in message
+
+
+def test_test_split_has_its_own_cap() -> None:
+    data_cfg = build_config(overrides={"data": {"max_train_samples": 9, "max_eval_samples": 5}})["data"]
+
+    def sizes(task) -> dict:
+        return {split: len(rows) for split, rows in task.splits.items()}
+
+    assert sizes(load_capped("rotten_tomatoes", data_cfg)) == {"train": 9, "validation": 5, "test": 5}
+    data_cfg["max_test_samples"] = 7
+    assert sizes(load_capped("rotten_tomatoes", data_cfg)) == {"train": 9, "validation": 5, "test": 7}

@@ -53,7 +53,15 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override any config key, e.g. --set train.lr=1e-4 (repeatable)",
     )
-    for flag in ("max_train_samples", "max_eval_samples", "max_length", "epochs", "max_steps", "batch_size"):
+    for flag in (
+        "max_train_samples",
+        "max_eval_samples",
+        "max_test_samples",
+        "max_length",
+        "epochs",
+        "max_steps",
+        "batch_size",
+    ):
         p.add_argument(f"--{flag.replace('_', '-')}", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int)

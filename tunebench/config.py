@@ -27,6 +27,7 @@ SHORTCUTS = {
     "model": "model",
     "max_train_samples": "data.max_train_samples",
     "max_eval_samples": "data.max_eval_samples",
+    "max_test_samples": "data.max_test_samples",
     "max_length": "data.max_length",
     "epochs": "train.epochs",
     "max_steps": "train.max_steps",
@@ -169,7 +170,12 @@ POSITIVE_INTEGERS = (
 )
 NON_NEGATIVE_INTEGERS = ("train.eval_every", "generation.margin", "generation.forgetting_texts")
 # null defaults get no type from _coerce: without these checks a bad value fails mid-run, not here
-POSITIVE_INTEGERS_OR_NULL = ("data.max_train_samples", "data.max_eval_samples", "train.max_steps")
+POSITIVE_INTEGERS_OR_NULL = (
+    "data.max_train_samples",
+    "data.max_eval_samples",
+    "data.max_test_samples",
+    "train.max_steps",
+)
 COLUMN_NAMES = (
     "data.text_column",
     "data.label_column",

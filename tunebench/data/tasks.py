@@ -159,12 +159,15 @@ class TaskData:
 
 
 def load_capped(name: str, data_cfg: dict) -> TaskData:
-    """The task as a run uses it: train capped at data.max_train_samples, validation and test at
-    data.max_eval_samples (the first examples of each split)."""
+    """The task as a run uses it: the first examples of each split, train capped at data.max_train_samples,
+    validation at data.max_eval_samples, test at data.max_test_samples (or max_eval_samples when that is null)."""
     task = load_task(get_task(name), data_cfg)
-    caps = {"train": data_cfg["max_train_samples"]} | dict.fromkeys(
-        ("validation", "test"), data_cfg["max_eval_samples"]
-    )
+    caps = {
+        "train": data_cfg["max_train_samples"],
+        "validation": data_cfg["max_eval_samples"],
+        # .get: a run saved before the key existed, evaluated again
+        "test": data_cfg.get("max_test_samples") or data_cfg["max_eval_samples"],
+    }
     for split, cap in caps.items():
         if cap:
             task.splits[split] = task.splits[split].select(range(min(cap, len(task.splits[split]))))

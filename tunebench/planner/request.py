@@ -27,6 +27,7 @@ class PlanRequest:
     # train's other settings: none changes one training step, so the planner refuses them
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
+    max_test_samples: int | None = None
     epochs: int | None = None
     max_steps: int | None = None
     lr: float | None = None
