@@ -302,6 +302,25 @@ def test_paired_advice_prefers_only_what_the_interval_separates(tmp_path: Path) 
     assert re.search(r"resolving a 2-point difference needs about [0-9,]+ test examples", markdown)
 
 
+def test_summary_table_groups_the_methods_the_paired_test_cannot_separate(tmp_path: Path) -> None:
+    # 63 test examples: lora 40 right, head 30, none 28, full 20, each right on the first ones. lora is apart from
+    # all (10+ discordant, one way); head and none differ on 2 examples (tied); full is 10 below head.
+    right = {"lora": 40, "head": 30, "none": 28, "full": 20}
+    rows = [(method, 1, n / 63, 1000e6, 100.0, 60.0) for method, n in right.items()]
+    _write_results(tmp_path / "set", rows)
+    for method, n in right.items():
+        path = tmp_path / "set" / f"{method}-s1.json"
+        result = json.loads(path.read_text())
+        result.update(test_correct=_outcomes(range(n)), test_size=63)
+        path.write_text(json.dumps(result))
+    write_report([str(tmp_path / "set")], str(tmp_path / "out"))
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    table = markdown.split("## Results: rotten_tomatoes")[1].split("\n\n")[1]
+    tiers = re.findall(r"^\| \*\*(\w+)\*\* \| [^|]+ \| [^|]+ \| (\d) \|", table, re.MULTILINE)
+    assert tiers == [("lora", "1"), ("head", "2"), ("none", "2"), ("full", "3")]  # method order within a tier
+    assert "Tier: tier 1 is the most accurate method and every method tied with it" in markdown
+
+
 def test_results_without_outcomes_fall_back_and_say_so(tmp_path: Path) -> None:
     rows = [("full", 1, 0.90, 1000e6, 100.0, 120.0), ("lora", 1, 0.895, 400e6, 160.0, 80.0)]
     _write_results(tmp_path / "set", rows)

@@ -13,6 +13,7 @@ from tunebench.report.groups import Group, Sweep, group_runs, validation_accurac
 from tunebench.report.load import ResultSet
 from tunebench.report.settings import environment_summary, epochs_of, lr_rule
 from tunebench.report.stats import ratio
+from tunebench.report.tiers import TIERS_NOTE, accuracy_tiers, grouped_by_tier
 from tunebench.units import format_bytes, format_seconds
 
 MEMORY_SOURCES = {"cuda_max_allocated": "CUDA max allocated", "tensor_tracker": "tensor-tracker peak"}
@@ -34,6 +35,9 @@ def memory_label(groups: Sequence[Group]) -> str:
 
 
 def summary_table(groups: list[Group], sweeps: Sequence[Sweep] = ()) -> Table:
+    """One row per method; with per-example outcomes, the rows go tier by tier (tunebench.report.tiers)."""
+    tiers = accuracy_tiers(groups)
+    groups = grouped_by_tier(groups, tiers)
     sources = set().union(*(g.memory_sources for g in groups))
     mixed = len(sources) > 1
 
@@ -49,6 +53,7 @@ def summary_table(groups: list[Group], sweeps: Sequence[Sweep] = ()) -> Table:
             f"**{g.label}**",
             fmt_percent(g.mean("trainable_percent")),
             fmt_accuracy(g),
+            *([str(tiers[g.label])] if tiers else []),
             f"{g.f1:.1f}",
             memory_cell(g),
             fmt_rate(g.mean("tokens_per_second")),
@@ -67,6 +72,7 @@ def summary_table(groups: list[Group], sweeps: Sequence[Sweep] = ()) -> Table:
             "Method",
             "Trainable",
             "Test accuracy %",
+            *(["Tier"] if tiers else []),
             "Macro-F1 %",
             "Peak memory",
             "Tokens/s",
@@ -82,7 +88,7 @@ def summary_table(groups: list[Group], sweeps: Sequence[Sweep] = ()) -> Table:
         "the non-padding tokens the network processed in training (each processed once) per second of train "
         "time: the Pareto front and every throughput sentence use it. Examples/s counts training examples over "
         "all epochs (the head on cached features sees many per backbone pass), so it is shown apart. Train time "
-        "excludes evaluation.",
+        "excludes evaluation." + (f" {TIERS_NOTE}" if tiers else ""),
     )
 
 
