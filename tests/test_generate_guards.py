@@ -42,13 +42,14 @@ def test_an_embedded_generate_task_fits_every_example_of_every_split(smollm2_tok
 
 def test_the_readme_banking77_gen_command_runs_with_the_task_defaults(tmp_path):
     """`tunebench train --method lora --model smollm2-135m --task banking77_gen --max-train-samples 64`, made
-    small (one step, four evaluation examples) without touching data.max_length or data.too_long: the first
-    64 training examples include a long one (101 tokens), which the task's own max_length used to refuse."""
+    small (one step of 4, one evaluation example per split, no forgetting probe) without touching data.max_length or
+    data.too_long: the first 64 training examples, all tokenised, include a long one (101 tokens), which the
+    task's own max_length (96) used to refuse."""
     from tunebench.cli import main
 
     argv = ["train", "--method", "lora", "--model", "smollm2-135m", "--task", "banking77_gen"]
-    argv += ["--max-train-samples", "64", "--max-eval-samples", "4", "--max-steps", "1"]
-    argv += ["--set", "generation.forgetting_texts=1", "--set", "train.trackers=[]", "--set", "train.save=none"]
+    argv += ["--max-train-samples", "64", "--max-eval-samples", "1", "--max-steps", "1", "--batch-size", "4"]
+    argv += ["--set", "generation.forgetting_texts=0", "--set", "train.trackers=[]", "--set", "train.save=none"]
     assert main([*argv, "--out", str(tmp_path / "run")]) == 0
     import json
 
