@@ -323,6 +323,9 @@ def cuda_state() -> dict | None:
     }
 
 
+PHASE_PEAKS = ("train_peak_bytes", "train_peak_reserved_bytes", "eval_peak_bytes", "eval_peak_reserved_bytes")
+
+
 def step_planner(s: Setting) -> dict:
     """Planner prediction against each method's measured peak on full-length batches through the loop."""
     import torch
@@ -352,13 +355,22 @@ def step_planner(s: Setting) -> dict:
             row = {"model": label, "method": method, "status": result["status"], "result": str(run_dir)}
             predicted = validate_results(str(run_dir))
             if predicted:
-                # validate_results compares with the result's own peak (CUDA max allocated on a GPU)
+                # validate_results compares with the result's own peak (on a GPU: CUDA max allocated in the
+                # training steps, memory.cuda.train_peak_bytes)
                 row |= {k: predicted[0][k] for k in ("predicted_bytes", "error_percent", "measured_by")}
                 row["measured_bytes"] = predicted[0]["tracker_bytes"]
             if after:
                 cuda = (result["memory"] or {}).get("cuda") or {}
                 allocated, reserved = cuda.get("max_allocated_bytes"), cuda.get("max_reserved_bytes")
+                # the whole run's peaks, then the training steps' and evaluation's own (cuda_state's max_* cover
+                # only the run's last phase: the meter resets the peak statistics between phases)
                 row["cuda"] = after | {"result_max_allocated_bytes": allocated, "result_max_reserved_bytes": reserved}
+                row["cuda"] |= {f"result_{k}": cuda.get(k) for k in PHASE_PEAKS}
+                row["eval_peak_over_train_peak"] = (
+                    cuda["eval_peak_bytes"] / cuda["train_peak_bytes"]
+                    if cuda.get("train_peak_bytes") and cuda.get("eval_peak_bytes")
+                    else None
+                )
                 # the two constants gpus.yaml assumes, as this run measured them
                 row["allocator_margin"] = reserved / allocated - 1 if allocated and reserved else None
                 row["context_bytes"] = after["device_used_bytes"] - after["memory_reserved_bytes"]

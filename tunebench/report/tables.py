@@ -16,7 +16,11 @@ from tunebench.report.stats import ratio
 from tunebench.report.tiers import TIERS_NOTE, accuracy_tiers, grouped_by_tier
 from tunebench.units import format_bytes, format_seconds
 
-MEMORY_SOURCES = {"cuda_max_allocated": "CUDA max allocated", "tensor_tracker": "tensor-tracker peak"}
+MEMORY_SOURCES = {
+    "cuda_train_peak": "CUDA max allocated in the training steps",
+    "cuda_max_allocated": "CUDA max allocated",  # results before the training/evaluation split: the whole run
+    "tensor_tracker": "tensor-tracker peak",
+}
 
 
 def memory_label(groups: Sequence[Group]) -> str:

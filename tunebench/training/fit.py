@@ -57,7 +57,8 @@ class Validation:
     def __call__(self, at_step: int) -> None:
         s = self.setup
         start = time.perf_counter()
-        metrics, _ = s.kind.evaluate("validation", s.model, s.accelerator, s.extra_metrics)
+        with s.meter.phase("eval"):
+            metrics, _ = s.kind.evaluate("validation", s.model, s.accelerator, s.extra_metrics)
         self.seconds += time.perf_counter() - start
         self.curve.append({"step": at_step, **metrics})
         s.accelerator.log({f"validation/{k}": v for k, v in metrics.items()}, step=at_step)
@@ -90,6 +91,7 @@ def fit(s: Setup, stop: threading.Event) -> Fitted:
     device = accelerator.device
     tally = Tally(torch.zeros((), device=device), torch.zeros((), dtype=torch.long, device=device))
     s.model.train()
+    s.meter.enter("train")
     s.meter.resume()
     desc, quiet = f"{args.method} {s.task_name}", not accelerator.is_main_process
     with tqdm(total=s.total_steps, disable=quiet, desc=desc, unit="step") as progress:
@@ -111,6 +113,7 @@ def fit(s: Setup, stop: threading.Event) -> Fitted:
                     break
             if tally.step == s.total_steps:
                 break
+    s.meter.enter("other")
     counts = torch.stack([torch.tensor(tally.examples, device=device), tally.tokens])
     examples, tokens = accelerator.reduce(counts, "sum").tolist()
     train_seconds = s.meter.train_seconds

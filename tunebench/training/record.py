@@ -1,5 +1,5 @@
 """What a run measured, as result fields: throughput, and memory (which peak is the headline: the CUDA allocator's
-when there is one, else the tensor tracker's; every rank's peaks)."""
+in the training steps when there is one, else the tensor tracker's; every rank's peaks)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ from accelerate import Accelerator
 
 from tunebench.measure import TensorTracker
 
-CUDA_PEAK_INCLUDES = "CUDA allocator peak over the whole run: model, training, evaluation"
+CUDA_PEAK_INCLUDES = (
+    "CUDA allocator peak in the training steps: model, gradients, optimizer state, activations; "
+    "evaluation's own peak is memory.cuda.eval_peak_bytes, the whole run's memory.cuda.max_allocated_bytes"
+)
 TRACKER_PEAK_INCLUDES = "live tensors in the traced training steps: weights, gradients, optimizer state, activations"
 
 
@@ -41,7 +44,7 @@ def memory(timing: dict, tracker: TensorTracker | None, accelerator: Accelerator
 def peak(memory: dict) -> dict:
     """The headline peak, where it comes from and what it includes."""
     if memory["cuda"]:
-        value, source, includes = memory["cuda"]["max_allocated_bytes"], "cuda_max_allocated", CUDA_PEAK_INCLUDES
+        value, source, includes = memory["cuda"]["train_peak_bytes"], "cuda_train_peak", CUDA_PEAK_INCLUDES
     elif memory["tensor"]:
         value, source, includes = memory["tensor"]["peak_bytes"], "tensor_tracker", TRACKER_PEAK_INCLUDES
     else:

@@ -132,7 +132,8 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
     s = setup.prepare(TrainArgs.from_config(cfg), accelerator, result)
     fitted = fit(s, stop_requested)
     model = _keep_best(s, fitted, run_dir)
-    test_metrics, predictions = s.kind.evaluate("test", s.model, accelerator, s.extra_metrics)
+    with s.meter.phase("eval"):
+        test_metrics, predictions = s.kind.evaluate("test", s.model, accelerator, s.extra_metrics)
     if accelerator.is_main_process:
         (run_dir / "test_predictions.json").write_text(json.dumps(predictions.tolist()))
     tokens = fitted.tokens + s.kind.tokens_outside_steps
