@@ -270,11 +270,14 @@ def test_report_shows_generation_columns_the_untuned_row_and_samples(tiny_llm, p
     generation_rows = text.split("### Generation")[1].split("*Exact match")[0]
     none_row = next(line for line in generation_rows.splitlines() if line.startswith("| **none**"))
     assert none_row.split("|")[3].strip() == "+0.0"  # the untuned model's gain over itself
+    # choice accuracy beside exact match, and its gain over the untuned model (itself: +0.0)
+    assert none_row.split("|")[4].strip() == f"{100 * results['none']['test_choice_accuracy']:.1f}"
+    assert none_row.split("|")[5].strip() == "+0.0"
     head_row = next(line for line in generation_rows.splitlines() if line.startswith("| **head**"))
     assert "yes" in head_row
     # forgetting in total, then the build's and the training's share of it
     forgetting = results["head"]["forgetting"]
-    shown = [cell.strip() for cell in head_row.split("|")[6:9]]
+    shown = [cell.strip() for cell in head_row.split("|")[8:11]]
     assert abs(forgetting["training_change"]) >= 5e-4  # the three columns differ at the digits shown
     assert shown == [f"{forgetting[key]:+.3f}" for key in ("change", "build_change", "training_change")]
     assert "| none | Say " in text  # sample generations: prompt, reference, output
