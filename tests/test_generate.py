@@ -134,6 +134,8 @@ def test_every_method_lowers_the_answer_loss_and_reloads_the_same_generations(ti
     again = evaluate_run(tmp_path / method)
     assert again["agreement_with_training"] == 1.0
     assert again["exact_match"] == result["test_exact_match"]
+    assert again["choice_accuracy"] == result["test_choice_accuracy"]
+    assert again["choice"] == {"candidates": 2, "source": "distinct answers"}
 
 
 def _check_forgetting_starts_from_the_checkpoint(forgetting: dict, untuned: dict, method: str) -> None:
@@ -155,6 +157,13 @@ def test_zero_shot_baseline_takes_no_step_and_forgets_nothing(tiny_llm, pairs_fi
     assert result["curves"]["train_loss"] == []
     assert result["trainable_params"] == 0
     assert result["validation"] is not None  # the untuned model is still scored
+    # choice accuracy: yes / no, the distinct answers, ranked on validation and test; 0/1 per test example
+    assert result["choice"] == {"candidates": 2, "source": "distinct answers"}
+    assert "choice_accuracy" in result["validation"]
+    correct = result["test_choice_correct"]
+    assert len(correct) == result["test_size"] == len(result["test_correct"]) and set(correct) <= {0, 1}
+    assert result["test_choice_accuracy"] == result["test"]["choice_accuracy"] == sum(correct) / len(correct)
+    assert result["best_validation_accuracy"] == result["validation"]["exact_match"]  # exact match still selects
     # the checkpoint, built and after on the same tokens, with the same weights: exactly no change
     assert result["forgetting"]["build_change"] == 0.0
     assert result["forgetting"]["change"] == 0.0
@@ -162,6 +171,15 @@ def test_zero_shot_baseline_takes_no_step_and_forgets_nothing(tiny_llm, pairs_fi
     # one exact-match outcome per test example: their mean is the headline accuracy
     assert len(result["test_correct"]) == result["test_size"] > 0
     assert sum(result["test_correct"]) / result["test_size"] == pytest.approx(result["test_exact_match"], abs=1e-12)
+
+
+def test_open_answers_record_no_choice_accuracy(tiny_llm, tmp_path):
+    """More distinct answers than CHOICES_MAX: no closed set, so no choice fields at all (not zeros)."""
+    path = tmp_path / "open.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"Count {i}.", "answer": f"n{i}"}) + "\n" for i in range(120)))
+    result = api.train("none", str(path), overrides=_overrides(tiny_llm), out=tmp_path / "none")
+    assert not {"choice", "test_choice_accuracy", "test_choice_correct"} & set(result)
+    assert "choice_accuracy" not in result["test"] and "choice_accuracy" not in result["validation"]
 
 
 def test_generation_stops_at_the_bound_and_normalise_drops_case_space_and_punctuation(tiny_llm, pairs_file):
@@ -250,11 +268,14 @@ def test_report_shows_generation_columns_the_untuned_row_and_samples(tiny_llm, p
     generation_rows = text.split("### Generation")[1].split("*Exact match")[0]
     none_row = next(line for line in generation_rows.splitlines() if line.startswith("| **none**"))
     assert none_row.split("|")[3].strip() == "+0.0"  # the untuned model's gain over itself
+    # choice accuracy beside exact match, and its gain over the untuned model (itself: +0.0)
+    assert none_row.split("|")[4].strip() == f"{100 * results['none']['test_choice_accuracy']:.1f}"
+    assert none_row.split("|")[5].strip() == "+0.0"
     head_row = next(line for line in generation_rows.splitlines() if line.startswith("| **head**"))
     assert "yes" in head_row
     # forgetting in total, then the build's and the training's share of it
     forgetting = results["head"]["forgetting"]
-    shown = [cell.strip() for cell in head_row.split("|")[6:9]]
+    shown = [cell.strip() for cell in head_row.split("|")[8:11]]
     assert abs(forgetting["training_change"]) >= 5e-4  # the three columns differ at the digits shown
     assert shown == [f"{forgetting[key]:+.3f}" for key in ("change", "build_change", "training_change")]
     assert "| none | Say " in text  # sample generations: prompt, reference, output

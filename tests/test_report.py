@@ -461,3 +461,37 @@ def test_page_renders_in_headless_chromium(report: Path, tmp_path: Path) -> None
     bare.write_text(re.sub(r"<svg.*?</svg>", "", (report / "index.html").read_text(), flags=re.S))
     screenshot(bare, tmp_path / "bare.png")
     assert not looks_rendered(pixel_stats(tmp_path / "bare.png"))
+
+
+def test_choice_accuracy_column_gain_and_paired_table(tmp_path: Path) -> None:
+    # 63 test examples: full gets 40 exact and 50 by choice; the untuned model 0 exact and 30 by choice, all of
+    # them among full's 50: 20 discordant pairs, all one way
+    exact = {"full": _outcomes(range(40)), "none": _outcomes(range(0))}
+    choice = {"full": _outcomes(range(50)), "none": _outcomes(range(30))}
+    rows = [("full", 1, 40 / 63, 1000e6, 100.0, 120.0), ("none", 1, 0.0, 50e6, 0.0, 0.0)]
+    _write_results(tmp_path / "set", rows)
+    for method in exact:
+        path = tmp_path / "set" / f"{method}-s1.json"
+        result = json.loads(path.read_text())
+        result.update(
+            test_correct=exact[method],
+            test_size=63,
+            test_exact_match=sum(exact[method]) / 63,
+            test_answer_token_accuracy=0.5,
+            test_answer_perplexity=2.0,
+            test_choice_accuracy=sum(choice[method]) / 63,
+            test_choice_correct=choice[method],
+            choice={"candidates": 2, "source": "label_names"},
+        )
+        path.write_text(json.dumps(result))
+    write_report([str(tmp_path / "set")], str(tmp_path / "out"))
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    generation = markdown.split("### Generation")[1]
+    assert "| Exact match % | Gain over untuned | Choice accuracy % | Choice gain over untuned |" in generation
+    assert "| **full** | 63.5 | +63.5 | 79.4 | +31.7 |" in generation  # 50 / 63, (50 - 30) / 63
+    assert "| **none** | 0.0 | +0.0 | 47.6 | +0.0 |" in generation
+    paired = markdown.split("### Paired comparisons: choice accuracy")[1].split("\n\n", 2)[1]
+    assert "| **full** − **none** | 63 | +31.7 |" in paired
+    assert "| 1.91e-06 |" in paired  # exact McNemar: 2 · 0.5^20
+    exact_paired = markdown.split("### Paired comparisons\n")[1].split("### Paired comparisons: choice")[0]
+    assert "| **full** − **none** | 63 | +63.5 |" in exact_paired

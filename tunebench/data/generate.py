@@ -7,6 +7,7 @@ A `generate` task (data.task_type) trains a causal LM on prompt + answer with th
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,6 +22,27 @@ if TYPE_CHECKING:  # pandas and datasets load in a second: `plan` and `report` n
 
 
 IGNORE = -100  # label of the tokens that carry no loss: prompt and padding
+CHOICES_MAX = 100  # a task without label_names is closed-set when its splits hold at most this many distinct answers
+
+
+@dataclass(frozen=True)
+class Choices:
+    """The closed set a generate task answers from: choice accuracy ranks these candidates by likelihood."""
+
+    candidates: list[str]
+    source: str  # "label_names" or "distinct answers"
+
+    def summary(self) -> dict:
+        return {"candidates": len(self.candidates), "source": self.source}
+
+
+def closed_set(label_names: list | None, splits: DatasetDict) -> Choices | None:
+    """The task YAML's label_names; else the distinct reference answers of all its splits (train, validation,
+    test, before any cap), when there are at most CHOICES_MAX; else None (an open answer: no choice accuracy)."""
+    if label_names:
+        return Choices([str(name) for name in label_names], "label_names")
+    answers = sorted({a for split in splits.values() for a in split["answer"]})
+    return Choices(answers, "distinct answers") if len(answers) <= CHOICES_MAX else None
 
 
 def is_generate(cfg: dict) -> bool:

@@ -19,6 +19,8 @@ if TYPE_CHECKING:  # pandas and datasets load in a second: `plan` and `report` n
     import pandas as pd
     from datasets import DatasetDict
 
+    from tunebench.data.generate import Choices
+
 TASK_DIR = CONFIG_DIR / "tasks"
 DATA_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 SPLITS = ("train", "validation", "test")
@@ -152,6 +154,7 @@ class TaskData:
     name: str
     splits: DatasetDict  # columns: text, [text_pair], label (int); generate tasks: prompt (messages), answer
     label_names: list[str]  # empty for generate tasks
+    choices: Choices | None = None  # generate tasks answering from a closed set (data.generate.closed_set)
 
     @property
     def num_labels(self) -> int:
@@ -186,14 +189,15 @@ def load_task(spec: TaskSpec, data_cfg: dict) -> TaskData:
     if "train" not in frames:
         raise UserError(f"task {spec.name!r} has no train split")
     if data_cfg["task_type"] == "generate":
-        from tunebench.data.generate import splits_from_frames
+        from tunebench.data.generate import closed_set, splits_from_frames
 
         for column, value in spec.where.items():
             frames = {s: df[df[column] == value].reset_index(drop=True) for s, df in frames.items()}
         for split, df in frames.items():
             if len(df) == 0:
                 raise UserError(f"task {spec.name!r} has an empty {split} split")
-        return TaskData(spec.name, splits_from_frames(spec.name, frames, data_cfg, spec), [])
+        splits = splits_from_frames(spec.name, frames, data_cfg, spec)
+        return TaskData(spec.name, splits, [], closed_set(spec.label_names, splits))
     text, pair, label = data_cfg["text_column"], data_cfg["text_pair_column"], data_cfg["label_column"]
     needed = [c for c in (text, pair, label, *spec.where) if c]
     for split, df in frames.items():

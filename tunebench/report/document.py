@@ -10,7 +10,7 @@ from tunebench.report.advice import flags, task_advice
 from tunebench.report.blocks import Bullets, Details, Figure, Heading, Para, Table, slug
 from tunebench.report.groups import Group, completed_runs, group_runs, method_rank, select_learning_rates
 from tunebench.report.load import ResultSet, tasks_of
-from tunebench.report.paired import all_pairs, paired_table, test_set_notes
+from tunebench.report.paired import CHOICE, all_pairs, paired_table, test_set_notes
 from tunebench.report.tables import (
     breakdown_table,
     comparison_table,
@@ -46,6 +46,9 @@ def _results_section(result_set: ResultSet, task: str, groups: list[Group], stem
     pairs = all_pairs(groups)
     if pairs:
         out += [Heading(3, "Paired comparisons"), paired_table(pairs)]
+    choice_pairs = all_pairs(groups, CHOICE)
+    if choice_pairs:
+        out += [Heading(3, "Paired comparisons: choice accuracy"), paired_table(choice_pairs, "choice accuracy")]
     out.append(Bullets(test_set_notes(groups, sweeps, pairs)))
     if sweeps:
         out += [Heading(3, "Learning rate tuned on validation"), tuned_table(sweeps)]

@@ -19,6 +19,8 @@ from tunebench.report.stats import (
 
 BASELINE = "none"  # the untuned model: a row to measure gains against, never a recommendation
 RESOLVE_POINTS = 2.0  # the difference the notes say what test size would resolve
+EXACT = "test_correct"  # per-example outcomes: the headline accuracy (exact match on generate tasks)
+CHOICE = "test_choice_correct"  # per-example choice accuracy (closed-set generate tasks)
 
 
 @dataclass
@@ -48,22 +50,23 @@ def signed(points: float) -> str:
     return f"{points:+.1f}".replace("-", "−")
 
 
-def outcomes(group: Group) -> list[list[int]] | None:
-    """Each run's per-example test outcomes (0/1 in dataset order); None when a run lacks them (older results)
-    or the runs disagree on the test size."""
-    lists = [r.result.get("test_correct") for r in group.runs]
+def outcomes(group: Group, key: str = EXACT) -> list[list[int]] | None:
+    """Each run's per-example test outcomes (0/1 in dataset order) under key; None when a run lacks them (older
+    results, or no choice accuracy) or the runs disagree on the test size."""
+    lists = [r.result.get(key) for r in group.runs]
     if any(x is None for x in lists) or len({len(x) for x in lists}) != 1:
         return None
     return lists
 
 
-def compare(first: Group, second: Group) -> Paired | None:
-    """first against second, or None when either lacks per-example outcomes or their test sets differ in size."""
-    a, b = outcomes(first), outcomes(second)
+def compare(first: Group, second: Group, key: str = EXACT) -> Paired | None:
+    """first against second on the outcomes under key, or None when either lacks them or their test sets differ
+    in size."""
+    a, b = outcomes(first, key), outcomes(second, key)
     if a is None or b is None or len(a[0]) != len(b[0]):
         return None
     difference, low, high = paired_bootstrap(a, b)
-    pairs = _seed_pairs(first, second)
+    pairs = _seed_pairs(first, second, key)
     return Paired(
         first,
         second,
@@ -76,10 +79,10 @@ def compare(first: Group, second: Group) -> Paired | None:
     )
 
 
-def _seed_pairs(first: Group, second: Group) -> list[tuple[list[int], list[int]]]:
+def _seed_pairs(first: Group, second: Group, key: str) -> list[tuple[list[int], list[int]]]:
     """Runs paired by seed where both have it; otherwise in order, the shorter list repeated (the untuned
     baseline's single run against each seed of a trained method)."""
-    by_seed = [{r.grid.get("seed"): r.result["test_correct"] for r in g.runs} for g in (first, second)]
+    by_seed = [{r.grid.get("seed"): r.result[key] for r in g.runs} for g in (first, second)]
     common = sorted(set(by_seed[0]) & set(by_seed[1]), key=str)
     if common:
         return [(by_seed[0][s], by_seed[1][s]) for s in common]
@@ -92,11 +95,11 @@ def without_outcomes(groups: Sequence[Group]) -> list[str]:
     return [g.label for g in groups if outcomes(g) is None]
 
 
-def all_pairs(groups: Sequence[Group]) -> list[Paired]:
-    return [p for a, b in itertools.combinations(groups, 2) if (p := compare(a, b)) is not None]
+def all_pairs(groups: Sequence[Group], key: str = EXACT) -> list[Paired]:
+    return [p for a, b in itertools.combinations(groups, 2) if (p := compare(a, b, key)) is not None]
 
 
-def paired_table(pairs: Sequence[Paired]) -> Table:
+def paired_table(pairs: Sequence[Paired], measure: str = "accuracy") -> Table:
     rows = [
         [
             f"**{p.first.label}** − **{p.second.label}**",
@@ -112,7 +115,7 @@ def paired_table(pairs: Sequence[Paired]) -> Table:
     return Table(
         ["Methods", "n", "Difference (points)", "95% CI", "McNemar p", "Detectable (points)", "n for 2 points"],
         rows,
-        "Over the same test examples: the accuracy difference; its paired bootstrap 95% interval (10,000 "
+        f"Over the same test examples: the {measure} difference; its paired bootstrap 95% interval (10,000 "
         "resamples, fixed seed; the seeds are resampled, then the examples); the exact McNemar test (binomial on "
         "the discordant pairs; with several seeds, the least significant seed pair). Detectable: the smallest "
         "difference this n detects two-sided at 95% with 80% power, (1.96 + 0.84)·√(p_d / n) with p_d the "

@@ -135,6 +135,7 @@ def generation_table(groups: list[Group]) -> Table:
             f"**{g.label}**",
             f"{g.accuracy:.1f}",
             f"{g.accuracy - baseline.accuracy:+.1f}" if baseline else "—",
+            *_choice_cells(g, baseline),
             fmt_percent(100 * g.mean("test_answer_token_accuracy")),
             f"{g.mean('test_answer_perplexity'):.2f}",
             forgetting(g, "change"),
@@ -149,6 +150,8 @@ def generation_table(groups: list[Group]) -> Table:
             "Method",
             "Exact match %",
             "Gain over untuned",
+            "Choice accuracy %",
+            "Choice gain over untuned",
             "Answer-token accuracy",
             "Answer perplexity",
             "Forgetting",
@@ -158,11 +161,23 @@ def generation_table(groups: list[Group]) -> Table:
         ],
         rows,
         "Exact match of greedy generations (strip, lower case, trailing punctuation) is the test accuracy above. "
+        "Choice accuracy (closed-set tasks): the candidate answer with the highest summed log-likelihood given the "
+        "prompt is the reference, as lm-evaluation-harness scores multiple choice; it reads what the model knows "
+        "whatever its answer format. "
         "Answer-token accuracy and perplexity are under teacher forcing. Forgetting is the change of the "
         "next-token loss on fixed IMDB reviews, from the unmodified checkpoint to the trained model (positive: the "
         "model got worse at general English): the method's build (qlora's quantization) plus its training. none "
         "is the untuned model: no training.",
     )
+
+
+def _choice_cells(g: Group, baseline: Group | None) -> list[str]:
+    """Choice accuracy % and its gain over the untuned model; dashes where the task has no closed set."""
+    choice = g.mean("test_choice_accuracy")
+    if choice is None:
+        return ["—", "—"]
+    base = baseline.mean("test_choice_accuracy") if baseline else None
+    return [f"{100 * choice:.1f}", f"{100 * (choice - base):+.1f}" if base is not None else "—"]
 
 
 def samples_table(groups: list[Group]) -> Table:

@@ -87,6 +87,16 @@ def evaluate_run(run_dir: str | Path, task_name: str | None = None, split: str =
             gen["margin"],
             accelerator.device,
         )
+        if task.choices:  # as the run scored it: the same candidates, from the task
+            correct = generate_eval.choice_correct(
+                accelerator.unwrap_model(model),
+                encoded[split],
+                tokenizer,
+                task.choices.candidates,
+                gen["batch_size"],
+                accelerator.device,
+            )
+            metrics |= {"choice_accuracy": float(np.mean(correct)), "choice": task.choices.summary()}
     else:
         encoded = batching.tokenize({split: task.splits[split]}, tokenizer, cfg["data"]["max_length"])[split]
         model, loader = accelerator.prepare(

@@ -4,6 +4,7 @@ reference by exact match after normalisation, and the answer under teacher forci
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -17,6 +18,7 @@ if TYPE_CHECKING:  # datasets loads in a second: `plan` and `report` never need 
 
 TRAILING_PUNCTUATION = ".!?,;:"
 SAMPLES = 5  # sample generations kept in the result per split, for the report
+CHOICE_TOKENS = 2048  # candidate-tree tokens per choice-scoring batch (examples x tree nodes)
 
 
 def normalise(text: str) -> str:
@@ -113,3 +115,106 @@ def result_fields(test_metrics: dict) -> dict:
         "test_answer_token_accuracy": test_metrics["answer_token_accuracy"],
         "test_answer_perplexity": test_metrics["answer_perplexity"],
     }
+
+
+def candidate_tokens(candidates: list[str], tokenizer) -> list[list[int]]:
+    """Each candidate answer as training tokenizes an answer: its tokens (no special tokens) and the eos."""
+    return [tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for c in candidates]
+
+
+@dataclass
+class PrefixTree:
+    """The candidates' shared prefixes, each fed to the model once. Node i holds one token, its parent node
+    (-1: the prompt) and its depth (1: the answer's first token). A candidate's log-likelihood sums, over its
+    tokens, the log-probability the model gives each token after the one before it (after the prompt's last
+    token for the first): gather[c] indexes those positions (0 = prompt, i + 1 = node i), targets[c] the tokens."""
+
+    tokens: list[int]
+    parents: list[int]
+    depths: list[int]
+    gather: torch.Tensor  # [candidates, longest]
+    targets: torch.Tensor  # [candidates, longest]
+    valid: torch.Tensor  # [candidates, longest] bool: the candidate's own tokens, not padding
+
+    @classmethod
+    def build(cls, sequences: list[list[int]]) -> PrefixTree:
+        node_of: dict[tuple, int] = {}
+        tokens, parents, depths, gather = [], [], [], []
+        for sequence in sequences:
+            positions, parent = [0], -1
+            for depth in range(1, len(sequence)):  # the last token (eos) is only predicted, never fed
+                key = tuple(sequence[:depth])
+                if key not in node_of:
+                    node_of[key] = len(tokens)
+                    tokens.append(sequence[depth - 1])
+                    parents.append(parent)
+                    depths.append(depth)
+                parent = node_of[key]
+                positions.append(parent + 1)
+            gather.append(positions)
+        valid = pad_rows([[1] * len(s) for s in sequences], 0, left=False).bool()
+        targets = pad_rows(sequences, 0, left=False)
+        return cls(tokens, parents, depths, pad_rows(gather, 0, left=False), targets, valid)
+
+    def ancestry(self) -> torch.Tensor:
+        """[nodes, nodes] bool: node i sees node j when j is i or one of its ancestors."""
+        sees = torch.eye(len(self.tokens), dtype=torch.bool)
+        for i, parent in enumerate(self.parents):
+            if parent >= 0:
+                sees[i] |= sees[parent]  # a parent comes before its children
+        return sees
+
+
+@torch.no_grad()
+def choice_scores(model: nn.Module, prompts: list[list[int]], tree: PrefixTree, pad_id: int, device) -> torch.Tensor:
+    """[prompts, candidates]: each candidate's summed log-likelihood (its answer tokens and eos) after each prompt.
+
+    The prompts run once (left-padded, positions counted from each one's first real token); then every node of
+    the candidates' prefix tree runs side by side against the prompts' KV cache, under a 4D mask where a node
+    sees its prompt and its own ancestors, at the position its depth gives."""
+    prompt_ids = pad_rows(prompts, pad_id, left=True).to(device)
+    prompt_mask = pad_rows([[1] * len(p) for p in prompts], 0, left=True).to(device)
+    positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
+    # only the last position's logits are needed: the vocabulary-wide projection of the others is skipped
+    out = model(
+        input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True, logits_to_keep=1
+    )
+    rows, nodes = len(prompts), len(tree.tokens)
+    sees = torch.cat(
+        [prompt_mask.bool()[:, None, :].expand(rows, nodes, -1), tree.ancestry().to(device).expand(rows, -1, -1)],
+        dim=-1,
+    )
+    node_logits = model(
+        input_ids=torch.tensor([tree.tokens] * rows, device=device),
+        attention_mask=_attention_mask(model, sees[:, None]),
+        position_ids=prompt_mask.sum(-1, keepdim=True) + torch.tensor(tree.depths, device=device) - 1,
+        past_key_values=out.past_key_values,
+    ).logits
+    # left padding: every prompt ends in the last column, whose logits predict the answer's first token
+    logits = torch.cat([out.logits[:, -1:], node_logits], dim=1).float()  # [rows, 1 + nodes, vocab]
+    gather, targets, valid = (t.to(device) for t in (tree.gather, tree.targets, tree.valid))
+    picked = logits[:, gather, targets] - logits.logsumexp(-1)[:, gather]  # [rows, candidates, longest]
+    return (picked * valid).sum(-1).cpu()
+
+
+def _attention_mask(model: nn.Module, sees: torch.Tensor) -> torch.Tensor:
+    """A custom 4D mask goes to attention as it is: boolean for SDPA and the like, additive for eager."""
+    if model.config._attn_implementation != "eager":
+        return sees
+    dtype = model.get_input_embeddings().weight.dtype
+    return torch.zeros(sees.shape, dtype=dtype, device=sees.device).masked_fill(~sees, torch.finfo(dtype).min)
+
+
+def choice_correct(model: nn.Module, split: Dataset, tokenizer, candidates: list[str], batch_size: int, device):
+    """1 where the likeliest candidate is the reference answer (after normalisation), else 0; dataset order."""
+    model.eval()
+    tree = PrefixTree.build(candidate_tokens(candidates, tokenizer))
+    # a batch runs batch x nodes tokens at once, each with vocabulary-wide logits: bound it
+    rows = max(1, min(batch_size, CHOICE_TOKENS // max(1, len(tree.tokens))))
+    chosen = [""] * len(split)
+    for batch in _batches(split, rows):
+        prompts = [split[i]["input_ids"][: split[i]["prompt_length"]] for i in batch]
+        best = choice_scores(model, prompts, tree, tokenizer.pad_token_id, device).argmax(-1).tolist()
+        for i, c in zip(batch, best, strict=True):
+            chosen[i] = candidates[c]
+    return [int(normalise(c) == normalise(a)) for c, a in zip(chosen, split["answer"], strict=True)]

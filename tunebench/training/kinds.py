@@ -30,7 +30,7 @@ class TaskKind(Protocol):
     encoded: dict  # split name -> tokenized examples
     tokens_outside_steps: int  # non-padding tokens the backbone ran over outside the steps (training work)
 
-    def encode(self, splits, model_path: str, model_config, result: dict) -> None: ...
+    def encode(self, task, model_path: str, model_config, result: dict) -> None: ...
     def before_model(self, accelerator: Accelerator) -> None: ...
     def model_ready(self, model, accelerator: Accelerator, result: dict) -> None: ...
     def train_loader(self, model, accelerator: Accelerator, meter: StepMeter): ...
@@ -57,8 +57,8 @@ class Classify:
         self.encoded: dict = {}
         self.eval_loaders: dict = {}
 
-    def encode(self, splits, model_path: str, model_config, result: dict) -> None:
-        self.encoded = batching.tokenize(splits, self.tokenizer, self.args.max_length)
+    def encode(self, task, model_path: str, model_config, result: dict) -> None:
+        self.encoded = batching.tokenize(task.splits, self.tokenizer, self.args.max_length)
 
     def before_model(self, accelerator: Accelerator) -> None:
         """Nothing to measure on the unmodified checkpoint."""
@@ -144,11 +144,16 @@ class Generate:
         self.encoded: dict = {}
         self.model_path = ""
         self.forgetting: ForgettingProbe | None = None
+        self.choices: generate_data.Choices | None = None
+        self.choice_correct: dict[str, list[int]] = {}  # split -> the last evaluation's choice outcomes
 
-    def encode(self, splits, model_path: str, model_config, result: dict) -> None:
+    def encode(self, task, model_path: str, model_config, result: dict) -> None:
         check_causal_lm(model_path, model_config)
         self.model_path = model_path
-        self.encoded, result["too_long_dropped"] = generate_data.tokenize(splits, self.tokenizer, self.args.data)
+        self.encoded, result["too_long_dropped"] = generate_data.tokenize(task.splits, self.tokenizer, self.args.data)
+        self.choices = task.choices
+        if task.choices:
+            result["choice"] = task.choices.summary()
 
     def before_model(self, accelerator: Accelerator) -> None:
         """Forgetting's loss on the unmodified checkpoint, loaded, measured and freed here."""
@@ -172,15 +177,18 @@ class Generate:
         return accelerator.prepare(loader)
 
     def evaluate(self, split: str, model, accelerator: Accelerator, extra_metrics: list) -> tuple[dict, np.ndarray]:
-        """Generation metrics; extra (classification) metrics do not apply."""
-        return generate_eval.evaluate(
-            accelerator.unwrap_model(model),
-            self.encoded[split],
-            self.tokenizer,
-            self.args.generation.batch_size,
-            self.args.generation.margin,
-            accelerator.device,
+        """Generation metrics, and choice accuracy on a closed-set task; extra (classification) metrics do not
+        apply."""
+        model, gen = accelerator.unwrap_model(model), self.args.generation
+        metrics, outputs = generate_eval.evaluate(
+            model, self.encoded[split], self.tokenizer, gen.batch_size, gen.margin, accelerator.device
         )
+        if self.choices:
+            self.choice_correct[split] = generate_eval.choice_correct(
+                model, self.encoded[split], self.tokenizer, self.choices.candidates, gen.batch_size, accelerator.device
+            )
+            metrics["choice_accuracy"] = float(np.mean(self.choice_correct[split]))
+        return metrics, outputs
 
     def test_fields(self, test_metrics: dict, predictions: np.ndarray, model) -> dict:
         return {
@@ -188,6 +196,16 @@ class Generate:
             "sample_generations": generate_eval.samples(self.encoded["test"], predictions),
             "forgetting": self.forgetting.result(model),
             **per_example_fields(generate_eval.exact_matches(self.encoded["test"], predictions)),
+            **self._choice_fields(test_metrics),
+        }
+
+    def _choice_fields(self, test_metrics: dict) -> dict:
+        """test_choice_accuracy and test_choice_correct (0/1 per test example, dataset order, as test_correct)."""
+        if not self.choices:
+            return {}
+        return {
+            "test_choice_accuracy": test_metrics["choice_accuracy"],
+            "test_choice_correct": self.choice_correct["test"],
         }
 
 

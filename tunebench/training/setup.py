@@ -96,7 +96,7 @@ def _data(args: TrainArgs, method, accelerator: Accelerator, result: dict):
     model_path, model_config, tokenizer = load_pretrained(args.model)
     kind = task_kind(args, method, tokenizer)
     with accelerator.main_process_first():
-        kind.encode(task.splits, model_path, model_config, result)
+        kind.encode(task, model_path, model_config, result)
     result["task"] = {
         "name": task.name,
         "num_labels": task.num_labels,
