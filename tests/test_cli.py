@@ -236,6 +236,7 @@ BAD_VALUES = [
     ("generation.margin=-1", "generation.margin must be an integer >= 0, got -1"),
     ("generation.forgetting_texts=-1", "generation.forgetting_texts must be an integer >= 0, got -1"),
     ("generation.forgetting_max_length=0", "generation.forgetting_max_length must be a positive integer, got 0"),
+    ("generation.choice_accuracy=maybe", "config key 'generation.choice_accuracy' must be true or false, got 'maybe'"),
     ("train.log_every=0", "train.log_every must be a positive integer, got 0"),
 ]
 

@@ -157,9 +157,9 @@ def test_zero_shot_baseline_takes_no_step_and_forgets_nothing(tiny_llm, pairs_fi
     assert result["curves"]["train_loss"] == []
     assert result["trainable_params"] == 0
     assert result["validation"] is not None  # the untuned model is still scored
-    # choice accuracy: yes / no, the distinct answers, ranked on validation and test; 0/1 per test example
+    # choice accuracy: yes / no, the distinct answers, ranked on test (validation selects on exact match alone)
     assert result["choice"] == {"candidates": 2, "source": "distinct answers"}
-    assert "choice_accuracy" in result["validation"]
+    assert "choice_accuracy" not in result["validation"]
     correct = result["test_choice_correct"]
     assert len(correct) == result["test_size"] == len(result["test_correct"]) and set(correct) <= {0, 1}
     assert result["test_choice_accuracy"] == result["test"]["choice_accuracy"] == sum(correct) / len(correct)
@@ -180,6 +180,13 @@ def test_open_answers_record_no_choice_accuracy(tiny_llm, tmp_path):
     result = api.train("none", str(path), overrides=_overrides(tiny_llm), out=tmp_path / "none")
     assert not {"choice", "test_choice_accuracy", "test_choice_correct"} & set(result)
     assert "choice_accuracy" not in result["test"] and "choice_accuracy" not in result["validation"]
+
+
+def test_choice_accuracy_off_records_none(tiny_llm, pairs_file, tmp_path):
+    overrides = _overrides(tiny_llm, generation=SMALL["generation"] | {"choice_accuracy": False})
+    result = api.train("none", pairs_file, overrides=overrides, out=tmp_path / "none")
+    assert not {"choice", "test_choice_accuracy", "test_choice_correct"} & set(result)
+    assert "choice_accuracy" not in result["test"]
 
 
 def test_generation_stops_at_the_bound_and_normalise_drops_case_space_and_punctuation(tiny_llm, pairs_file):

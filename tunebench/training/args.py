@@ -16,6 +16,7 @@ class GenerationArgs:
     margin: int  # max_new_tokens = the longest reference answer + margin
     forgetting_texts: int  # IMDB reviews whose loss is measured before and after training; 0 = off
     forgetting_max_length: int  # tokens kept of each review
+    choice_accuracy: bool  # score a closed-set task's candidate answers on test
 
 
 @dataclass(frozen=True)
@@ -96,5 +97,6 @@ class TrainArgs:
                 margin=gen["margin"],
                 forgetting_texts=gen["forgetting_texts"],
                 forgetting_max_length=gen["forgetting_max_length"],
+                choice_accuracy=gen["choice_accuracy"],
             ),
         )

@@ -87,7 +87,8 @@ def evaluate_run(run_dir: str | Path, task_name: str | None = None, split: str =
             gen["margin"],
             accelerator.device,
         )
-        if task.choices:  # as the run scored it: the same candidates, from the task
+        # as the run scored it: the same candidates, from the task (.get: a run saved before the key existed)
+        if task.choices and cfg["generation"].get("choice_accuracy", True):
             correct = generate_eval.choice_correct(
                 accelerator.unwrap_model(model),
                 encoded[split],

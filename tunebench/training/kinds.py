@@ -151,9 +151,9 @@ class Generate:
         check_causal_lm(model_path, model_config)
         self.model_path = model_path
         self.encoded, result["too_long_dropped"] = generate_data.tokenize(task.splits, self.tokenizer, self.args.data)
-        self.choices = task.choices
-        if task.choices:
-            result["choice"] = task.choices.summary()
+        self.choices = task.choices if self.args.generation.choice_accuracy else None
+        if self.choices:
+            result["choice"] = self.choices.summary()
 
     def before_model(self, accelerator: Accelerator) -> None:
         """Forgetting's loss on the unmodified checkpoint, loaded, measured and freed here."""
@@ -177,13 +177,13 @@ class Generate:
         return accelerator.prepare(loader)
 
     def evaluate(self, split: str, model, accelerator: Accelerator, extra_metrics: list) -> tuple[dict, np.ndarray]:
-        """Generation metrics, and choice accuracy on a closed-set task; extra (classification) metrics do not
-        apply."""
+        """Generation metrics, and on test choice accuracy for a closed-set task (validation selects on exact match:
+        scoring every candidate there would only add cost); extra (classification) metrics do not apply."""
         model, gen = accelerator.unwrap_model(model), self.args.generation
         metrics, outputs = generate_eval.evaluate(
             model, self.encoded[split], self.tokenizer, gen.batch_size, gen.margin, accelerator.device
         )
-        if self.choices:
+        if self.choices and split == "test":
             self.choice_correct[split] = generate_eval.choice_correct(
                 model, self.encoded[split], self.tokenizer, self.choices.candidates, gen.batch_size, accelerator.device
             )
