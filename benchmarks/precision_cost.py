@@ -32,12 +32,13 @@ MODEL, TASK = "smollm2-135m", "rotten_tomatoes_gen"
 OUT = REPO_ROOT / "reports" / "benchmarks"
 
 
-def run_one(method: str, rule: str, train_samples: int, eval_samples: int, out: Path) -> dict:
+def run_one(method: str, rule: str, train_samples: int, eval_samples: int, out: Path, max_steps=None) -> dict:
     overrides = {
         "model": MODEL,
         "seed": 0,
         "data": {"max_train_samples": train_samples, "max_eval_samples": eval_samples},
-        "train": {"precision": rule, "trackers": [], "save": "best" if method == "full" else "none"},
+        "train": {"precision": rule, "trackers": [], "save": "best" if method == "full" else "none"}
+        | ({"max_steps": max_steps} if max_steps else {}),
         "generation": {"forgetting_texts": 0},
     }
     result = api.train(method, TASK, overrides=overrides, out=out)
@@ -118,13 +119,14 @@ def main() -> None:
     parser.add_argument("--rules", nargs="+", default=["bf16-mixed", "bf16-true"])
     parser.add_argument("--train-samples", type=int, default=64)
     parser.add_argument("--eval-samples", type=int, default=32)
+    parser.add_argument("--max-steps", type=int, help="stop each run after this many optimizer steps")
     args = parser.parse_args()
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for method in args.methods:
             for rule in args.rules:
                 out = Path(tmp) / f"{method}-{rule}"
-                runs.append(run_one(method, rule, args.train_samples, args.eval_samples, out))
+                runs.append(run_one(method, rule, args.train_samples, args.eval_samples, out, args.max_steps))
                 print(runs[-1], flush=True)
     report = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "

@@ -132,3 +132,28 @@ def test_bad_precision_values_exit_2_with_one_line(pairs, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "bf16-mixed" in err and "bf16-true" in err, err
+
+
+def _group(method: str, train: dict, recorded: str | None = None):
+    from tunebench.report.groups import Group
+    from tunebench.report.load import RunResult
+
+    config = {"method": method, "pooling": "last", "train": {"epochs": 1, **train}}
+    result = {"config": config, "trainable_params": 0, "test_accuracy": 0.5, "test_f1": 0.5}
+    if recorded:
+        result["precision"] = {"rule": recorded, "trainable_dtype": "float32", "frozen_dtype": "bfloat16",
+                               "autocast_dtype": "bfloat16", "compute_dtype": "bfloat16"}  # fmt: skip
+    return Group("t", method, method, [RunResult(method, result, {"method": method})])
+
+
+def test_the_report_states_the_rule_and_flags_a_table_of_mixed_rules():
+    from tunebench.report.advice import like_for_like
+    from tunebench.report.settings import precision_note
+
+    same = [_group("full", {"precision": "bf16-mixed"}, "bf16-mixed"), _group("lora", {"mixed_precision": "bf16"})]
+    assert like_for_like(same) == []
+    assert precision_note(same).startswith("Precision rule: bf16-mixed (trainable weights float32, frozen bfloat16")
+    mixed = [_group("full", {"precision": "bf16-true"}), _group("lora", {"mixed_precision": "no"}), _group("head", {})]
+    assert like_for_like(mixed) == [
+        "Not the same precision rule: bf16-true for full; fp32 for lora; precision not recorded for head."
+    ]
