@@ -140,6 +140,7 @@ def main() -> None:
                 f"--train-samples {args.train_samples}",
                 f"--eval-samples {args.eval_samples}",
             ]
+            + ([f"--max-steps {args.max_steps}"] if args.max_steps else [])
         ),  # fmt: skip
         "train_samples": args.train_samples,
         "eval_samples": args.eval_samples,
