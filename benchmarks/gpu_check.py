@@ -239,7 +239,7 @@ class Setting:
         self.cpu, self.out, self.bundle = cpu, out, bundle
         self.cuda = not cpu and torch.cuda.is_available()
         self.device = "cuda" if self.cuda else "cpu"
-        self.precision = "bf16" if self.cuda else "no"
+        self.precision = "bf16-mixed" if self.cuda else "fp32"
         self.batch, self.seq, self.steps = (8, 512, 4) if self.cuda else (4, 32, 2)
         self.methods = methods
         self.pairs = 3 if self.cuda else 1
@@ -301,7 +301,7 @@ class Setting:
         return {
             "data": {"max_length": self.seq, "max_eval_samples": 2 * self.batch, "group_by_length": True},
             "train": {"batch_size": self.batch, "eval_batch_size": 2 * self.batch, "trackers": [], "save": "none",
-                      "mixed_precision": self.precision, "adamw": "fused", **train},
+                      "precision": self.precision, "adamw": "fused", **train},
         }  # fmt: skip
 
 
@@ -411,7 +411,7 @@ def step_throughput(s: Setting) -> dict:
             batch_size=s.batch,
             seq_len=s.seq,
             num_labels=2,
-            precision="amp" if s.cuda else "fp32",
+            precision=s.precision,
             options=dict(get_method(method).DEFAULTS["method_options"]),
             pooling=spec.pooling,
             count_flops=True,
@@ -447,7 +447,7 @@ def step_suite(s: Setting) -> dict:
     suite["grid"] |= {"model": [s.minilm()], "task": [s.task(t) for t in TASKS], "method": s.methods}
     if not s.cuda:  # tiny, CPU-sized and one task: the same code path, not the same figures
         suite["grid"]["task"] = [s.task(TASKS[0])]
-        suite["config"]["train"] |= {"batch_size": 8, "eval_batch_size": 32, "mixed_precision": "no", "max_steps": 2}
+        suite["config"]["train"] |= {"batch_size": 8, "eval_batch_size": 32, "precision": "fp32", "max_steps": 2}
         suite["config"]["data"] = {"max_length": 32, "max_train_samples": 32, "max_eval_samples": 32}
     path = s.work / "suite.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)

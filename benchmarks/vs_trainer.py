@@ -35,6 +35,7 @@ from tunebench.files import REPO_ROOT
 from tunebench.measure import environment
 from tunebench.methods import get_method
 from tunebench.models.hub import load_config, load_tokenizer, resolve_model
+from tunebench.models.precision import RULES, apply_rule, resolve_rule
 from tunebench.results import write_json_atomic
 from tunebench.training.run import train
 
@@ -69,7 +70,9 @@ def run_trainer(cfg: Config, out_dir: Path) -> dict:
     encoded = encoded.remove_columns("index")  # tunebench's own bookkeeping; `length` feeds the sampler
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = get_method(cfg["method"]).build(model_path, task.num_labels, cfg, device)
-    precision = train_cfg["mixed_precision"]
+    rule = resolve_rule(train_cfg["precision"], device)
+    apply_rule(model, rule)  # as tunebench's setup does
+    precision = RULES[rule].accelerate
     args = TrainingArguments(
         output_dir=str(out_dir),
         num_train_epochs=train_cfg["epochs"],
@@ -153,7 +156,7 @@ def compare(method: str, pairs: int, overrides: dict) -> dict:
             "train_samples": runs["trainer"][0]["examples"],
             "epochs": cfg["train"]["epochs"],
             "lr": cfg["train"]["lr"],
-            "mixed_precision": cfg["train"]["mixed_precision"],
+            "precision": cfg["train"]["precision"],
             "adamw": "fused",
             "track_memory": cfg["measure"]["track_memory"],
         },

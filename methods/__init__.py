@@ -57,7 +57,8 @@ class Method(Protocol):
 
     def build_meta(self, config, num_labels: int | None, cfg: dict, precision: str) -> nn.Module:
         """The same model from a transformers config, called under torch.device("meta") (needed when PLANNING is
-        set): same modules, trainable set and dtypes (precision: a key of tunebench.models.meta.PRECISIONS)."""
+        set): same modules, trainable set and dtypes (precision: a rule of
+        tunebench.models.precision.RULES; the planner applies its dtypes after, as the loop does after build)."""
 
     def save(self, model: nn.Module, folder: str, state_dict: dict | None = None) -> None:
         """Write what the method keeps (adapter, head, or the whole model); under FSDP the loop passes the whole

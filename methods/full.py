@@ -5,8 +5,9 @@ from __future__ import annotations
 from torch import nn
 
 from tunebench.methods import Planning
-from tunebench.models.meta import PRECISIONS, meta_base
+from tunebench.models.meta import meta_base
 from tunebench.models.params import load_trained, save_trained
+from tunebench.models.precision import RULES
 from tunebench.models.task_model import load_model
 
 DEFAULTS = {"train": {"lr": 5.0e-5}, "method_options": {}}
@@ -22,7 +23,7 @@ def build(model_path: str, num_labels: int | None, cfg: dict, device) -> nn.Modu
 
 
 def build_meta(config, num_labels: int | None, cfg: dict, precision: str) -> nn.Module:
-    return meta_base(config, num_labels, cfg, PRECISIONS[precision][0])
+    return meta_base(config, num_labels, cfg, RULES[precision].frozen)
 
 
 save = save_trained

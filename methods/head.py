@@ -20,8 +20,9 @@ from tunebench.methods import Planning
 from tunebench.models.blocks import block_list
 from tunebench.models.causal_lm import untie_lm_head
 from tunebench.models.classifier import Classifier
-from tunebench.models.meta import PRECISIONS, meta_base
+from tunebench.models.meta import meta_base
 from tunebench.models.params import load_trained, save_trained
+from tunebench.models.precision import RULES
 from tunebench.models.task_model import load_model
 
 DEFAULTS = {
@@ -73,7 +74,7 @@ def build(model_path: str, num_labels: int | None, cfg: dict, device) -> nn.Modu
 
 
 def build_meta(config, num_labels: int | None, cfg: dict, precision: str) -> nn.Module:
-    return _train_head(meta_base(config, num_labels, cfg, PRECISIONS[precision][0]), cfg)
+    return _train_head(meta_base(config, num_labels, cfg, RULES[precision].frozen), cfg)
 
 
 def _train_head(model: nn.Module, cfg: dict) -> nn.Module:

@@ -11,7 +11,8 @@ from tunebench.data.generate import is_generate
 from tunebench.errors import UserError
 from tunebench.methods import Planning
 from tunebench.models.classifier import TASK_HEAD
-from tunebench.models.meta import PRECISIONS, meta_base
+from tunebench.models.meta import meta_base
+from tunebench.models.precision import RULES
 from tunebench.models.task_model import load_model
 
 DEFAULTS = {
@@ -84,7 +85,7 @@ def build(model_path: str, num_labels: int | None, cfg: dict, device) -> nn.Modu
 
 
 def build_meta(config, num_labels: int | None, cfg: dict, precision: str) -> nn.Module:
-    base = meta_base(config, num_labels, cfg, PRECISIONS[precision][0])
+    base = meta_base(config, num_labels, cfg, RULES[precision].frozen)
     return attach_adapter(base, cfg["method_options"], is_generate(cfg))
 
 

@@ -16,7 +16,8 @@ from tunebench.data.generate import is_generate
 from tunebench.errors import UserError
 from tunebench.methods import Planning, lora
 from tunebench.models.classifier import UNQUANTIZED
-from tunebench.models.meta import PRECISIONS, meta_base, quantize_base
+from tunebench.models.meta import meta_base, quantize_base
+from tunebench.models.precision import RULES, resolve_rule
 from tunebench.models.task_model import load_model
 
 DEFAULTS = {
@@ -27,7 +28,8 @@ DEFAULTS = {
 PLANNING = Planning(
     preference=2,
     mfu=0.20,
-    assumption="qlora: bitsandbytes NF4 double-quant base (~0.516 byte/weight), other weights fp32, LoRA adapters fp32",
+    assumption="qlora: bitsandbytes NF4 double-quant base (~0.516 byte/weight), other weights and adapters as the "
+    "precision rule keeps frozen and trainable weights",
 )
 
 
@@ -54,13 +56,13 @@ def under_fsdp() -> bool:
     return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
 
 
-def quantization_config(bits: int, device: torch.device):
+def quantization_config(bits: int, compute: torch.dtype):
+    """compute: the precision rule's compute dtype (set at load time: bitsandbytes keeps it per layer)."""
     from transformers import BitsAndBytesConfig
 
     fsdp = under_fsdp()
     if bits == 8:  # under FSDP check_strategy refuses it first
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=SKIP_PATTERNS)
-    compute = torch.bfloat16 if device.type == "cuda" else torch.float32
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
@@ -78,11 +80,12 @@ def _quantized_base(model_path: str, num_labels: int | None, cfg: dict, device) 
     from peft import prepare_model_for_kbit_training
 
     generate = is_generate(cfg)
+    rule = RULES[resolve_rule(cfg["train"]["precision"], torch.device(device))]
     model = load_model(
         model_path,
         num_labels,
         cfg,
-        quantization_config=quantization_config(cfg["method_options"]["bits"], device),
+        quantization_config=quantization_config(cfg["method_options"]["bits"], rule.compute),
         device_map={"": device},  # bitsandbytes quantizes as the weights land on the device
     )
     if not generate:
@@ -93,7 +96,8 @@ def _quantized_base(model_path: str, num_labels: int | None, cfg: dict, device) 
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False
-    # peft's preparation: frozen backbone, its unquantized parameters in fp32, checkpointing as configured
+    # peft's preparation: frozen backbone, its unquantized parameters in fp32 (the loop's precision.apply_rule
+    # then casts them to the rule's frozen dtype), checkpointing as configured
     prepare_model_for_kbit_training(
         model if generate else model.backbone, use_gradient_checkpointing=cfg["train"]["gradient_checkpointing"]
     )
@@ -106,16 +110,15 @@ def build(model_path: str, num_labels: int | None, cfg: dict, device) -> nn.Modu
 
 
 def build_meta(config, num_labels: int | None, cfg: dict, precision: str) -> nn.Module:
-    """build's model with bitsandbytes' layers replaced by tunebench.models.meta.QuantizedLinear stand-ins: the
-    unquantized parameters in fp32 (as peft's preparation leaves them), the base quantized after the adapter is
-    attached (peft wraps a quantized layer in place: the same modules either way)."""
+    """build's model with bitsandbytes' layers replaced by tunebench.models.meta.QuantizedLinear stand-ins computing
+    in the rule's compute dtype, the base quantized after the adapter is attached (peft wraps a quantized layer in
+    place: the same modules either way). The planner applies the rule's other dtypes, as the loop does."""
     generate = is_generate(cfg)
-    model = meta_base(config, num_labels, cfg, torch.float32)
+    model = meta_base(config, num_labels, cfg, RULES[precision].frozen)
     if cfg["train"]["gradient_checkpointing"]:  # what prepare_model_for_kbit_training adds for checkpointing
         (model if generate else model.backbone).enable_input_require_grads()
     model = lora.attach_adapter(model, cfg["method_options"], generate)
-    compute_dtype = PRECISIONS[precision][1] or torch.float32
-    quantize_base(model, cfg["method_options"]["bits"], compute_dtype, UNQUANTIZED_MODULES)
+    quantize_base(model, cfg["method_options"]["bits"], RULES[precision].compute, UNQUANTIZED_MODULES)
     return model
 
 

@@ -40,10 +40,10 @@ def test_notebook_train_evaluate_report_plan(tmp_path: Path, monkeypatch) -> Non
     report = tunebench.write_report("head-run", "report")
     assert report == Path("report/report.md") and "head" in report.read_text()
 
-    overrides = {"train.mixed_precision": "bf16", "train.grad_accum": 2}  # as train takes them
+    overrides = {"train.precision": "bf16-mixed", "train.grad_accum": 2}  # as train takes them
     plan = tunebench.plan(model="minilm", methods="head", max_length=32, budget="24GiB", overrides=overrides)
     assert [m["method"] for m in plan["methods"]] == ["head"] and plan["recommendation"].startswith("head")
-    assert plan["precision"] == "amp" and plan["settings"]["head"]["grad_accum"] == 2  # fp32 MiniLM, bf16 autocast
+    assert plan["precision"] == "bf16-mixed" and plan["settings"]["head"]["grad_accum"] == 2  # the rule, as given
 
 
 def test_bench_takes_a_shipped_suite_by_name(tmp_path: Path) -> None:

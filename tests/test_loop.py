@@ -192,7 +192,7 @@ def test_bf16_autocast_trains_on_the_cpu(tmp_path: Path, tiny_config) -> None:
         "full",
         overrides={
             "data": {"max_train_samples": 16, "max_eval_samples": 8},
-            "train": {"mixed_precision": "bf16", "max_steps": 2, "log_every": 1, "lr": 1e-4},
+            "train": {"precision": "bf16-mixed", "max_steps": 2, "log_every": 1, "lr": 1e-4},
         },
     )
     result = train(cfg, tmp_path / "run")

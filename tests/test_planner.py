@@ -84,13 +84,13 @@ def test_validate_cli_on_a_gqa_llama_with_padded_batches_and_a_real_run(tmp_path
         "2 steps",
         "fp32",
         "loop.train",
-        "amp",
+        "bf16-mixed",
     )
     assert [(r["task_type"], r["precision"], r["gradient_checkpointing"]) for r in sft] == [
         ("generate", "fp32", False),
         ("generate", "fp32", True),
-        ("generate", "amp", False),
-        ("generate", "amp", True),
+        ("generate", "bf16-mixed", False),
+        ("generate", "bf16-mixed", True),
     ]
     assert steps["independent"]["by"].startswith("torch.profiler")
     assert run["seq_len"] < 64  # padded: its longest batch is shorter than max_length
@@ -106,13 +106,13 @@ def tiny_llama(tmp_path_factory):
 # Each method at both precisions and with gradient checkpointing both off and on; each pairing in two methods.
 SFT_CASES = [
     ("full", "fp32", False),
-    ("full", "amp", True),
+    ("full", "bf16-mixed", True),
     ("lora", "fp32", True),
-    ("lora", "amp", False),
+    ("lora", "bf16-mixed", False),
     ("qlora", "fp32", False),
-    ("qlora", "amp", True),
+    ("qlora", "bf16-mixed", True),
     ("head", "fp32", True),
-    ("head", "amp", False),
+    ("head", "bf16-mixed", False),
 ]
 
 
@@ -224,8 +224,8 @@ def _tiny_llama():
 @pytest.mark.parametrize(
     ("model", "precision", "checkpointing", "methods"),
     [
-        ("tiny-llama", "bf16", False, plannable()),
-        ("minilm", "amp", False, plannable()),
+        ("tiny-llama", "bf16-true", False, plannable()),
+        ("minilm", "bf16-mixed", False, plannable()),
         ("tiny-llama", "fp32", True, ("full", "lora")),  # next_steps' gradient checkpointing plans
     ],
 )
@@ -275,7 +275,7 @@ def test_8b_preset_traces():
         batch_size=1,
         seq_len=128,
         num_labels=2,
-        precision="bf16",
+        precision="bf16-true",
         options={},
         count_flops=True,
     )
@@ -343,7 +343,9 @@ def test_mfu_calibration_uses_only_the_same_model_precision_and_shape(tmp_path):
     shape = Shape(batch_size=8, seq_len=128, num_labels=2)
     flops_per_token = {"lora": 1e9}  # 1 GFLOP per token on an A10 (125 TFLOP/s bf16): MFU = tokens/s / 125,000
 
-    def write(name, tokens_per_second, model="m", mixed_precision="bf16", batch_size=8, max_length=128, gpu="A10"):
+    # results from before train.precision carry mixed_precision (bf16: read as bf16-mixed, no: as fp32)
+    def write(name, tokens_per_second, model="m", mixed_precision="bf16", batch_size=8, max_length=128, gpu="A10",
+              precision=None):  # fmt: skip
         result = {
             "schema": SCHEMA_VERSION,
             "status": "ok",
@@ -352,7 +354,8 @@ def test_mfu_calibration_uses_only_the_same_model_precision_and_shape(tmp_path):
             "config": {
                 "model": model,
                 "method": "lora",
-                "train": {"mixed_precision": mixed_precision, "batch_size": batch_size},
+                "train": {"mixed_precision": mixed_precision, "batch_size": batch_size}
+                | ({"precision": precision} if precision else {}),
                 "data": {"max_length": max_length},
             },
             "environment": {"gpu": {"name": f"NVIDIA {gpu}"}},
@@ -363,17 +366,18 @@ def test_mfu_calibration_uses_only_the_same_model_precision_and_shape(tmp_path):
     write("match", 25_000)  # MFU 0.2
     write("other-model", 100_000, model="n")
     write("fp32", 100_000, mixed_precision="no")
+    write("bf16-true", 100_000, precision="bf16-true")  # another rule
     write("other-batch", 100_000, batch_size=16)
     write("other-length", 100_000, max_length=256)
     write("a100-pcie", 100_000, gpu="A100 80GB PCIe")  # 312 TFLOP/s: MFU 0.32
     write("l40", 100_000, gpu="L40")  # unknown GPU: ignored
-    mfu, source = calibrate_mfu(str(tmp_path), "m", "amp", shape, flops_per_token)["lora"]
+    mfu, source = calibrate_mfu(str(tmp_path), "m", "bf16-mixed", shape, flops_per_token)["lora"]
     assert mfu == pytest.approx((0.2 + 1e9 * 100_000 / 312e12) / 2)
     assert source == "calibrated: median of 2 result(s)"
     tmp_path = tmp_path / "impossible"
     tmp_path.mkdir()
     write("impossible", 10**9)  # a bad timing: MFU 8000, clipped to 1
-    assert calibrate_mfu(str(tmp_path), "m", "amp", shape, flops_per_token)["lora"][0] == 1.0
+    assert calibrate_mfu(str(tmp_path), "m", "bf16-mixed", shape, flops_per_token)["lora"][0] == 1.0
 
 
 @pytest.mark.parametrize(

@@ -117,9 +117,8 @@ def _add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-labels", type=int, help="classes (default: the task's)")
     p.add_argument(
         "--precision",
-        choices=("bf16", "fp32", "amp"),
-        help="default: the run's (the checkpoint's dtype, autocast if train.mixed_precision is set); "
-        "bf16: pure bf16 weights/grads/AdamW state; amp: fp32 weights with bf16 autocast; fp32: everything fp32",
+        help="precision rule: fp32, bf16-mixed, bf16-true or fp16-mixed; several comma-separated to compare them "
+        "(e.g. bf16-mixed,bf16-true); default: the run's train.precision (auto: bf16-mixed on the GPU)",
     )
     p.add_argument("--gpu", help="a GPU from configs/planner/gpus.yaml (h100-80g, a100-40g, l4, rtx4090, ...)")
     p.add_argument("--peak-tflops", type=float, help="peak dense TFLOP/s at the precision, instead of the GPU's")

@@ -19,6 +19,7 @@ from tunebench.data.template import template_columns
 from tunebench.errors import UserError, unknown_choice
 from tunebench.files import CONFIG_DIR, read_yaml
 from tunebench.methods import get_method
+from tunebench.models.precision import PRECISION_CHOICES
 from tunebench.optim import ADAMW_IMPLEMENTATIONS, OPTIMIZERS
 
 Config = dict[str, Any]
@@ -152,7 +153,7 @@ def build_config(
 
 CHOICES = {
     "train.scheduler": ("linear", "cosine", "constant"),
-    "train.mixed_precision": ("no", "bf16", "fp16"),
+    "train.precision": PRECISION_CHOICES,
     "train.save": ("best_and_last", "best", "none"),
     "train.optimizer": OPTIMIZERS,
     "train.adamw": ("auto", *ADAMW_IMPLEMENTATIONS),

@@ -63,7 +63,7 @@ REQUIRED_AXES = ("model", "task", "method", "seed")
 EXTRA_AXES = {
     "batch_size": "train.batch_size",
     "max_length": "data.max_length",
-    "precision": "train.mixed_precision",
+    "precision": "train.precision",
     "epochs": "train.epochs",
     "lr": "train.lr",
 }

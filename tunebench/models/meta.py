@@ -16,13 +16,6 @@ from tunebench.data.generate import is_generate
 from tunebench.models.classifier import Classifier, drop_pooler, head_dropout
 from tunebench.models.hub import DECODER_TYPES
 
-# precision -> (weight dtype, autocast dtype or None)
-PRECISIONS = {
-    "fp32": (torch.float32, None),
-    "bf16": (torch.bfloat16, torch.bfloat16),  # pure bf16: weights, gradients and AdamW state in bf16
-    "amp": (torch.float32, torch.bfloat16),  # fp32 master weights, bf16 autocast (Accelerate mixed_precision=bf16)
-}
-
 
 def classifier_config(config, num_labels: int):
     """A copy of config for a sequence classifier with num_labels; decoders need a pad token id to pool."""

@@ -30,6 +30,11 @@ def load_trained(model: nn.Module, folder: str) -> nn.Module:
     unexpected = set(state) - set(model.state_dict())
     if unexpected:
         raise UserError(f"saved weights in {folder} do not fit this model: unexpected {sorted(unexpected)[:3]}")
+    # in the dtype they were saved in (fp32 master weights over a bf16 checkpoint), not rounded to the checkpoint's
+    parameters = dict(model.named_parameters())
+    for name, tensor in state.items():
+        if name in parameters and parameters[name].dtype != tensor.dtype:
+            parameters[name].data = parameters[name].data.to(tensor.dtype)
     model.load_state_dict(state, strict=False)
     return model
 

@@ -19,6 +19,7 @@ from tunebench.errors import UserError, unknown_choice
 from tunebench.files import CONFIG_DIR, read_yaml
 from tunebench.methods import plannable
 from tunebench.models.hub import DECODER_TYPES, EMBEDDED, default_pooling, load_config, resolve_model
+from tunebench.models.precision import RULES, recorded_rule
 from tunebench.optim import resolve_adamw
 from tunebench.planner.request import PlanRequest
 from tunebench.units import GiB
@@ -167,7 +168,7 @@ HONOURED = (
     "train.batch_size",
     "train.grad_accum",
     "train.gradient_checkpointing",
-    "train.mixed_precision",
+    "train.precision",
     "train.optimizer",
     "train.adamw",
     "train.max_grad_norm",
@@ -228,7 +229,7 @@ def planned_run(request: PlanRequest) -> PlannedRun:
     return PlannedRun(
         spec=spec,
         shape=shape,
-        precision=request.precision or run_precision(spec, cfg),
+        precision=request.precision or run_precision(cfg),
         task_type=task_type,
         settings={m: step_settings(c, spec) for m, c in configs.items()},
         not_planned=[k for k in flatten(user) if not honoured(k)],
@@ -251,17 +252,24 @@ def _honours() -> str:
 
 
 def result_precision(cfg: dict) -> str:
-    """The planner precision a harness run trained in: fp32 weights, with bf16/fp16 autocast or without."""
-    return "fp32" if cfg["train"]["mixed_precision"] == "no" else "amp"
+    """The precision rule a run's config (or result) trained under; fp32 where it does not say."""
+    return recorded_rule(cfg) or "fp32"
 
 
-def run_precision(spec: ModelSpec, cfg: dict) -> str:
-    """The planner precision of the run cfg describes: the loop keeps the checkpoint's dtype (transformers >= 5),
-    so a bf16 or fp16 checkpoint trains in 16 bits; an fp32 one in fp32, under autocast if mixed_precision is on."""
-    dtype = str(getattr(spec.config, "dtype", None) or "float32").removeprefix("torch.")
-    if dtype in ("bfloat16", "float16"):
-        return "bf16"
-    return "fp32" if cfg["train"]["mixed_precision"] == "no" else "amp"
+def parse_precisions(precision: str | None) -> list[str]:
+    """`plan --precision`: one rule of tunebench.models.precision.RULES, or several comma-separated to compare."""
+    rules = [r.strip() for r in precision.split(",")] if precision else []
+    for rule in rules:
+        if rule not in RULES:
+            raise unknown_choice("precision rule", rule, list(RULES))
+    return rules
+
+
+def run_precision(cfg: dict) -> str:
+    """The precision rule of the run cfg describes, on the CUDA GPU a plan is for: auto is bf16-mixed there (every
+    GPU configs/planner/gpus.yaml lists has bf16), as training.run resolves it on such a GPU."""
+    rule = cfg["train"]["precision"]
+    return "bf16-mixed" if rule == "auto" else rule
 
 
 def step_settings(cfg: dict, spec: ModelSpec) -> dict:

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from tunebench.errors import UserError
 from tunebench.methods import get_method, plannable
+from tunebench.models.precision import RULES, dtype_name
 from tunebench.planner.inputs import (
     Device,
     ModelSpec,
@@ -20,6 +21,7 @@ from tunebench.planner.inputs import (
     load_gpus,
     match_gpu,
     parse_budget,
+    parse_precisions,
     planned_run,
     resolve_device,
     result_precision,
@@ -208,7 +210,12 @@ def next_steps(
 
 
 def predict_plan(request: PlanRequest) -> dict:
-    """The plan a request asks for (tunebench.plan, `tunebench plan`), with the seconds it took."""
+    """The plan a request asks for (tunebench.plan, `tunebench plan`), with the seconds it took. Several precision
+    rules: the first rule's plan, with the others' whole plans in other_precisions."""
+    rules = parse_precisions(request.precision)
+    if len(rules) > 1:
+        plans = [predict_plan(replace(request, precision=rule)) for rule in rules]
+        return plans[0] | {"other_precisions": plans[1:]}
     run = planned_run(request)
     device = resolve_device(request.gpu, request.peak_tflops, run.precision)
     budget = parse_budget(request.budget) if request.budget else device.memory_bytes
@@ -252,6 +259,7 @@ def make_plan(
         "shape": asdict(shape),
         "task_type": run.task_type,
         "precision": precision,
+        "precision_dtypes": _rule_dtypes(precision),
         "settings": run.settings,
         "not_planned": run.not_planned,
         "device": asdict(device),
@@ -266,6 +274,17 @@ def make_plan(
             spec, shape, precision, device, budget, run.settings, plans, full_depth, shardings
         )
     return out
+
+
+def _rule_dtypes(rule: str) -> dict:
+    """The dtypes the plan assumed, from the rule's table (the traced models carry them)."""
+    dtypes = RULES[rule]
+    return {
+        "trainable": dtype_name(dtypes.trainable),
+        "frozen": dtype_name(dtypes.frozen),
+        "autocast": dtype_name(dtypes.autocast),
+        "qlora_compute": dtype_name(dtypes.compute),
+    }
 
 
 def _shardings(run: PlannedRun, gpus: int | None, strategy: str | None) -> dict[str, Sharding | None]:

@@ -12,7 +12,8 @@ def format_plan(plan: dict) -> str:
         f"{plan['model']['name']} ({plan['model']['source']}, {plan['model']['model_type']}): "
         f"batch {shape['batch_size']} x {shape['seq_len']} tokens, "
         + (f"{shape['num_labels']} labels" if plan["task_type"] == "classify" else "causal-LM SFT")
-        + f", {plan['precision']}; budget {format_gib(budget) if budget else 'none'} on {device['name']}"
+        + f", {plan['precision']} ({_describe_dtypes(plan)})"
+        + f"; budget {format_gib(budget) if budget else 'none'} on {device['name']}"
         + (f" ({device['peak_flops'] / 1e12:.0f} TFLOP/s peak)" if device["peak_flops"] else "")
         + (
             f"; {plan['sharding']['gpus']} GPUs, {plan['sharding']['strategy']}: memory and batch per GPU"
@@ -52,7 +53,32 @@ def format_plan(plan: dict) -> str:
     lines += [f"device constants from {device['source']}; planned in {plan.get('seconds_to_plan', '?')} s", ""]
     lines.append(f"recommendation: {plan['recommendation']}")
     lines += [f"  next step: {s}" for s in plan.get("next_steps", [])]
+    lines += _precision_comparison(plan)
     return "\n".join(lines)
+
+
+def _precision_comparison(plan: dict) -> list[str]:
+    """With several precision rules: each method's device peak under each, then the other rules' whole plans."""
+    others = plan.get("other_precisions", [])
+    if not others:
+        return []
+    lines = ["", "precision rules compared (device peak per method, GiB; fits the budget):"]
+    plans = [plan, *others]
+    for i, method in enumerate(plan["methods"]):
+        cells = [f"{p['precision']} {_g(p['methods'][i]['device_bytes'])}{_fits(p['methods'][i])}" for p in plans]
+        lines.append(f"  {method['method']:7} " + ", ".join(cells))
+    for other in others:
+        lines += ["", f"under {other['precision']}:", format_plan(other)]
+    return lines
+
+
+def _fits(method: dict) -> str:
+    return "" if method["fits"] is None else (" fits" if method["fits"] else " does not fit")
+
+
+def _describe_dtypes(plan: dict) -> str:
+    dtypes = plan.get("precision_dtypes") or {}
+    return f"trainable {dtypes.get('trainable')}, frozen {dtypes.get('frozen')}, autocast {dtypes.get('autocast')}"
 
 
 def _describe_settings(settings: dict) -> str:

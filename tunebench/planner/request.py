@@ -33,7 +33,7 @@ class PlanRequest:
     lr: float | None = None
     seed: int | None = None
     num_labels: int | None = None  # classes (default: the task's)
-    precision: str | None = None  # bf16 | fp32 | amp (default: the run's)
+    precision: str | None = None  # a precision rule, or several comma-separated (default: the run's)
     budget: str | int | None = None  # GPU memory: "24GiB", "24GB", "80G", "512MiB" or bytes (default: the GPU's)
     gpu: str | None = None  # a GPU of configs/planner/gpus.yaml (h100-80g, a100-40g, l4, rtx4090, ...)
     peak_tflops: float | None = None  # peak dense TFLOP/s at the precision, instead of the GPU's

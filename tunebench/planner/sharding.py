@@ -198,7 +198,9 @@ def make_sharding(config, method: str, gpus: int | None, strategy: str | None, *
         return None
     module = get_method(method)
     if hasattr(module, "check_strategy"):
-        cfg = method_cfg(build["options"], build.get("pooling"), False, build.get("task_type", "classify"))
+        cfg = method_cfg(
+            build["options"], build.get("pooling"), False, build.get("task_type", "classify"), build["precision"]
+        )
         module.check_strategy(strategy, cfg)
     layout = state_layout(build_meta_model(with_depth(config, 1), method, **build), 1)
     return Sharding(strategy, gpus, layout)

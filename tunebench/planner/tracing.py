@@ -31,8 +31,9 @@ from tunebench.data.generate import IGNORE
 from tunebench.measure import CATEGORIES, TensorTracker
 from tunebench.methods import get_method
 from tunebench.models.blocks import block_list
-from tunebench.models.meta import PRECISIONS, QuantizedLinear
+from tunebench.models.meta import QuantizedLinear
 from tunebench.models.params import decay_param_groups
+from tunebench.models.precision import RULES, apply_rule
 from tunebench.optim import build_optimizer, resolve_adamw
 
 MAX_GRAD_NORM = 1.0  # the loop clips by default; clipping allocates per-parameter norms
@@ -76,13 +77,16 @@ class FlopCounter(TorchDispatchMode):
 # -- building models the way the methods do ---------------------------------------------------------
 
 
-def method_cfg(options: dict, pooling: str | None, gradient_checkpointing: bool, task_type: str) -> dict:
-    """The parts of a run's config that a method's build and build_meta read."""
+def method_cfg(
+    options: dict, pooling: str | None, gradient_checkpointing: bool, task_type: str, precision: str = "fp32"
+) -> dict:
+    """The parts of a run's config that a method's build and build_meta read (precision: a rule, for qlora's
+    compute dtype at load)."""
     return {
         "method_options": options,
         "pooling": pooling,
         "head_dropout": None,  # the default
-        "train": {"gradient_checkpointing": gradient_checkpointing},
+        "train": {"gradient_checkpointing": gradient_checkpointing, "precision": precision},
         "data": {"task_type": task_type},
     }
 
@@ -98,11 +102,11 @@ def build_meta_model(
     gradient_checkpointing: bool = False,
     task_type: str = "classify",
 ) -> nn.Module:
-    """The method's model on the meta device (its build_meta: same modules, same trainable set, same dtypes), with
-    gradient checkpointing enabled as the loop enables it after build."""
-    cfg = method_cfg(options, pooling, gradient_checkpointing, task_type)
+    """The method's model on the meta device (its build_meta: same modules, same trainable set), with the precision
+    rule's dtypes applied and gradient checkpointing enabled as the loop does after build."""
+    cfg = method_cfg(options, pooling, gradient_checkpointing, task_type, precision)
     with torch.device("meta"):
-        model = get_method(method).build_meta(config, num_labels, cfg, precision)
+        model = apply_rule(get_method(method).build_meta(config, num_labels, cfg, precision), precision)
     if gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
         model.gradient_checkpointing_enable()
     model.train()
@@ -295,7 +299,7 @@ def trace_step(
     task_type: "classify" (the sequence classifier's step) or "generate" (the causal-LM SFT step: vocabulary-sized
     logits, upcast to fp32 inside transformers' causal-LM loss, on answer-masked labels; num_labels unused).
     """
-    _, autocast_dtype = PRECISIONS[precision]
+    autocast_dtype = RULES[precision].autocast
     model = build_meta_model(
         config,
         method,

@@ -20,8 +20,8 @@ from tunebench.errors import UserError
 from tunebench.measure import ProfiledPeak, TensorTracker, quantization_state
 from tunebench.methods import get_method
 from tunebench.models.hub import DECODER_TYPES, load_config, load_tokenizer, resolve_model
-from tunebench.models.meta import PRECISIONS
 from tunebench.models.params import decay_param_groups
+from tunebench.models.precision import RULES, apply_rule
 from tunebench.optim import build_adamw, resolve_adamw
 from tunebench.planner.inputs import ModelSpec, Shape, load_gpus, parse_methods, resolve_spec, result_precision
 from tunebench.planner.request import PlanRequest
@@ -57,9 +57,10 @@ def measure_step(
     """
     module = get_method(method)
     # pooling None: what the checkpoint was trained with, as the planner's spec.pooling
-    cfg = method_cfg(dict(module.DEFAULTS["method_options"]), None, gradient_checkpointing, task_type)
+    cfg = method_cfg(dict(module.DEFAULTS["method_options"]), None, gradient_checkpointing, task_type, precision)
     config = load_config(model_path)
     model = module.build(model_path, None if task_type == "generate" else num_labels, cfg, device)
+    apply_rule(model, precision)  # as the loop's setup does after build
     if gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
         model.gradient_checkpointing_enable()  # as the loop does after build
     if not quantization_state(model):  # a quantized model is placed by its device_map as it loads
@@ -77,7 +78,7 @@ def measure_step(
     allocator = nullcontext() if cuda else ProfiledPeak(persistent)
     with allocator:
         for _ in range(2):
-            state = loop_step(model, optimizer, batch, tracker, PRECISIONS[precision][1], device.type)
+            state = loop_step(model, optimizer, batch, tracker, RULES[precision].autocast, device.type)
     if cuda:
         torch.cuda.synchronize(device)
         free, total = torch.cuda.mem_get_info(device)
@@ -184,7 +185,7 @@ def validate_steps(
     return rows
 
 
-def validate_loop(model: str, methods: list[str], mixed_precision: str, run_root: Path) -> list[dict]:
+def validate_loop(model: str, methods: list[str], precision: str, run_root: Path) -> list[dict]:
     """Per method: the prediction against a tiny real `tunebench train` run (loop.train) of rotten_tomatoes.
 
     Its batches are padded to their longest example (dynamic padding), every step is traced (a memory cap far
@@ -197,7 +198,7 @@ def validate_loop(model: str, methods: list[str], mixed_precision: str, run_root
     overrides = {
         "model": spec.path,
         "data": {"max_train_samples": 16, "max_eval_samples": 8, "max_length": 64},
-        "train": {"batch_size": 8, "eval_batch_size": 8, "epochs": 2, "mixed_precision": mixed_precision},
+        "train": {"batch_size": 8, "eval_batch_size": 8, "epochs": 2, "precision": precision},
         "measure": {"memory_cap": 2**50},
     }
     overrides["train"] |= {"trackers": [], "save": "none", "warmup_ratio": 0.0}
@@ -206,7 +207,7 @@ def validate_loop(model: str, methods: list[str], mixed_precision: str, run_root
         cfg = build_config(method, "rotten_tomatoes", overrides=overrides)
         if "cache_features" in cfg["method_options"]:
             cfg["method_options"]["cache_features"] = False
-        result = train(cfg, run_root / f"{Path(spec.name).name}-{method}-{mixed_precision}")
+        result = train(cfg, run_root / f"{Path(spec.name).name}-{method}-{precision}")
         if result["status"] != "ok":
             raise RuntimeError(f"validation run {method} ended {result['status']}: {result['error']}")
         task = load_task(get_task(cfg["task"]), cfg["data"])
@@ -308,9 +309,9 @@ def validation_rows(request: PlanRequest) -> list[dict]:
         for model in models:
             rows += validate_steps(model, methods)
             if resolve_spec(model).config.model_type in DECODER_TYPES:  # the causal-LM SFT step, too
-                for precision, checkpointing in itertools.product(("fp32", "amp"), (False, True)):
+                for precision, checkpointing in itertools.product(("fp32", "bf16-mixed"), (False, True)):
                     rows += validate_steps(model, methods, VALIDATION_SHAPE, precision, checkpointing, "generate")
-            rows += validate_loop(model, methods, "bf16", Path(tmp) / "runs")
+            rows += validate_loop(model, methods, "bf16-mixed", Path(tmp) / "runs")
     for row in rows:
         if row["model"].endswith("tiny-llama"):
             row["model"] = "tiny-llama (GQA, 4 layers)"

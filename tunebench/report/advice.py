@@ -9,7 +9,14 @@ from tunebench.report.formatting import fmt_accuracy_text, fmt_ratio, fmt_share
 from tunebench.report.groups import Group, Sweep, completed_runs, select_learning_rates
 from tunebench.report.load import ResultSet
 from tunebench.report.paired import BASELINE, Paired, compare, signed, without_outcomes
-from tunebench.report.settings import differing_settings, environment_summary, epochs_of, lr_rule, pooling_of
+from tunebench.report.settings import (
+    differing_settings,
+    environment_summary,
+    epochs_of,
+    lr_rule,
+    pooling_of,
+    precision_of,
+)
 from tunebench.report.stats import ratio
 from tunebench.units import format_bytes
 
@@ -251,7 +258,7 @@ def _names_of(labels: Sequence[str]) -> str:
 
 def like_for_like(groups: list[Group], sweeps: Sequence[Sweep] = ()) -> list[str]:
     """Plain sentences for what a method comparison must share and these runs do not: training budget,
-    pooling, and the rule that chose each learning rate."""
+    pooling, precision rule, and the rule that chose each learning rate."""
     out = []
     budget = _by_value(groups, lambda g, r: epochs_of(Group(g.task, g.method, g.label, [r])))
     if len(budget) > 1:
@@ -262,6 +269,9 @@ def like_for_like(groups: list[Group], sweeps: Sequence[Sweep] = ()) -> list[str
     pooling = _by_value(groups, lambda g, r: pooling_of(r.result))
     if len(pooling) > 1:
         out.append(f"Not the same pooling: {_listing(pooling)}.")
+    precision = _by_value(groups, lambda g, r: precision_of(r.result))
+    if len(precision) > 1:
+        out.append(f"Not the same precision rule: {_listing(precision)}.")
     trained = [g for g in groups if g.mean("trainable_params")]  # the untuned baseline has no rate to choose
     rules = _by_value(trained, lambda g, r: lr_rule(g, sweeps))
     if len(rules) > 1:

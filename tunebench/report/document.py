@@ -11,6 +11,7 @@ from tunebench.report.blocks import Bullets, Details, Figure, Heading, Para, Tab
 from tunebench.report.groups import Group, completed_runs, group_runs, method_rank, select_learning_rates
 from tunebench.report.load import ResultSet, tasks_of
 from tunebench.report.paired import CHOICE, all_pairs, paired_table, test_set_notes
+from tunebench.report.settings import precision_note
 from tunebench.report.tables import (
     breakdown_table,
     comparison_table,
@@ -49,7 +50,7 @@ def _results_section(result_set: ResultSet, task: str, groups: list[Group], stem
     choice_pairs = all_pairs(groups, CHOICE)
     if choice_pairs:
         out += [Heading(3, "Paired comparisons: choice accuracy"), paired_table(choice_pairs, "choice accuracy")]
-    out.append(Bullets(test_set_notes(groups, sweeps, pairs)))
+    out.append(Bullets([*test_set_notes(groups, sweeps, pairs), precision_note(groups)]))
     if sweeps:
         out += [Heading(3, "Learning rate tuned on validation"), tuned_table(sweeps)]
     out += [Details("Peak memory breakdown", [breakdown_table(groups)]), *_figures(groups, stem, colors)]

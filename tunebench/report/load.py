@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunebench.errors import UserError
+from tunebench.models.precision import recorded_rule
 from tunebench.results import read_result, result_files
 
 
@@ -74,7 +75,7 @@ def _grid(result: dict) -> dict:
         "seed": cfg.get("seed"),
         "batch_size": cfg.get("train", {}).get("batch_size"),
         "max_length": cfg.get("data", {}).get("max_length"),
-        "precision": cfg.get("train", {}).get("mixed_precision"),
+        "precision": recorded_rule(result),  # the rule that ran (older results: read from mixed_precision)
     }
     grid = derived | (result.get("grid") or {})
     grid["task"] = (result.get("task") or {}).get("name") or Path(str(grid.get("task") or cfg.get("task"))).stem

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from tunebench.config import flatten
 from tunebench.methods import get_method, registry
+from tunebench.models.precision import recorded_rule
 from tunebench.report.groups import Group, Sweep
 from tunebench.units import format_bytes
 
@@ -25,6 +26,29 @@ BOOKKEEPING_KEYS = {
 }
 # Settings a like-for-like comparison must share; each gets its own plain sentence (like_for_like).
 BUDGET_KEYS = ("train.epochs", "train.max_steps")
+PRECISION_KEYS = ("train.precision", "train.mixed_precision")  # the latter: results from before train.precision
+
+
+def precision_of(result: dict) -> str:
+    """The precision rule a run trained under: recorded, else read from its config (mixed_precision no: fp32,
+    bf16: bf16-mixed)."""
+    return recorded_rule(result) or "precision not recorded"
+
+
+def precision_note(groups: Sequence[Group]) -> str:
+    """The table's precision rule in one sentence, with the dtypes the first run recorded."""
+    rules = dict.fromkeys(precision_of(r.result) for g in groups for r in g.runs)
+    if len(rules) > 1:
+        return f"Precision rules differ between the runs: {', '.join(rules)} (see Flags)."
+    (rule,) = rules
+    recorded = next((r.result["precision"] for g in groups for r in g.runs if r.result.get("precision")), None)
+    dtypes = (
+        f" (trainable weights {recorded['trainable_dtype']}, frozen {recorded['frozen_dtype'] or '-'}, "
+        f"autocast {recorded['autocast_dtype'] or 'none'})"
+        if recorded
+        else ""
+    )
+    return f"Precision rule: {rule}{dtypes}, the same for every method."
 
 
 def lr_rule(g: Group, sweeps: Sequence[Sweep]) -> str:
@@ -61,7 +85,7 @@ def differing_settings(groups: list[Group]) -> dict[str, dict[str, list[str]]]:
     completed = [r for g in groups for r in g.runs]
     method_keys = _method_scoped_keys({r.grid["method"] for r in completed})
     configs = {id(r): flatten(r.result["config"]) for r in completed}
-    own_sentence = {*BUDGET_KEYS, "pooling"}  # like_for_like says these plainly
+    own_sentence = {*BUDGET_KEYS, "pooling", *PRECISION_KEYS}  # like_for_like says these plainly
     keys = sorted({k for c in configs.values() for k in c} - BOOKKEEPING_KEYS - method_keys - own_sentence)
     out = {}
     for key in (k for k in keys if not k.startswith("method_options.")):

@@ -46,7 +46,7 @@ class TrainArgs:
     max_grad_norm: float | None  # 0 or None: no clipping
     optimizer: str  # adamw | adamw_8bit | paged_adamw_8bit
     adamw: str  # auto | fused | foreach | single_tensor
-    mixed_precision: str  # no | bf16 | fp16
+    precision: str  # a rule of tunebench.models.precision.RULES (auto resolved by training.run before)
     gradient_checkpointing: bool
     eval_every: int  # validate every N optimizer steps; 0: at the end of each epoch only
     log_every: int  # optimizer steps between loss records
@@ -83,7 +83,7 @@ class TrainArgs:
             max_grad_norm=train["max_grad_norm"],
             optimizer=train["optimizer"],
             adamw=train["adamw"],
-            mixed_precision=train["mixed_precision"],
+            precision=train["precision"],
             gradient_checkpointing=train["gradient_checkpointing"],
             eval_every=train["eval_every"],
             log_every=train["log_every"],

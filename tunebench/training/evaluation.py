@@ -19,6 +19,7 @@ from tunebench.files import read_yaml
 from tunebench.methods import get_method
 from tunebench.metrics import classification_metrics, load_extra
 from tunebench.models.hub import load_pretrained
+from tunebench.models.precision import RULES, apply_rule, recorded_rule
 from tunebench.training import generate_eval
 
 
@@ -73,8 +74,10 @@ def evaluate_run(run_dir: str | Path, task_name: str | None = None, split: str =
             )
     model_path, _, tokenizer = load_pretrained(cfg["model"])
     AcceleratorState._reset_state()  # the run's own precision, whatever ran before in this process
-    accelerator = Accelerator(mixed_precision=cfg["train"]["mixed_precision"])
-    model = method.load(str(run_dir / "best"), model_path, task.num_labels, cfg, accelerator.device)
+    # the rule the run trained under (a run from before train.precision: its mixed_precision's reading)
+    rule = cfg["train"]["precision"] = recorded_rule(cfg) or "fp32"
+    accelerator = Accelerator(mixed_precision=RULES[rule].accelerate)
+    model = apply_rule(method.load(str(run_dir / "best"), model_path, task.num_labels, cfg, accelerator.device), rule)
     if generate:
         model = accelerator.prepare(model)
         encoded, _ = generate_data.tokenize({split: task.splits[split]}, tokenizer, cfg["data"])

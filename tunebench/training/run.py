@@ -20,6 +20,7 @@ from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, par
 from tunebench.config import Config, dump
 from tunebench.errors import UserError
 from tunebench.measure import environment
+from tunebench.models.precision import RULES, resolve_rule
 from tunebench.results import SCHEMA_VERSION, rank_failure_path, read_rank_failures, run_name, write_json_atomic
 from tunebench.training import checkpoint, record, setup
 from tunebench.training.args import TrainArgs
@@ -52,10 +53,11 @@ def train(
     # Accelerate keeps one process-wide state that refuses a second precision; each run sets its own (the
     # process group, kept in PartialState, stays).
     AcceleratorState._reset_state()
+    cfg = resolve_precision(cfg)
     run_dir = Path(run_dir or default_run_dir(cfg))
     result_path = Path(result_path or run_dir / "result.json")
     accelerator = Accelerator(
-        mixed_precision=cfg["train"]["mixed_precision"],
+        mixed_precision=RULES[cfg["train"]["precision"]].accelerate,
         log_with=cfg["train"]["trackers"] or None,
         dataloader_config=DataLoaderConfiguration(non_blocking=True),  # batches reach the GPU without a wait
         project_dir=str(run_dir / "logs"),
@@ -99,6 +101,13 @@ def train(
         _end(accelerator, run_dir, result_path, result, log_file)
         finishing.clear()
     return result
+
+
+def resolve_precision(cfg: Config) -> Config:
+    """A copy of cfg whose train.precision is a concrete rule: `auto` resolved on the device this process trains
+    on (the config.yaml and result then say which rule ran)."""
+    device = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).device
+    return {**cfg, "train": {**cfg["train"], "precision": resolve_rule(cfg["train"]["precision"], device)}}
 
 
 def default_run_dir(cfg: Config) -> str:

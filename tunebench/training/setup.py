@@ -22,6 +22,7 @@ from tunebench.metrics import load_extra
 from tunebench.models.classifier import resolve_pooling
 from tunebench.models.hub import load_pretrained
 from tunebench.models.params import count_parameters, decay_param_groups
+from tunebench.models.precision import apply_rule, describe, resolve_rule
 from tunebench.training.args import TrainArgs
 from tunebench.training.kinds import TaskKind, task_kind
 
@@ -112,6 +113,11 @@ def _model_and_optimizer(args: TrainArgs, method, task, model_path: str, acceler
     """The method's model (it decides what trains) and its optimizer, prepared together."""
     device = accelerator.device
     model = method.build(model_path, task.num_labels, args.config, device)
+    # The run's precision rule, once for every method, on what the method made trainable (before the optimizer:
+    # its state takes the master weights' dtype). The result records the dtypes the parameters then have.
+    rule = resolve_rule(args.precision, device)
+    apply_rule(model, rule)
+    result["precision"] = describe(model, rule)
     if args.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
         model.gradient_checkpointing_enable()
     trainable, total = count_parameters(model)
