@@ -124,6 +124,16 @@ def test_the_planners_meta_model_has_the_real_models_dtypes(bf16_llama, pairs, m
     assert describe(meta, rule) == describe(real, rule)
 
 
+@pytest.mark.parametrize("rule", ["fp32", "bf16-true"])
+def test_forgetting_measures_the_original_under_the_run_s_rule(bf16_llama, pairs, tmp_path, rule):
+    """The untuned model is the original checkpoint: under any rule its build changes nothing, also where the rule
+    upcasts the bf16 checkpoint (fp32)."""
+    overrides = _overrides(bf16_llama, rule) | {"generation": {"forgetting_texts": 4, "batch_size": 8}}
+    result = api.train("none", pairs, overrides=overrides, out=tmp_path / "none")
+    assert result["forgetting"]["loss_before"] == result["forgetting"]["loss_built"]
+    assert result["forgetting"]["build_change"] == 0.0
+
+
 def test_bad_precision_values_exit_2_with_one_line(pairs, capsys):
     for argv in (
         ["train", "--method", "full", "--task", pairs, "--set", "train.precision=bf16"],

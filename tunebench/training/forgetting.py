@@ -12,6 +12,7 @@ from torch import nn
 from tunebench.data.generate import collate
 from tunebench.data.tasks import get_task, read_file
 from tunebench.models.causal_lm import load_causal_lm
+from tunebench.models.precision import apply_rule
 from tunebench.training.args import GenerationArgs
 from tunebench.training.generate_eval import answer_nll
 
@@ -56,14 +57,15 @@ class ForgettingProbe:
         self.original: float | None = None
         self.built: float | None = None
 
-    def measure_original(self, model_path: str, autocast: contextlib.AbstractContextManager) -> None:
-        """The loss of the checkpoint as every method loads it (load_causal_lm, on the run's device), under the
-        run's autocast as the method's model runs; the copy is freed before this returns."""
+    def measure_original(self, model_path: str, rule: str, autocast: contextlib.AbstractContextManager) -> None:
+        """The loss of the checkpoint as every method loads it (load_causal_lm, on the run's device), its weights in
+        the precision rule's frozen dtype (nothing of it trains), under the run's autocast as the method's model
+        runs; the copy is freed before this returns."""
         if not self.texts:
             return
         # Loading may initialise weights the checkpoint lacks: the run's random numbers stay as they were.
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            original = load_causal_lm(model_path).to(self.device)
+            original = apply_rule(load_causal_lm(model_path).requires_grad_(False), rule).to(self.device)
         with autocast:
             self.original = text_loss(original, self.texts, self.pad_id, self.batch_size, self.device)
 

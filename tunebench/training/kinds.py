@@ -158,7 +158,7 @@ class Generate:
     def before_model(self, accelerator: Accelerator) -> None:
         """Forgetting's loss on the unmodified checkpoint, loaded, measured and freed here."""
         self.forgetting = ForgettingProbe(self.tokenizer, self.args.generation, accelerator.device)
-        self.forgetting.measure_original(self.model_path, accelerator.autocast())
+        self.forgetting.measure_original(self.model_path, self.args.precision, accelerator.autocast())
 
     def model_ready(self, model, accelerator: Accelerator, result: dict) -> None:
         result["lm_head_untied"] = getattr(model, "lm_head_untied", False)
