@@ -139,7 +139,10 @@ def test_run_completes_and_loss_goes_down(trained, method: str) -> None:
 @pytest.mark.parametrize("method", METHODS)
 def test_run_folder_holds_what_the_run_promises(trained, method: str) -> None:
     run = trained(method)
-    assert yaml.safe_load((run.run_dir / "config.yaml").read_text()) == run.cfg
+    # the config as it ran: train.precision auto resolved (on the CPU, fp32)
+    ran = run.cfg | {"train": run.cfg["train"] | {"precision": "fp32"}}
+    assert run.cfg["train"]["precision"] == "auto"
+    assert yaml.safe_load((run.run_dir / "config.yaml").read_text()) == ran
     assert (run.run_dir / "best").is_dir() and (run.run_dir / "last").is_dir()
     predictions = json.loads((run.run_dir / "test_predictions.json").read_text())
     assert len(predictions) == run.result["task"]["sizes"]["test"] == (20 if method == "head" else 32)

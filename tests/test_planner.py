@@ -450,7 +450,14 @@ def test_plan_of_a_config_file_matches_the_run_it_trains(tmp_path, capsys):
                 "model": folder,
                 "method": "full",
                 "data": {"max_length": 32, "max_train_samples": 16, "max_eval_samples": 8},
-                "train": {"optimizer": "adamw_8bit", "grad_accum": 2, "batch_size": 4, "epochs": 1},
+                # fp32: the rule the CPU run resolves auto to (a plan's auto is a GPU's bf16-mixed)
+                "train": {
+                    "optimizer": "adamw_8bit",
+                    "grad_accum": 2,
+                    "batch_size": 4,
+                    "epochs": 1,
+                    "precision": "fp32",
+                },
             }
         )
     )
