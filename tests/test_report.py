@@ -292,6 +292,10 @@ def test_paired_advice_prefers_only_what_the_interval_separates(tmp_path: Path) 
     assert "**Use lora**: tied on accuracy with full (−3.2 points) at 40% of its peak memory" in advice
     assert "full is more accurate than head: +39.7 points, 95% CI +" in advice
     assert "Use none" not in advice and "**none** is the most accurate" not in advice
+    # Against full fine-tuning, a tie is said as a tie, never as a share of its accuracy; none has its gains line.
+    assert "lora is tied with full fine-tuning on accuracy (−3.2 points, 95% CI −" in advice
+    assert "head is behind full fine-tuning on accuracy (−39.7 points, 95% CI −" in advice
+    assert "reaches" not in advice and "none is" not in advice
     assert "Gain over the untuned baseline none, never recommended" in advice and "full +55.6 points" in advice
     assert "paired test was not possible" not in markdown
     paired = markdown.split("### Paired comparisons")[1].split("\n\n", 2)[1]

@@ -176,11 +176,9 @@ def _against_baseline(groups: list[Group], best: Group) -> list[str]:
     base_name = "full fine-tuning" if baseline.method == "full" else baseline.label
     lines = []
     for g in groups:
-        if g is baseline:
+        if g is baseline or g.method == BASELINE:  # the untuned model has its own line: its gains
             continue
-        share = ratio(g.accuracy, baseline.accuracy)  # None when the baseline scored 0 (an untrained generator)
-        reaches = f"reaches {fmt_share(share)} of" if share is not None else "is compared with"
-        sentence = f"{g.label} {reaches} {base_name}'s accuracy ({g.accuracy - baseline.accuracy:+.1f} points)"
+        sentence = f"{g.label} {_accuracy_against(g, baseline, base_name)}"
         memory = ratio(g.mean("peak_memory_bytes"), baseline.mean("peak_memory_bytes"))
         if memory is not None:
             sentence += f" at {fmt_share(memory)} of its peak memory"
@@ -194,6 +192,18 @@ def _against_baseline(groups: list[Group], best: Group) -> list[str]:
             extras.append(f"a {size} checkpoint ({fmt_share(checkpoint)} of its size)")
         lines.append(sentence + (f", with {' and '.join(extras)}" if extras else "") + ".")
     return lines
+
+
+def _accuracy_against(g: Group, baseline: Group, base_name: str) -> str:
+    """How g's accuracy stands against the baseline's: the paired verdict where the results allow one (a tie is
+    said as a tie, never as a share), else the share of its accuracy."""
+    paired = compare(g, baseline)
+    if paired is not None:
+        verdict = "is tied with" if not paired.separated else "is ahead of" if paired.difference > 0 else "is behind"
+        return f"{verdict} {base_name} on accuracy ({paired.text()})"
+    share = ratio(g.accuracy, baseline.accuracy)  # None when the baseline scored 0 (an untrained generator)
+    reaches = f"reaches {fmt_share(share)} of" if share is not None else "is compared with"
+    return f"{reaches} {base_name}'s accuracy ({g.accuracy - baseline.accuracy:+.1f} points)"
 
 
 def _names(groups: Sequence[Group]) -> str:
