@@ -18,8 +18,11 @@ A suite (configs/suites/*.yaml) is a small config layered on the shared defaults
 
 `grid` may also be a list of such mappings: the runs are then the union of their products.
 
-Each run's id is a hash of its effective config; its result lands in OUT/<run_id>.json, written
-atomically by the run itself, so a killed suite loses at most the run in flight.
+Each run's id is a hash of what the suite sets for it (its grid point and the suite's config, tasks: and
+methods: layers), not of the defaults under them: a release that adds a config key or changes a default keeps
+every id (a changed default is the stale rule's business). Its result lands in OUT/<run_id>.json, written
+atomically by the run itself, so a killed suite loses at most the run in flight. A result file of another name
+(an earlier id form) still counts for the run whose settings its recorded config holds; a rerun replaces it.
 
 A finished result is *stale* when it came from a dirty tree (uncommitted changes in SOURCE_PATHS), or when
 the source (SOURCE_PATHS) differs between the commit it records and the current working tree: `--dry-run`
@@ -48,17 +51,20 @@ from tunebench.errors import UserError
 from tunebench.files import REPO_ROOT, read_yaml
 from tunebench.measure import SOURCE_PATHS
 from tunebench.results import (
+    FINAL,
     SCHEMA_VERSION,
     final_result,
     read_rank_failures,
     read_result,
     run_name,
     write_json_atomic,
+    write_suite_manifest,
 )
 from tunebench.units import format_seconds
 
 SUITE_KEYS = {"name", "description", "config", "grid", "methods", "tasks", "processes"}
 REQUIRED_AXES = ("model", "task", "method", "seed")
+IDENTITY = ("task", "method", "model", "seed")  # in every run id, set by the suite or not
 # optional grid axes -> the config key each one sets
 EXTRA_AXES = {
     "batch_size": "train.batch_size",
@@ -71,11 +77,13 @@ EXTRA_AXES = {
 
 @dataclass
 class SuiteRun:
-    """One run a suite expands to, before it runs: its id, grid point and effective config."""
+    """One run a suite expands to, before it runs: its id, grid point, effective config and the config keys the
+    suite sets for it (dotted; what the id hashes)."""
 
     run_id: str
     grid: dict
     config: dict
+    set_keys: tuple[str, ...]
 
     @property
     def label(self) -> str:
@@ -131,9 +139,35 @@ def _run_layers(suite: dict, point: dict, track_memory: bool, path: str | Path) 
     ]
 
 
-def run_id(config: dict) -> str:
-    """Stable id: task-method-model-seed plus a hash of the whole effective config (out excluded)."""
-    canonical = json.dumps({k: v for k, v in config.items() if k != "out"}, sort_keys=True, default=str)
+def _leaf_keys(layer: dict, prefix: str = "") -> list[str]:
+    """The dotted keys a config layer sets: its leaves (an empty mapping is a leaf)."""
+    keys = []
+    for key, value in layer.items():
+        if isinstance(value, dict) and value:
+            keys += _leaf_keys(value, f"{prefix}{key}.")
+        else:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def _settings(config: dict, keys: tuple[str, ...]) -> dict:
+    """config's values at the dotted keys that it holds (a result from before a key existed lacks it)."""
+    found = {}
+    for dotted in (*IDENTITY, *keys):
+        node = config
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                break
+            node = node[part]
+        else:
+            found[dotted] = node
+    return found
+
+
+def run_id(config: dict, set_keys: tuple[str, ...]) -> str:
+    """Stable id: task-method-model-seed plus a hash of config's values at the keys the suite sets (and of the
+    task, method, model and seed), so that defaults under them, old or new, leave it alone."""
+    canonical = json.dumps(_settings(config, set_keys), sort_keys=True, default=str)
     digest = hashlib.sha256(canonical.encode()).hexdigest()[:10]
     return f"{run_name(config)}-s{config['seed']}-{digest}"
 
@@ -148,16 +182,49 @@ def load_suite(path: str | Path, track_memory: bool = True) -> tuple[dict, list[
     runs = []
     for grid in grids if isinstance(grids, list) else [grids]:  # a list of grids is their union
         for point in _grid_points(grid, path, sweeps):
-            config = build_config(point["method"], point["task"], layers=_run_layers(suite, point, track_memory, path))
+            layers = _run_layers(suite, point, track_memory, path)
+            config = build_config(point["method"], point["task"], layers=layers)
+            set_keys = tuple(sorted({key for _, layer in layers for key in _leaf_keys(layer)}))
             # the axes' effective values (YAML reads 1e-4 as a string; the config holds the number)
             grid_point = {k: config[k] for k in REQUIRED_AXES} | {
                 a: config[key.split(".")[0]][key.split(".")[1]] for a, key in EXTRA_AXES.items() if a in point
             }
-            runs.append(SuiteRun(run_id(config), grid_point, config))
+            runs.append(SuiteRun(run_id(config, set_keys), grid_point, config, set_keys))
     ids = [r.run_id for r in runs]
     if len(set(ids)) != len(ids):
         raise UserError(f"suite {path} expands to duplicate runs (the same config twice)")
     return suite, runs
+
+
+def locate_results(out: Path, runs: list[SuiteRun]) -> tuple[dict[str, Path], list[Path]]:
+    """Each run's result file in out, and the result files there that belong to no run of the suite.
+
+    A run's file is OUT/<run_id>.json; failing a finished one there, a result of another name whose recorded
+    config gives the same id under this suite (an earlier id form; the last to start wins). Files that are not
+    readable results are neither.
+    """
+    by_id = {run.run_id: run for run in runs}
+    located = {run.run_id: out / f"{run.run_id}.json" for run in runs}
+    other = {}
+    for path in sorted(out.glob("*.json")):
+        if path.stem not in by_id and (result := read_result(path)) is not None:
+            other[path] = result
+    unclaimed = []
+    for path, result in sorted(other.items(), key=lambda item: item[1]["started_at"] or ""):
+        owners = [run for run in runs if _recorded_id(result, run) == run.run_id]
+        if not owners:
+            unclaimed.append(path)
+        for run in owners if result["status"] in FINAL else ():
+            if located[run.run_id].stem != run.run_id or final_result(located[run.run_id]) is None:
+                located[run.run_id] = path
+    return located, unclaimed
+
+
+def _recorded_id(result: dict, run: SuiteRun) -> str | None:
+    try:
+        return run_id(result["config"], run.set_keys)
+    except (KeyError, TypeError):  # a result without task, method, model or seed is no run of a suite
+        return None
 
 
 def select_shard(runs: list[SuiteRun], spec: str | None) -> list[SuiteRun]:
@@ -289,11 +356,12 @@ def run_suite(
     track_memory: bool = True,
     rerun_stale: bool = False,
 ) -> int:
-    suite, runs = load_suite(suite_path, track_memory)
-    runs = select_shard(runs, shard)
+    suite, every_run = load_suite(suite_path, track_memory)
+    runs = select_shard(every_run, shard)
     out_dir = Path(out or default_out(suite, suite_path))
     processes = int(suite.get("processes") or 1)
-    finished = {r.run_id: final_result(out_dir / f"{r.run_id}.json") for r in runs}
+    located, unclaimed = locate_results(out_dir, every_run)
+    finished = {r.run_id: final_result(located[r.run_id]) for r in runs}
     finished = {k: v for k, v in finished.items() if v is not None}
     stale, note = {}, ""
     if finished and (dry_run or rerun_stale):
@@ -313,8 +381,13 @@ def run_suite(
         for r in runs:
             state = "to run" if r.run_id not in done else "stale " if r.run_id in stale else "done  "
             why = f"  ({stale[r.run_id]})" if r.run_id in stale else ""
+            if r.run_id in finished and located[r.run_id].stem != r.run_id:  # an earlier id form's file
+                why += f"  [{located[r.run_id].name}]"
             print(f"  {state}  {r.run_id}  {r.label}{why}")
+        _list_unclaimed(unclaimed, out_dir)
         return 0
+    suite_files = {f"{r.run_id}.json" for r in every_run} | {located[r.run_id].name for r in every_run}
+    write_suite_manifest(out_dir, suite.get("name") or Path(suite_path).stem, sorted(suite_files))
     started = time.monotonic()
     for number, run in enumerate(todo, 1):
         finished = len(done) + number - 1
@@ -331,14 +404,24 @@ def run_suite(
             raise KeyboardInterrupt
         if code != 0:
             _record_crash(path, run, code)
-    return _summarize(out_dir, runs, time.monotonic() - started)
+        if located[run.run_id] != path and final_result(path) is not None:
+            located[run.run_id].unlink(missing_ok=True)  # an earlier id form's result, now replaced
+        located[run.run_id] = path
+    return _summarize(located, runs, time.monotonic() - started)
 
 
-def _summarize(out_dir: Path, runs: list[SuiteRun], seconds: float) -> int:
+def _list_unclaimed(paths: list[Path], out_dir: Path) -> None:
+    if paths:
+        print(f"{len(paths)} result files in {out_dir} belong to no run of this suite (the report skips them):")
+    for path in paths:
+        print(f"  {path.name}")
+
+
+def _summarize(located: dict[str, Path], runs: list[SuiteRun], seconds: float) -> int:
     print(f"\nsuite finished in {format_seconds(seconds)}:")
     failed = 0
     for run in runs:
-        result = read_result(out_dir / f"{run.run_id}.json") or {"status": "missing"}
+        result = read_result(located[run.run_id]) or {"status": "missing"}
         failed += result["status"] not in ("ok", "oom")
         detail = (
             f"test acc {result['test_accuracy']:.4f}  train {format_seconds(result['train_seconds'])}"
