@@ -187,22 +187,40 @@ def test_bad_suite_is_a_usage_error(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def suite_results(tmp_path_factory) -> dict[str, dict]:
-    """One real suite: full, lora and head, each a few steps on MiniLM, in fresh processes."""
-    tmp = tmp_path_factory.mktemp("suite")
-    suite = write_suite(
-        tmp / "tiny.yaml",
-        ["full", "lora", "head"],
-        [1],
-        methods={"head": {"method_options": {"cache_features": False}}},
-    )
-    out = bench(str(suite), "--out", str(tmp / "results"))
+def tiny_suite(tmp_path_factory) -> Path:
+    """full, lora and head, each a few steps on MiniLM."""
+    methods = {"head": {"method_options": {"cache_features": False}}}
+    return write_suite(tmp_path_factory.mktemp("suite") / "tiny.yaml", ["full", "lora", "head"], [1], methods=methods)
+
+
+def results_by_method(folder: Path) -> dict[str, dict]:
+    return {result["grid"]["method"]: result for result in map(read_result, folder.glob("*.json"))}
+
+
+@pytest.fixture(scope="module")
+def suite_results(tiny_suite) -> dict[str, dict]:
+    """The tiny suite, run by run, each in a fresh process."""
+    out = bench(str(tiny_suite), "--out", str(tiny_suite.parent / "results"))
     assert out.returncode == 0, out.stderr[-2000:]
-    results = {}
-    for path in (tmp / "results").glob("*.json"):
-        result = read_result(path)
-        results[result["grid"]["method"]] = result
-    return results
+    return results_by_method(tiny_suite.parent / "results")
+
+
+def test_runs_side_by_side_give_the_same_results(tiny_suite, suite_results):
+    """--jobs 2: two runs at once, one core each on two cores; the same ids and figures as one by one."""
+    out = bench(str(tiny_suite), "--out", str(tiny_suite.parent / "side_by_side"), "--jobs", "2")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "2 in flight" in out.stdout and "ok: " in out.stdout
+    side_by_side = results_by_method(tiny_suite.parent / "side_by_side")
+    assert set(side_by_side) == set(suite_results)
+    cores = len(os.sched_getaffinity(0))
+    for method, alone in suite_results.items():
+        paired = side_by_side[method]
+        assert paired["run_id"] == alone["run_id"]
+        for key in ("test_accuracy", "test_f1", "best_validation_accuracy"):
+            assert paired[key] == alone[key], (method, key)
+        assert paired["environment"]["torch_threads"] == max(1, cores // 2)
+        assert alone["environment"]["torch_threads"] == torch.get_num_threads()  # a lone run keeps every core
+        assert (Path(paired["run_dir"]) / "output.log").stat().st_size > 0
 
 
 def test_result_schema(suite_results):

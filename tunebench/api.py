@@ -92,9 +92,14 @@ def bench(
     force: bool = False,
     track_memory: bool = True,
     rerun_stale: bool = False,
+    jobs: int | None = None,
+    devices: str | list[int] | None = None,
     verbose: bool = False,
 ) -> dict:
     """Run a suite (a file or a shipped name), skipping finished runs; each run is its own process.
+
+    jobs: runs at once, the CPU cores split between them; devices ("0,1,2,3" or [0, 1, 2, 3]): as many at once
+    as the devices hold, each run's processes seeing only their own (a suite's `processes: k` takes k each).
 
     Returns {"exit_status": 0 unless a run failed, "results_dir": the folder, "results": its result dicts}.
     """
@@ -116,6 +121,8 @@ def bench(
             force=force,
             track_memory=track_memory,
             rerun_stale=rerun_stale,
+            jobs=jobs,
+            devices=devices,
         )
     finally:
         if before is None:

@@ -24,6 +24,9 @@ every id (a changed default is the stale rule's business). Its result lands in O
 atomically by the run itself, so a killed suite loses at most the run in flight. A result file of another name
 (an earlier id form) still counts for the run whose settings its recorded config holds; a rerun replaces it.
 
+Runs go one at a time, or several at once (tunebench.scheduler: jobs, with the CPU cores split between them, or
+one per free group of devices), each still a fresh process.
+
 A finished result is *stale* when it came from a dirty tree (uncommitted changes in SOURCE_PATHS), or when
 the source (SOURCE_PATHS) differs between the commit it records and the current working tree: `--dry-run`
 lists it, `--rerun-stale` reruns it.
@@ -39,7 +42,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +65,7 @@ from tunebench.results import (
     write_json_atomic,
     write_suite_manifest,
 )
+from tunebench.scheduler import plan_slots, run_in_slots
 from tunebench.units import format_seconds
 
 SUITE_KEYS = {"name", "description", "config", "grid", "methods", "tasks", "processes"}
@@ -285,8 +291,9 @@ def _run_dir(run: SuiteRun, out: Path) -> Path:
     return out / "runs" / run.run_id
 
 
-def launch(run: SuiteRun, out: Path, processes: int) -> int:
-    """Run one training in a fresh process (clean memory accounting; a crash stays contained)."""
+def start_run(run: SuiteRun, out: Path, processes: int, extra_env: dict[str, str], log: bool) -> subprocess.Popen:
+    """Start one training in a fresh process (clean memory accounting; a crash stays contained). extra_env: its
+    threads and devices (tunebench.scheduler); log: its output goes to RUN_DIR/output.log, not the terminal."""
     run_dir = _run_dir(run, out)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "suite_config.yaml"
@@ -304,7 +311,7 @@ def launch(run: SuiteRun, out: Path, processes: int) -> int:
         "--run-meta",
         meta,
     ]
-    env = dict(os.environ)
+    env = dict(os.environ) | extra_env
     if processes > 1:
         command = [
             sys.executable,
@@ -320,7 +327,10 @@ def launch(run: SuiteRun, out: Path, processes: int) -> int:
     else:
         command = [sys.executable, "-m", *train]
     preexec = _die_with_parent if sys.platform.startswith("linux") else None
-    return subprocess.run(command, env=env, preexec_fn=preexec).returncode
+    if not log:
+        return subprocess.Popen(command, env=env, preexec_fn=preexec)
+    with open(_run_dir(run, out) / "output.log", "w") as output:  # the child holds its own copy of the file
+        return subprocess.Popen(command, env=env, preexec_fn=preexec, stdout=output, stderr=subprocess.STDOUT)
 
 
 def _record_crash(path: Path, run: SuiteRun, returncode: int) -> None:
@@ -355,11 +365,15 @@ def run_suite(
     force: bool = False,
     track_memory: bool = True,
     rerun_stale: bool = False,
+    jobs: int | None = None,
+    devices: str | Sequence[int | str] | None = None,
 ) -> int:
+    """Run the suite's missing runs (jobs at once, or one per free group of devices); returns the exit status."""
     suite, every_run = load_suite(suite_path, track_memory)
     runs = select_shard(every_run, shard)
     out_dir = Path(out or default_out(suite, suite_path))
     processes = int(suite.get("processes") or 1)
+    slots = plan_slots(jobs, devices, processes)
     located, unclaimed = locate_results(out_dir, every_run)
     finished = {r.run_id: final_result(located[r.run_id]) for r in runs}
     finished = {k: v for k, v in finished.items() if v is not None}
@@ -388,26 +402,59 @@ def run_suite(
         return 0
     suite_files = {f"{r.run_id}.json" for r in every_run} | {located[r.run_id].name for r in every_run}
     write_suite_manifest(out_dir, suite.get("name") or Path(suite_path).stem, sorted(suite_files))
-    started = time.monotonic()
-    for number, run in enumerate(todo, 1):
-        finished = len(done) + number - 1
-        elapsed = time.monotonic() - started
-        eta = f", ETA {format_seconds(elapsed / (number - 1) * (len(todo) - number + 1))}" if number > 1 else ""
-        bar = "#" * round(20 * finished / len(runs))
-        print(
-            f"\nsuite [{bar:<20}] {finished}/{len(runs)} done, {len(runs) - finished} left{eta} -> {run.label}",
-            flush=True,
-        )
-        path = out_dir / f"{run.run_id}.json"
-        code = launch(run, out_dir, processes)
+    progress = _Progress(len(runs), len(done), len(todo), report_ends=slots.at_once > 1)
+
+    def start(run: SuiteRun, extra_env: dict[str, str]) -> subprocess.Popen:
+        progress.starting(run)
+        return start_run(run, out_dir, processes, extra_env, log=slots.at_once > 1)
+
+    def finished_run(run: SuiteRun, code: int) -> None:
         if code == 130:
             raise KeyboardInterrupt
+        path = out_dir / f"{run.run_id}.json"
         if code != 0:
             _record_crash(path, run, code)
         if located[run.run_id] != path and final_result(path) is not None:
             located[run.run_id].unlink(missing_ok=True)  # an earlier id form's result, now replaced
         located[run.run_id] = path
-    return _summarize(located, runs, time.monotonic() - started)
+        progress.ended(run, (read_result(path) or {"status": "missing"})["status"], _run_dir(run, out_dir))
+
+    run_in_slots(todo, slots, start, finished_run)
+    return _summarize(located, runs, time.monotonic() - progress.started)
+
+
+class _Progress:
+    """The suite line: runs done, in flight and left, and an ETA from the runs this bench has finished."""
+
+    def __init__(self, total: int, done: int, todo: int, report_ends: bool) -> None:
+        self.total, self.done, self.todo, self.report_ends = total, done, todo, report_ends
+        self.in_flight = self.finished_here = 0
+        self.started = time.monotonic()
+        self._lock = threading.Lock()
+
+    def starting(self, run: SuiteRun) -> None:
+        with self._lock:
+            self.in_flight += 1
+            self._print(f"-> {run.label}")
+
+    def ended(self, run: SuiteRun, status: str, run_dir: Path) -> None:
+        with self._lock:
+            self.in_flight -= 1
+            self.done += 1
+            self.finished_here += 1
+            if self.report_ends:  # runs side by side write their output to a log, not the terminal
+                self._print(f"{status}: {run.label} (log {run_dir / 'output.log'})")
+
+    def _print(self, event: str) -> None:
+        elapsed = time.monotonic() - self.started
+        remaining = self.todo - self.finished_here
+        eta = f", ETA {format_seconds(elapsed / self.finished_here * remaining)}" if self.finished_here else ""
+        left = self.total - self.done - self.in_flight
+        bar = "#" * round(20 * self.done / self.total)
+        print(
+            f"\nsuite [{bar:<20}] {self.done}/{self.total} done, {self.in_flight} in flight, {left} left{eta} {event}",
+            flush=True,
+        )
 
 
 def _list_unclaimed(paths: list[Path], out_dir: Path) -> None:
