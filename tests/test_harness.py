@@ -186,6 +186,20 @@ def test_bad_suite_is_a_usage_error(tmp_path):
     assert out.returncode == 2 and f"unknown config key 'train.lrate' in suite {path} config;" in out.stderr
 
 
+def test_bad_jobs_or_devices_are_one_line_errors(tmp_path):
+    one = write_suite(tmp_path / "one.yaml", ["head"], [1])
+    two = write_suite(tmp_path / "two.yaml", ["head"], [1], processes=2)
+    for suite, flags in (
+        (one, ["--jobs", "0"]),
+        (one, ["--jobs", "two"]),
+        (one, ["--devices", "0,gpu1"]),
+        (two, ["--devices", "3"]),  # each run needs two
+    ):
+        out = bench(str(suite), *flags, "--out", str(tmp_path / "r"))
+        assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, (flags, out.stderr)
+    assert not (tmp_path / "r").exists()  # rejected before any work
+
+
 @pytest.fixture(scope="module")
 def tiny_suite(tmp_path_factory) -> Path:
     """full, lora and head, each a few steps on MiniLM."""
