@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+import tunebench.api
 import tunebench.config
 from tunebench.config import build_config
 from tunebench.errors import UserError
@@ -373,7 +374,8 @@ def test_an_earlier_id_form_is_read_then_replaced_and_other_results_are_listed(t
     write_suite(suite, ["head"], [2], methods=head)
     out = bench(str(suite), "--dry-run", "--out", str(results))
     assert "1 result files" in out.stdout and f"  {run.run_id}.json" in out.stdout  # seed 1: no run of this suite
-    assert bench(str(suite), "--out", str(results)).returncode == 0  # nothing to run; records the suite's files
+    outcome = tunebench.api.bench(suite, out=results)  # nothing to run; records the suite's files
+    assert outcome["exit_status"] == 0 and [r["grid"]["seed"] for r in outcome["results"]] == [2]
     report = tmp_path / "report"
     out = subprocess.run(
         [sys.executable, "-m", "tunebench.cli", "report", str(results), "-o", str(report)],

@@ -101,11 +101,11 @@ def bench(
     jobs: runs at once, the CPU cores split between them; devices ("0,1,2,3" or [0, 1, 2, 3]): as many at once
     as the devices hold, each run's processes seeing only their own (a suite's `processes: k` takes k each).
 
-    Returns {"exit_status": 0 unless a run failed, "results_dir": the folder, "results": its result dicts}.
+    Returns {"exit_status": 0 unless a run failed, "results_dir": the folder, "results": the suite's result dicts}.
     """
     from tunebench.files import read_yaml
     from tunebench.harness import default_out, run_suite
-    from tunebench.results import read_result, result_files
+    from tunebench.results import read_result, suite_result_files
 
     suite_file = resolve_suite(suite)
     out_dir = Path(out) if out else default_out(read_yaml(suite_file), suite_file)
@@ -129,7 +129,7 @@ def bench(
             os.environ.pop(VERBOSE_ENV, None)
         else:
             os.environ[VERBOSE_ENV] = before
-    results = [read_result(path) for path in result_files(out_dir)]
+    results = [read_result(path) for path in suite_result_files(out_dir)[0]]  # not other suites' files there
     return {"exit_status": status, "results_dir": str(out_dir), "results": [r for r in results if r]}
 
 
