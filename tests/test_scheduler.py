@@ -102,3 +102,38 @@ def test_a_stop_ends_the_runs_in_flight_and_starts_no_more(tmp_path):
 def test_bad_slots_are_user_errors(jobs, devices, processes, message):
     with pytest.raises(UserError, match=message):
         plan_slots(jobs, devices, processes)
+
+
+KILLED_PARENT = """
+import subprocess, sys
+from tunebench.harness import _die_with_parent
+from tunebench.scheduler import plan_slots, run_in_slots
+
+def start(job, extra_env):
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], preexec_fn=_die_with_parent)
+    print(child.pid, flush=True)
+    return child
+
+run_in_slots(range(4), plan_slots(2, None), start, lambda job, code: None)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return "\tZ" not in Path(f"/proc/{pid}/status").read_text().split("State:")[1][:4]  # a zombie is dead
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_runs_side_by_side_die_with_a_killed_bench():
+    """Children started from the pool's threads still die with the bench (a SIGKILL leaves no run writing)."""
+    parent = subprocess.Popen([sys.executable, "-c", KILLED_PARENT], stdout=subprocess.PIPE, text=True)
+    pids = [int(parent.stdout.readline()) for _ in range(2)]
+    assert all(_alive(pid) for pid in pids)
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in pids)
