@@ -14,14 +14,18 @@ import pytest
 import torch
 import yaml
 
+import tunebench.api
+import tunebench.config
 from tunebench.config import build_config
 from tunebench.errors import UserError
-from tunebench.harness import load_suite, run_id, select_shard, stale_reason
+from tunebench.files import CONFIG_DIR, read_yaml
+from tunebench.harness import load_suite, locate_results, run_id, select_shard, stale_reason
 from tunebench.measure import git_state
-from tunebench.results import SCHEMA_VERSION, read_result
+from tunebench.results import SCHEMA_VERSION, final_result, read_result
 from tunebench.training.evaluation import evaluate_run
 
 REPO = Path(__file__).resolve().parent.parent
+COMMITTED = ("quick", "llm", "rotten_tomatoes_cpu")  # configs/suites/NAME.yaml -> results/NAME
 TINY = {
     "data": {"max_train_samples": 64, "max_eval_samples": 32, "max_length": 32},
     "train": {"max_steps": 3, "trackers": [], "save": "best", "eval_batch_size": 32, "batch_size": 16},
@@ -45,15 +49,40 @@ def bench(*args: str, **kwargs) -> subprocess.CompletedProcess:
     )
 
 
-def test_run_id_is_stable_and_follows_the_config():
+def test_run_id_is_stable_and_follows_what_the_suite_sets():
     cfg = build_config("lora", "rotten_tomatoes")
-    again = build_config("lora", "rotten_tomatoes")
-    assert run_id(cfg) == run_id(again)
-    assert run_id(cfg) == run_id({**cfg, "out": "/somewhere/else"})  # where results go is not the run
-    assert run_id(dict(reversed(list(cfg.items())))) == run_id(cfg)  # key order does not matter
+    keys = ("train.lr", "data.max_length")
+    assert run_id(cfg, keys) == run_id(build_config("lora", "rotten_tomatoes"), keys)
+    assert run_id(cfg, keys) == run_id({**cfg, "out": "/somewhere/else"}, keys)  # where results go is not the run
+    assert run_id(dict(reversed(list(cfg.items()))), keys) == run_id(cfg, keys)  # key order does not matter
     changed = build_config("lora", "rotten_tomatoes", overrides={"train": {"lr": 2e-4}})
-    assert run_id(changed) != run_id(cfg)
-    assert run_id(cfg).startswith("rotten_tomatoes-lora-minilm-s42-")
+    assert run_id(changed, keys) != run_id(cfg, keys)
+    other_default = build_config("lora", "rotten_tomatoes", overrides={"train": {"weight_decay": 0.5}})
+    assert run_id(other_default, keys) == run_id(cfg, keys)  # a key the suite leaves alone is not the run's id
+    assert run_id(cfg, keys).startswith("rotten_tomatoes-lora-minilm-s42-")
+
+
+def _committed_suites() -> list[tuple[Path, Path]]:
+    return [(REPO / "configs" / "suites" / f"{name}.yaml", REPO / "results" / name) for name in COMMITTED]
+
+
+def test_a_new_default_keeps_every_committed_run_id_and_result(tmp_path, monkeypatch):
+    """The committed results, of an earlier id form, stay the suites' results; a new default changes no id."""
+    before = {}
+    for suite, results in _committed_suites():
+        _, runs = load_suite(suite)
+        located, unclaimed = locate_results(results, runs)
+        assert not unclaimed and all(final_result(located[r.run_id]) for r in runs), suite.name
+        before[suite] = {r.run_id: located[r.run_id] for r in runs}
+    defaults = read_yaml(CONFIG_DIR / "defaults.yaml")
+    defaults["train"]["new_knob"] = 0  # a release adds a key whose default changes nothing
+    (tmp_path / "defaults.yaml").write_text(yaml.safe_dump(defaults))
+    monkeypatch.setattr(tunebench.config, "CONFIG_DIR", tmp_path)
+    for suite, results in _committed_suites():
+        _, runs = load_suite(suite)
+        assert all(r.config["train"]["new_knob"] == 0 for r in runs)
+        located, unclaimed = locate_results(results, runs)
+        assert {r.run_id: located[r.run_id] for r in runs} == before[suite] and not unclaimed
 
 
 def test_shards_cover_every_run_exactly_once():
@@ -158,23 +187,55 @@ def test_bad_suite_is_a_usage_error(tmp_path):
     assert out.returncode == 2 and f"unknown config key 'train.lrate' in suite {path} config;" in out.stderr
 
 
+def test_bad_jobs_or_devices_are_one_line_errors(tmp_path):
+    one = write_suite(tmp_path / "one.yaml", ["head"], [1])
+    two = write_suite(tmp_path / "two.yaml", ["head"], [1], processes=2)
+    for suite, flags in (
+        (one, ["--jobs", "0"]),
+        (one, ["--jobs", "two"]),
+        (one, ["--devices", "0,gpu1"]),
+        (two, ["--devices", "3"]),  # each run needs two
+    ):
+        out = bench(str(suite), *flags, "--out", str(tmp_path / "r"))
+        assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, (flags, out.stderr)
+    assert not (tmp_path / "r").exists()  # rejected before any work
+
+
 @pytest.fixture(scope="module")
-def suite_results(tmp_path_factory) -> dict[str, dict]:
-    """One real suite: full, lora and head, each a few steps on MiniLM, in fresh processes."""
-    tmp = tmp_path_factory.mktemp("suite")
-    suite = write_suite(
-        tmp / "tiny.yaml",
-        ["full", "lora", "head"],
-        [1],
-        methods={"head": {"method_options": {"cache_features": False}}},
-    )
-    out = bench(str(suite), "--out", str(tmp / "results"))
+def tiny_suite(tmp_path_factory) -> Path:
+    """full, lora and head, each a few steps on MiniLM."""
+    methods = {"head": {"method_options": {"cache_features": False}}}
+    return write_suite(tmp_path_factory.mktemp("suite") / "tiny.yaml", ["full", "lora", "head"], [1], methods=methods)
+
+
+def results_by_method(folder: Path) -> dict[str, dict]:
+    return {result["grid"]["method"]: result for result in map(read_result, folder.glob("*.json"))}
+
+
+@pytest.fixture(scope="module")
+def suite_results(tiny_suite) -> dict[str, dict]:
+    """The tiny suite, run by run, each in a fresh process."""
+    out = bench(str(tiny_suite), "--out", str(tiny_suite.parent / "results"))
     assert out.returncode == 0, out.stderr[-2000:]
-    results = {}
-    for path in (tmp / "results").glob("*.json"):
-        result = read_result(path)
-        results[result["grid"]["method"]] = result
-    return results
+    return results_by_method(tiny_suite.parent / "results")
+
+
+def test_runs_side_by_side_give_the_same_results(tiny_suite, suite_results):
+    """--jobs 2: two runs at once, one core each on two cores; the same ids and figures as one by one."""
+    out = bench(str(tiny_suite), "--out", str(tiny_suite.parent / "side_by_side"), "--jobs", "2")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "2 in flight" in out.stdout and "ok: " in out.stdout
+    side_by_side = results_by_method(tiny_suite.parent / "side_by_side")
+    assert set(side_by_side) == set(suite_results)
+    cores = len(os.sched_getaffinity(0))
+    for method, alone in suite_results.items():
+        paired = side_by_side[method]
+        assert paired["run_id"] == alone["run_id"]
+        for key in ("test_accuracy", "test_f1", "best_validation_accuracy"):
+            assert paired[key] == alone[key], (method, key)
+        assert paired["environment"]["torch_threads"] == max(1, cores // 2)
+        assert alone["environment"]["torch_threads"] == torch.get_num_threads()  # a lone run keeps every core
+        assert (Path(paired["run_dir"]) / "output.log").stat().st_size > 0
 
 
 def test_result_schema(suite_results):
@@ -292,6 +353,39 @@ def test_kill_and_resume_runs_only_what_is_missing(tmp_path):
     assert all(r["status"] == "ok" for r in done)
     assert {p.name: p.read_text() for p in finished} == first  # finished runs were not redone
     assert not list(results.glob(".*.tmp"))
+
+
+def test_an_earlier_id_form_is_read_then_replaced_and_other_results_are_listed(tmp_path):
+    head = {"head": {"method_options": {"cache_features": False}}}
+    suite = write_suite(tmp_path / "ids.yaml", ["head"], [1], methods=head)
+    results = tmp_path / "results"
+    assert bench(str(suite), "--out", str(results)).returncode == 0
+    _, [run] = load_suite(suite)
+    earlier = results / f"{run.run_id[:-10]}0123456789.json"  # the same run under an earlier id form
+    (results / f"{run.run_id}.json").rename(earlier)
+    out = bench(str(suite), "--out", str(results), "--dry-run")
+    assert "1 runs, 1 done, 0 to run" in out.stdout and f"[{earlier.name}]" in out.stdout
+
+    write_suite(suite, ["head"], [1, 2], methods=head)
+    out = bench(str(suite), "--out", str(results), "--force")  # reruns seed 1: its result replaces the earlier file
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert not earlier.exists() and read_result(results / f"{run.run_id}.json")["status"] == "ok"
+
+    write_suite(suite, ["head"], [2], methods=head)
+    out = bench(str(suite), "--dry-run", "--out", str(results))
+    assert "1 result files" in out.stdout and f"  {run.run_id}.json" in out.stdout  # seed 1: no run of this suite
+    outcome = tunebench.api.bench(suite, out=results)  # nothing to run; records the suite's files
+    assert outcome["exit_status"] == 0 and [r["grid"]["seed"] for r in outcome["results"]] == [2]
+    report = tmp_path / "report"
+    out = subprocess.run(
+        [sys.executable, "-m", "tunebench.cli", "report", str(results), "-o", str(report)],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    markdown = (report / "report.md").read_text()
+    assert f"Skipped 1 result files in `{results}` that belong to no run of suite `ids`" in markdown
+    assert f"{run.run_id}.json" in markdown and "1 runs from" in markdown
 
 
 def test_partial_result_file_is_rerun(tmp_path):

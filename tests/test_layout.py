@@ -26,7 +26,7 @@ LAYERS = [
     ("config", ["config"]),
     ("train", ["training"]),
     ("planner", ["planner"]),
-    ("harness", ["harness"]),
+    ("harness", ["harness", "scheduler"]),
     ("report", ["report"]),
     ("api", ["api"]),
     ("cli", ["cli"]),

@@ -92,15 +92,20 @@ def bench(
     force: bool = False,
     track_memory: bool = True,
     rerun_stale: bool = False,
+    jobs: int | None = None,
+    devices: str | list[int] | None = None,
     verbose: bool = False,
 ) -> dict:
     """Run a suite (a file or a shipped name), skipping finished runs; each run is its own process.
 
-    Returns {"exit_status": 0 unless a run failed, "results_dir": the folder, "results": its result dicts}.
+    jobs: runs at once, the CPU cores split between them; devices ("0,1,2,3" or [0, 1, 2, 3]): as many at once
+    as the devices hold, each run's processes seeing only their own (a suite's `processes: k` takes k each).
+
+    Returns {"exit_status": 0 unless a run failed, "results_dir": the folder, "results": the suite's result dicts}.
     """
     from tunebench.files import read_yaml
     from tunebench.harness import default_out, run_suite
-    from tunebench.results import read_result, result_files
+    from tunebench.results import read_result, suite_result_files
 
     suite_file = resolve_suite(suite)
     out_dir = Path(out) if out else default_out(read_yaml(suite_file), suite_file)
@@ -116,13 +121,15 @@ def bench(
             force=force,
             track_memory=track_memory,
             rerun_stale=rerun_stale,
+            jobs=jobs,
+            devices=devices,
         )
     finally:
         if before is None:
             os.environ.pop(VERBOSE_ENV, None)
         else:
             os.environ[VERBOSE_ENV] = before
-    results = [read_result(path) for path in result_files(out_dir)]
+    results = [read_result(path) for path in suite_result_files(out_dir)[0]]  # not other suites' files there
     return {"exit_status": status, "results_dir": str(out_dir), "results": [r for r in results if r]}
 
 

@@ -98,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rerun finished runs too")
     p.add_argument("--rerun-stale", action="store_true", help="rerun finished runs whose source changed since")
     p.add_argument("--no-tracking", action="store_true", help="turn off the tensor-memory tracker in every run")
+    p.add_argument("--jobs", type=int, help="runs at once (default 1), the CPU cores split evenly between them")
+    p.add_argument(
+        "--devices",
+        help="comma-separated GPUs, e.g. 0,1,2,3: as many runs at once as they hold, each seeing only its own",
+    )
 
     p = sub.add_parser("report", help="write a comparison report from result folders")
     p.add_argument("results", nargs="+")
@@ -229,6 +234,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         track_memory=not args.no_tracking,
         verbose=args.verbose,
         rerun_stale=args.rerun_stale,
+        jobs=args.jobs,
+        devices=args.devices,
     )
     return outcome["exit_status"]
 

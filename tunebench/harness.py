@@ -18,8 +18,14 @@ A suite (configs/suites/*.yaml) is a small config layered on the shared defaults
 
 `grid` may also be a list of such mappings: the runs are then the union of their products.
 
-Each run's id is a hash of its effective config; its result lands in OUT/<run_id>.json, written
-atomically by the run itself, so a killed suite loses at most the run in flight.
+Each run's id is a hash of what the suite sets for it (its grid point and the suite's config, tasks: and
+methods: layers), not of the defaults under them: a release that adds a config key or changes a default keeps
+every id (a changed default is the stale rule's business). Its result lands in OUT/<run_id>.json, written
+atomically by the run itself, so a killed suite loses at most the run in flight. A result file of another name
+(an earlier id form) still counts for the run whose settings its recorded config holds; a rerun replaces it.
+
+Runs go one at a time, or several at once (tunebench.scheduler: jobs, with the CPU cores split between them, or
+one per free group of devices), each still a fresh process.
 
 A finished result is *stale* when it came from a dirty tree (uncommitted changes in SOURCE_PATHS), or when
 the source (SOURCE_PATHS) differs between the commit it records and the current working tree: `--dry-run`
@@ -36,7 +42,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,17 +56,21 @@ from tunebench.errors import UserError
 from tunebench.files import REPO_ROOT, read_yaml
 from tunebench.measure import SOURCE_PATHS
 from tunebench.results import (
+    FINAL,
     SCHEMA_VERSION,
     final_result,
     read_rank_failures,
     read_result,
     run_name,
     write_json_atomic,
+    write_suite_manifest,
 )
+from tunebench.scheduler import plan_slots, run_in_slots
 from tunebench.units import format_seconds
 
 SUITE_KEYS = {"name", "description", "config", "grid", "methods", "tasks", "processes"}
 REQUIRED_AXES = ("model", "task", "method", "seed")
+IDENTITY = ("task", "method", "model", "seed")  # in every run id, set by the suite or not
 # optional grid axes -> the config key each one sets
 EXTRA_AXES = {
     "batch_size": "train.batch_size",
@@ -71,11 +83,13 @@ EXTRA_AXES = {
 
 @dataclass
 class SuiteRun:
-    """One run a suite expands to, before it runs: its id, grid point and effective config."""
+    """One run a suite expands to, before it runs: its id, grid point, effective config and the config keys the
+    suite sets for it (dotted; what the id hashes)."""
 
     run_id: str
     grid: dict
     config: dict
+    set_keys: tuple[str, ...]
 
     @property
     def label(self) -> str:
@@ -131,9 +145,35 @@ def _run_layers(suite: dict, point: dict, track_memory: bool, path: str | Path) 
     ]
 
 
-def run_id(config: dict) -> str:
-    """Stable id: task-method-model-seed plus a hash of the whole effective config (out excluded)."""
-    canonical = json.dumps({k: v for k, v in config.items() if k != "out"}, sort_keys=True, default=str)
+def _leaf_keys(layer: dict, prefix: str = "") -> list[str]:
+    """The dotted keys a config layer sets: its leaves (an empty mapping is a leaf)."""
+    keys = []
+    for key, value in layer.items():
+        if isinstance(value, dict) and value:
+            keys += _leaf_keys(value, f"{prefix}{key}.")
+        else:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def _settings(config: dict, keys: tuple[str, ...]) -> dict:
+    """config's values at the dotted keys that it holds (a result from before a key existed lacks it)."""
+    found = {}
+    for dotted in (*IDENTITY, *keys):
+        node = config
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                break
+            node = node[part]
+        else:
+            found[dotted] = node
+    return found
+
+
+def run_id(config: dict, set_keys: tuple[str, ...]) -> str:
+    """Stable id: task-method-model-seed plus a hash of config's values at the keys the suite sets (and of the
+    task, method, model and seed), so that defaults under them, old or new, leave it alone."""
+    canonical = json.dumps(_settings(config, set_keys), sort_keys=True, default=str)
     digest = hashlib.sha256(canonical.encode()).hexdigest()[:10]
     return f"{run_name(config)}-s{config['seed']}-{digest}"
 
@@ -148,16 +188,49 @@ def load_suite(path: str | Path, track_memory: bool = True) -> tuple[dict, list[
     runs = []
     for grid in grids if isinstance(grids, list) else [grids]:  # a list of grids is their union
         for point in _grid_points(grid, path, sweeps):
-            config = build_config(point["method"], point["task"], layers=_run_layers(suite, point, track_memory, path))
+            layers = _run_layers(suite, point, track_memory, path)
+            config = build_config(point["method"], point["task"], layers=layers)
+            set_keys = tuple(sorted({key for _, layer in layers for key in _leaf_keys(layer)}))
             # the axes' effective values (YAML reads 1e-4 as a string; the config holds the number)
             grid_point = {k: config[k] for k in REQUIRED_AXES} | {
                 a: config[key.split(".")[0]][key.split(".")[1]] for a, key in EXTRA_AXES.items() if a in point
             }
-            runs.append(SuiteRun(run_id(config), grid_point, config))
+            runs.append(SuiteRun(run_id(config, set_keys), grid_point, config, set_keys))
     ids = [r.run_id for r in runs]
     if len(set(ids)) != len(ids):
         raise UserError(f"suite {path} expands to duplicate runs (the same config twice)")
     return suite, runs
+
+
+def locate_results(out: Path, runs: list[SuiteRun]) -> tuple[dict[str, Path], list[Path]]:
+    """Each run's result file in out, and the result files there that belong to no run of the suite.
+
+    A run's file is OUT/<run_id>.json; failing a finished one there, a result of another name whose recorded
+    config gives the same id under this suite (an earlier id form; the last to start wins). Files that are not
+    readable results are neither.
+    """
+    by_id = {run.run_id: run for run in runs}
+    located = {run.run_id: out / f"{run.run_id}.json" for run in runs}
+    other = {}
+    for path in sorted(out.glob("*.json")):
+        if path.stem not in by_id and (result := read_result(path)) is not None:
+            other[path] = result
+    unclaimed = []
+    for path, result in sorted(other.items(), key=lambda item: item[1]["started_at"] or ""):
+        owners = [run for run in runs if _recorded_id(result, run) == run.run_id]
+        if not owners:
+            unclaimed.append(path)
+        for run in owners if result["status"] in FINAL else ():
+            if located[run.run_id].stem != run.run_id or final_result(located[run.run_id]) is None:
+                located[run.run_id] = path
+    return located, unclaimed
+
+
+def _recorded_id(result: dict, run: SuiteRun) -> str | None:
+    try:
+        return run_id(result["config"], run.set_keys)
+    except (KeyError, TypeError):  # a result without task, method, model or seed is no run of a suite
+        return None
 
 
 def select_shard(runs: list[SuiteRun], spec: str | None) -> list[SuiteRun]:
@@ -218,8 +291,9 @@ def _run_dir(run: SuiteRun, out: Path) -> Path:
     return out / "runs" / run.run_id
 
 
-def launch(run: SuiteRun, out: Path, processes: int) -> int:
-    """Run one training in a fresh process (clean memory accounting; a crash stays contained)."""
+def start_run(run: SuiteRun, out: Path, processes: int, extra_env: dict[str, str], log: bool) -> subprocess.Popen:
+    """Start one training in a fresh process (clean memory accounting; a crash stays contained). extra_env: its
+    threads and devices (tunebench.scheduler); log: its output goes to RUN_DIR/output.log, not the terminal."""
     run_dir = _run_dir(run, out)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "suite_config.yaml"
@@ -237,7 +311,7 @@ def launch(run: SuiteRun, out: Path, processes: int) -> int:
         "--run-meta",
         meta,
     ]
-    env = dict(os.environ)
+    env = dict(os.environ) | extra_env
     if processes > 1:
         command = [
             sys.executable,
@@ -253,7 +327,10 @@ def launch(run: SuiteRun, out: Path, processes: int) -> int:
     else:
         command = [sys.executable, "-m", *train]
     preexec = _die_with_parent if sys.platform.startswith("linux") else None
-    return subprocess.run(command, env=env, preexec_fn=preexec).returncode
+    if not log:
+        return subprocess.Popen(command, env=env, preexec_fn=preexec)
+    with open(_run_dir(run, out) / "output.log", "w") as output:  # the child holds its own copy of the file
+        return subprocess.Popen(command, env=env, preexec_fn=preexec, stdout=output, stderr=subprocess.STDOUT)
 
 
 def _record_crash(path: Path, run: SuiteRun, returncode: int) -> None:
@@ -288,12 +365,17 @@ def run_suite(
     force: bool = False,
     track_memory: bool = True,
     rerun_stale: bool = False,
+    jobs: int | None = None,
+    devices: str | Sequence[int | str] | None = None,
 ) -> int:
-    suite, runs = load_suite(suite_path, track_memory)
-    runs = select_shard(runs, shard)
+    """Run the suite's missing runs (jobs at once, or one per free group of devices); returns the exit status."""
+    suite, every_run = load_suite(suite_path, track_memory)
+    runs = select_shard(every_run, shard)
     out_dir = Path(out or default_out(suite, suite_path))
     processes = int(suite.get("processes") or 1)
-    finished = {r.run_id: final_result(out_dir / f"{r.run_id}.json") for r in runs}
+    slots = plan_slots(jobs, devices, processes)
+    located, unclaimed = locate_results(out_dir, every_run)
+    finished = {r.run_id: final_result(located[r.run_id]) for r in runs}
     finished = {k: v for k, v in finished.items() if v is not None}
     stale, note = {}, ""
     if finished and (dry_run or rerun_stale):
@@ -313,32 +395,80 @@ def run_suite(
         for r in runs:
             state = "to run" if r.run_id not in done else "stale " if r.run_id in stale else "done  "
             why = f"  ({stale[r.run_id]})" if r.run_id in stale else ""
+            if r.run_id in finished and located[r.run_id].stem != r.run_id:  # an earlier id form's file
+                why += f"  [{located[r.run_id].name}]"
             print(f"  {state}  {r.run_id}  {r.label}{why}")
+        _list_unclaimed(unclaimed, out_dir)
         return 0
-    started = time.monotonic()
-    for number, run in enumerate(todo, 1):
-        finished = len(done) + number - 1
-        elapsed = time.monotonic() - started
-        eta = f", ETA {format_seconds(elapsed / (number - 1) * (len(todo) - number + 1))}" if number > 1 else ""
-        bar = "#" * round(20 * finished / len(runs))
-        print(
-            f"\nsuite [{bar:<20}] {finished}/{len(runs)} done, {len(runs) - finished} left{eta} -> {run.label}",
-            flush=True,
-        )
-        path = out_dir / f"{run.run_id}.json"
-        code = launch(run, out_dir, processes)
+    suite_files = {f"{r.run_id}.json" for r in every_run} | {located[r.run_id].name for r in every_run}
+    write_suite_manifest(out_dir, suite.get("name") or Path(suite_path).stem, sorted(suite_files))
+    progress = _Progress(len(runs), len(done), len(todo), report_ends=slots.at_once > 1)
+
+    def start(run: SuiteRun, extra_env: dict[str, str]) -> subprocess.Popen:
+        progress.starting(run)
+        return start_run(run, out_dir, processes, extra_env, log=slots.at_once > 1)
+
+    def finished_run(run: SuiteRun, code: int) -> None:
         if code == 130:
             raise KeyboardInterrupt
+        path = out_dir / f"{run.run_id}.json"
         if code != 0:
             _record_crash(path, run, code)
-    return _summarize(out_dir, runs, time.monotonic() - started)
+        if located[run.run_id] != path and final_result(path) is not None:
+            located[run.run_id].unlink(missing_ok=True)  # an earlier id form's result, now replaced
+        located[run.run_id] = path
+        progress.ended(run, (read_result(path) or {"status": "missing"})["status"], _run_dir(run, out_dir))
+
+    run_in_slots(todo, slots, start, finished_run)
+    return _summarize(located, runs, time.monotonic() - progress.started)
 
 
-def _summarize(out_dir: Path, runs: list[SuiteRun], seconds: float) -> int:
+class _Progress:
+    """The suite line: runs done, in flight and left, and an ETA from the runs this bench has finished."""
+
+    def __init__(self, total: int, done: int, todo: int, report_ends: bool) -> None:
+        self.total, self.done, self.todo, self.report_ends = total, done, todo, report_ends
+        self.in_flight = self.finished_here = 0
+        self.started = time.monotonic()
+        self._lock = threading.Lock()
+
+    def starting(self, run: SuiteRun) -> None:
+        with self._lock:
+            self.in_flight += 1
+            self._print(f"-> {run.label}")
+
+    def ended(self, run: SuiteRun, status: str, run_dir: Path) -> None:
+        with self._lock:
+            self.in_flight -= 1
+            self.done += 1
+            self.finished_here += 1
+            if self.report_ends:  # runs side by side write their output to a log, not the terminal
+                self._print(f"{status}: {run.label} (log {run_dir / 'output.log'})")
+
+    def _print(self, event: str) -> None:
+        elapsed = time.monotonic() - self.started
+        remaining = self.todo - self.finished_here
+        eta = f", ETA {format_seconds(elapsed / self.finished_here * remaining)}" if self.finished_here else ""
+        left = self.total - self.done - self.in_flight
+        bar = "#" * round(20 * self.done / self.total)
+        print(
+            f"\nsuite [{bar:<20}] {self.done}/{self.total} done, {self.in_flight} in flight, {left} left{eta} {event}",
+            flush=True,
+        )
+
+
+def _list_unclaimed(paths: list[Path], out_dir: Path) -> None:
+    if paths:
+        print(f"{len(paths)} result files in {out_dir} belong to no run of this suite (the report skips them):")
+    for path in paths:
+        print(f"  {path.name}")
+
+
+def _summarize(located: dict[str, Path], runs: list[SuiteRun], seconds: float) -> int:
     print(f"\nsuite finished in {format_seconds(seconds)}:")
     failed = 0
     for run in runs:
-        result = read_result(out_dir / f"{run.run_id}.json") or {"status": "missing"}
+        result = read_result(located[run.run_id]) or {"status": "missing"}
         failed += result["status"] not in ("ok", "oom")
         detail = (
             f"test acc {result['test_accuracy']:.4f}  train {format_seconds(result['train_seconds'])}"

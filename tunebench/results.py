@@ -56,6 +56,26 @@ def result_files(folder: str | Path) -> list[Path]:
     return sorted(set(folder.glob("*.json")) | set(folder.rglob("result.json")))
 
 
+SUITE_MANIFEST = "suite.manifest"  # JSON, but not *.json: it is no result candidate
+
+
+def write_suite_manifest(folder: str | Path, suite: str, files: list[str]) -> None:
+    """Record which result files in folder are its suite's (`bench` writes it; the report reads it)."""
+    write_json_atomic(Path(folder) / SUITE_MANIFEST, {"suite": suite, "results": sorted(files)})
+
+
+def suite_result_files(folder: str | Path) -> tuple[list[Path], list[Path], str | None]:
+    """folder's result files split into those of its suite and the others, and the suite's name: every file is
+    the suite's when no `bench` wrote a manifest there (a folder of `tunebench train` runs)."""
+    files = result_files(folder)
+    try:
+        manifest = json.loads((Path(folder) / SUITE_MANIFEST).read_text())
+    except (OSError, ValueError):
+        return files, [], None
+    ours = {Path(folder) / name for name in manifest["results"]}
+    return [p for p in files if p in ours], [p for p in files if p not in ours], manifest["suite"]
+
+
 def final_result(path: str | Path) -> dict | None:
     """The result at path if its run has finished for good (FINAL), else None: a rerun repeats that run."""
     result = read_result(path)

@@ -150,6 +150,12 @@ def _intro(sets: Sequence[ResultSet], command: str) -> str:
     skipped = [f"`{s.folder}`: {s.skipped_files}" for s in sets if s.skipped_files]
     if skipped:
         intro += f" Skipped JSON files that are not complete tunebench results: {', '.join(skipped)}."
+    for s in sets:
+        if s.foreign_files:
+            intro += (
+                f" Skipped {len(s.foreign_files)} result files in `{s.folder}` that belong to no run of suite "
+                f"`{s.suite}` (`tunebench bench --dry-run` lists them): {', '.join(s.foreign_files)}."
+            )
     return intro
 
 

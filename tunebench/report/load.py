@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tunebench.errors import UserError
 from tunebench.models.precision import recorded_rule
-from tunebench.results import read_result, result_files
+from tunebench.results import read_result, suite_result_files
 
 
 @dataclass
@@ -30,6 +30,8 @@ class ResultSet:
     folder: Path
     runs: list[RunResult]
     skipped_files: int  # JSON files that were not readable tunebench results (partial, corrupt, other)
+    foreign_files: list[str]  # results that belong to no run of the folder's suite (its manifest says)
+    suite: str | None = None  # the suite whose `bench` wrote the folder's manifest
 
 
 def load_sets(folders: Sequence[str]) -> list[ResultSet]:
@@ -43,7 +45,8 @@ def load_sets(folders: Sequence[str]) -> list[ResultSet]:
         if not folder.is_dir():
             raise UserError(f"results folder not found: {folder}")
         runs, skipped = [], 0
-        for path in result_files(folder):
+        ours, others, suite = suite_result_files(folder)
+        for path in ours:
             result = read_result(path)
             if result is None:
                 skipped += 1
@@ -51,7 +54,9 @@ def load_sets(folders: Sequence[str]) -> list[ResultSet]:
             runs.append(RunResult(_run_id(path, result), result, _grid(result)))
         if not runs:
             raise UserError(f"no tunebench result files in {folder}")
-        sets.append(ResultSet(folder.resolve().name, folder, runs, skipped))
+        foreign = [str(p.relative_to(folder)) for p in others if read_result(p) is not None]
+        skipped += len(others) - len(foreign)
+        sets.append(ResultSet(folder.resolve().name, folder, runs, skipped, foreign, suite))
     _disambiguate_labels(sets)
     return sets
 
