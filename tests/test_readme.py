@@ -21,7 +21,8 @@ from tunebench.cli import main
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text()
 
-SMALL_TRAIN = ["--max-train-samples", "16", "--max-eval-samples", "16", "--max-length", "32", "--max-steps", "2"]
+# One optimizer step: one validation pass and one test pass (two steps over one-batch epochs validated twice).
+SMALL_TRAIN = ["--max-train-samples", "16", "--max-eval-samples", "16", "--max-length", "32", "--max-steps", "1"]
 # Commands run elsewhere, or not runnable on a CPU-only machine: each with where, or why not.
 ELSEWHERE = {
     "make demo": "CI's own entry point family; make demo's suite is `tunebench bench quick`, dry-run below",
