@@ -17,6 +17,7 @@ from conftest import deep_update
 
 import tunebench.api
 import tunebench.config
+from tunebench.cli import main
 from tunebench.config import build_config
 from tunebench.errors import UserError
 from tunebench.files import CONFIG_DIR, read_yaml
@@ -48,6 +49,14 @@ def bench(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "tunebench.cli", "bench", *args], capture_output=True, text=True, cwd=REPO, **kwargs
     )
+
+
+def bench_in_process(capsys, *args: str) -> subprocess.CompletedProcess:
+    """`tunebench bench ...` through the CLI's main() in this process: for what trains nothing (a dry run, bad
+    input), where a fresh process would add only its imports. Runs that train go through bench()."""
+    code = main(["bench", *args])
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["tunebench", "bench", *args], code, out, err)
 
 
 def test_run_id_is_stable_and_follows_what_the_suite_sets():
@@ -157,7 +166,7 @@ def test_stale_results_against_a_real_git_repository(tmp_path):
         stale_reason(result(first), tmp_path / "plain")
 
 
-def test_dry_run_lists_stale_results_and_rerun_stale_reruns_them(tmp_path):
+def test_dry_run_lists_stale_results_and_rerun_stale_reruns_them(tmp_path, capsys):
     suite = write_suite(tmp_path / "stale.yaml", ["head"], [1])
     _, [run] = load_suite(suite)
     results = tmp_path / "results"
@@ -165,7 +174,7 @@ def test_dry_run_lists_stale_results_and_rerun_stale_reruns_them(tmp_path):
     old = {"schema": SCHEMA_VERSION, "status": "ok", "config": run.config, "started_at": "x", "test_accuracy": 0.5}
     old["environment"] = {"git": {"commit": "0" * 40, "dirty": False}}  # a commit this checkout does not have
     (results / f"{run.run_id}.json").write_text(json.dumps(old))
-    out = bench(str(suite), "--out", str(results), "--dry-run")
+    out = bench_in_process(capsys, str(suite), "--out", str(results), "--dry-run")
     assert "1 runs, 1 done, 0 to run" in out.stdout and "1 finished runs are stale" in out.stdout
     assert f"stale   {run.run_id}" in out.stdout and "(unknown commit 00000000)" in out.stdout
     out = bench(str(suite), "--out", str(results), "--rerun-stale")
@@ -175,16 +184,16 @@ def test_dry_run_lists_stale_results_and_rerun_stale_reruns_them(tmp_path):
     assert rerun["environment"]["git"]["commit"] == _git(REPO, "rev-parse", "HEAD")
 
 
-def test_bad_suite_is_a_usage_error(tmp_path):
+def test_bad_suite_is_a_usage_error(tmp_path, capsys):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({"grid": {"task": ["rotten_tomatoes"], "method": ["lora"], "layers": [1]}}))
-    out = bench(str(path), "--dry-run")
+    out = bench_in_process(capsys, str(path), "--dry-run")
     assert out.returncode == 2
     assert "unknown grid axis ['layers']" in out.stderr and "batch_size" in out.stderr
     path.write_text(
         yaml.safe_dump({"grid": {"task": ["rotten_tomatoes"], "method": ["lora"]}, "config": {"train": {"lrate": 1}}})
     )
-    out = bench(str(path), "--dry-run")
+    out = bench_in_process(capsys, str(path), "--dry-run")
     assert out.returncode == 2 and f"unknown config key 'train.lrate' in suite {path} config;" in out.stderr
 
 
@@ -396,19 +405,19 @@ def test_an_earlier_id_form_is_read_then_replaced_and_other_results_are_listed(t
     assert f"{run.run_id}.json" in markdown and "1 runs from" in markdown
 
 
-def test_partial_result_file_is_rerun(tmp_path):
+def test_partial_result_file_is_rerun(tmp_path, capsys):
     suite = write_suite(tmp_path / "partial.yaml", ["head"], [1])
     _, [run] = load_suite(suite)
     results = tmp_path / "results"
     results.mkdir()
     good = {"schema": SCHEMA_VERSION, "status": "ok", "config": run.config, "started_at": "x", "test_accuracy": 0.5}
     (results / f"{run.run_id}.json").write_text(json.dumps(good)[:40])  # truncated
-    out = bench(str(suite), "--out", str(results), "--dry-run")
+    out = bench_in_process(capsys, str(suite), "--out", str(results), "--dry-run")
     assert "1 runs, 0 done, 1 to run" in out.stdout
     (results / f"{run.run_id}.json").write_text(json.dumps(good))
-    out = bench(str(suite), "--out", str(results), "--dry-run")
+    out = bench_in_process(capsys, str(suite), "--out", str(results), "--dry-run")
     assert "1 runs, 1 done, 0 to run" in out.stdout
-    out = bench(str(suite), "--out", str(results), "--dry-run", "--force")
+    out = bench_in_process(capsys, str(suite), "--out", str(results), "--dry-run", "--force")
     assert "0 to run" not in out.stdout
 
 
