@@ -2,7 +2,7 @@
 
 Commands come from the README's bash/console blocks and from inline `tunebench ...` spans. Each one is run
 through the real CLI in a temporary folder, with small sizes appended (argparse keeps the last value of a
-flag): training commands get a few examples and steps, suites are expanded with --dry-run (test_harness
+flag): training commands get a few examples and one step, suites are expanded with --dry-run (test_harness
 runs real suites), `plan --validate` checks one method. A command no rule below covers fails the test: a
 new README command needs a rule here, or a named test elsewhere that runs it.
 """
