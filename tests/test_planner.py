@@ -71,14 +71,13 @@ def test_prediction_matches_real_cpu_steps(validation, method):
     assert row["tracker_bytes"] == pytest.approx(row["independent_bytes"], rel=0.01), row
 
 
-def test_validate_cli_on_a_gqa_llama_with_padded_batches_and_a_real_run(tmp_path, capsys):
+def test_validate_cli_on_a_gqa_llama_with_padded_batches_and_a_real_run(tiny_llama, capsys):
     """`plan --validate` on a grouped-query-attention Llama: two real steps of the classifier (fp32) and of the
     causal-LM SFT step (fp32 and bf16 autocast, gradient checkpointing off and on), and a real loop.train run (bf16
     autocast), all on padded batches, each within 5% of its measurement."""
     import json
 
-    folder = tiny_llama_folder(tmp_path / "tiny-llama")
-    assert main(["plan", "--validate", "--model", folder, "--methods", "lora", "--json"]) == 0
+    assert main(["plan", "--validate", "--model", tiny_llama, "--methods", "lora", "--json"]) == 0
     steps, *sft, run = json.loads(capsys.readouterr().out)
     assert (steps["measured_on"], steps["precision"], run["measured_on"], run["precision"]) == (
         "2 steps",
