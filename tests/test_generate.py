@@ -59,15 +59,25 @@ def tiny_llm(tmp_path_factory, smollm2_tokenizer_folder) -> str:
     return str(folder)
 
 
-@pytest.fixture()
-def pairs_file(tmp_path) -> str:
-    path = tmp_path / "pairs.jsonl"
+def _write_pairs(path) -> str:
     path.write_text("".join(json.dumps({"prompt": p, "answer": a}) + "\n" for p, a in PAIRS))
     return str(path)
 
 
+@pytest.fixture()
+def pairs_file(tmp_path) -> str:
+    return _write_pairs(tmp_path / "pairs.jsonl")
+
+
 def _overrides(model: str, **more) -> dict:
     return SMALL | {"model": model, "data": SMALL["data"] | {"task_type": "generate"}} | more
+
+
+@pytest.fixture(scope="module")
+def untuned(tiny_llm, tmp_path_factory) -> dict:
+    """The untuned baseline (`none`) on the pairs, run once: every method's run is compared with it."""
+    folder = tmp_path_factory.mktemp("untuned")
+    return api.train("none", _write_pairs(folder / "pairs.jsonl"), overrides=_overrides(tiny_llm), out=folder / "none")
 
 
 def test_labels_mask_the_prompt_token_by_token(tiny_llm, pairs_file):
@@ -117,8 +127,9 @@ def test_chat_template_switch_and_messages_format(tiny_llm, tmp_path):
 
 
 @pytest.mark.parametrize("method", ["full", "lora", "qlora", "head"])
-def test_every_method_lowers_the_answer_loss_and_reloads_the_same_generations(tiny_llm, pairs_file, tmp_path, method):
-    base = api.train("none", pairs_file, overrides=_overrides(tiny_llm), out=tmp_path / "none")
+def test_every_method_lowers_the_answer_loss_and_reloads_the_same_generations(
+    tiny_llm, pairs_file, untuned, tmp_path, method
+):
     result = api.train(
         method,
         pairs_file,
@@ -126,10 +137,10 @@ def test_every_method_lowers_the_answer_loss_and_reloads_the_same_generations(ti
         out=tmp_path / method,
     )
     assert result["status"] == "ok"
-    assert result["test"]["answer_loss"] < base["test"]["answer_loss"]
+    assert result["test"]["answer_loss"] < untuned["test"]["answer_loss"]
     assert result["test_exact_match"] == result["test_accuracy"]
     assert result["forgetting"]["texts"] == 4
-    _check_forgetting_starts_from_the_checkpoint(result["forgetting"], base["forgetting"], method)
+    _check_forgetting_starts_from_the_checkpoint(result["forgetting"], untuned["forgetting"], method)
     assert result["lm_head_untied"] is (method == "head")
     again = evaluate_run(tmp_path / method)
     assert again["agreement_with_training"] == 1.0
@@ -152,8 +163,8 @@ def _check_forgetting_starts_from_the_checkpoint(forgetting: dict, untuned: dict
     assert forgetting["change"] == pytest.approx(forgetting["build_change"] + forgetting["training_change"])
 
 
-def test_zero_shot_baseline_takes_no_step_and_forgets_nothing(tiny_llm, pairs_file, tmp_path):
-    result = api.train("none", pairs_file, overrides=_overrides(tiny_llm), out=tmp_path / "none")
+def test_zero_shot_baseline_takes_no_step_and_forgets_nothing(untuned):
+    result = untuned
     assert result["curves"]["train_loss"] == []
     assert result["trainable_params"] == 0
     assert result["validation"] is not None  # the untuned model is still scored
