@@ -15,6 +15,7 @@ from tunebench.config import build_config
 from tunebench.data import generate as generation
 from tunebench.errors import UserError
 from tunebench.models.hub import resolve_model
+from tunebench.results import fixed_seconds
 from tunebench.training import generate_eval
 from tunebench.training.evaluation import evaluate_run
 
@@ -131,6 +132,8 @@ def test_every_method_lowers_the_answer_loss_and_reloads_the_same_generations(ti
     assert result["forgetting"]["texts"] == 4
     _check_forgetting_starts_from_the_checkpoint(result["forgetting"], base["forgetting"], method)
     assert result["lm_head_untied"] is (method == "head")
+    # the forgetting probes (the checkpoint loaded and measured, then the built and trained models) are fixed cost
+    assert 0 < result["forgetting_seconds"] < fixed_seconds(result)
     again = evaluate_run(tmp_path / method)
     assert again["agreement_with_training"] == 1.0
     assert again["exact_match"] == result["test_exact_match"]
