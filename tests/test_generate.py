@@ -167,6 +167,11 @@ def test_zero_shot_baseline_takes_no_step_and_forgets_nothing(tiny_llm, pairs_fi
     assert len(correct) == result["test_size"] == len(result["test_correct"]) and set(correct) <= {0, 1}
     assert result["test_choice_accuracy"] == result["test"]["choice_accuracy"] == sum(correct) / len(correct)
     assert result["best_validation_accuracy"] == result["validation"]["exact_match"]  # exact match still selects
+    # `tunebench eval` on validation: the kind scores it as the loop did, and ranks the candidates there too
+    again = evaluate_run(tmp_path / "none", split="validation")
+    assert again["exact_match"] == result["validation"]["exact_match"]
+    assert again["answer_loss"] == result["validation"]["answer_loss"]
+    assert 0 <= again["choice_accuracy"] <= 1 and again["choice"] == result["choice"]
     # the checkpoint, built and after on the same tokens, with the same weights: exactly no change
     assert result["forgetting"]["build_change"] == 0.0
     assert result["forgetting"]["change"] == 0.0
