@@ -20,7 +20,7 @@ from tunebench.data import batching
 from tunebench.data.tasks import get_task, load_task
 from tunebench.methods import get_method
 from tunebench.models.hub import load_config, load_tokenizer
-from tunebench.training.evaluation import evaluate
+from tunebench.training.classify_eval import evaluate
 from tunebench.training.kinds import cached_features
 
 SPLIT_SIZES = (1, 7, 129, 200, 853)  # 853: all of rotten_tomatoes' test split

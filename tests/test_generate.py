@@ -15,6 +15,7 @@ from tunebench.config import build_config
 from tunebench.data import generate as generation
 from tunebench.errors import UserError
 from tunebench.models.hub import resolve_model
+from tunebench.results import fixed_seconds
 from tunebench.training import generate_eval
 from tunebench.training.evaluation import evaluate_run
 
@@ -142,6 +143,8 @@ def test_every_method_lowers_the_answer_loss_and_reloads_the_same_generations(
     assert result["forgetting"]["texts"] == 4
     _check_forgetting_starts_from_the_checkpoint(result["forgetting"], untuned["forgetting"], method)
     assert result["lm_head_untied"] is (method == "head")
+    # the forgetting probes (the checkpoint loaded and measured, then the built and trained models) are fixed cost
+    assert 0 < result["forgetting_seconds"] < fixed_seconds(result)
     again = evaluate_run(tmp_path / method)
     assert again["agreement_with_training"] == 1.0
     assert again["exact_match"] == result["test_exact_match"]
@@ -175,6 +178,11 @@ def test_zero_shot_baseline_takes_no_step_and_forgets_nothing(untuned):
     assert len(correct) == result["test_size"] == len(result["test_correct"]) and set(correct) <= {0, 1}
     assert result["test_choice_accuracy"] == result["test"]["choice_accuracy"] == sum(correct) / len(correct)
     assert result["best_validation_accuracy"] == result["validation"]["exact_match"]  # exact match still selects
+    # `tunebench eval` on validation: the kind scores it as the loop did, and ranks the candidates there too
+    again = evaluate_run(tmp_path / "none", split="validation")
+    assert again["exact_match"] == result["validation"]["exact_match"]
+    assert again["answer_loss"] == result["validation"]["answer_loss"]
+    assert 0 <= again["choice_accuracy"] <= 1 and again["choice"] == result["choice"]
     # the checkpoint, built and after on the same tokens, with the same weights: exactly no change
     assert result["forgetting"]["build_change"] == 0.0
     assert result["forgetting"]["change"] == 0.0

@@ -23,7 +23,7 @@ from tunebench.errors import UserError
 from tunebench.files import CONFIG_DIR, read_yaml
 from tunebench.harness import load_suite, locate_results, run_id, select_shard, stale_reason
 from tunebench.measure import git_state
-from tunebench.results import SCHEMA_VERSION, final_result, read_result
+from tunebench.results import SCHEMA_VERSION, final_result, fixed_seconds, read_result
 from tunebench.training.evaluation import evaluate_run
 
 REPO = Path(__file__).resolve().parent.parent
@@ -227,6 +227,8 @@ def suite_results(tiny_suite) -> dict[str, dict]:
     """The tiny suite, run by run, each in a fresh process."""
     out = bench(str(tiny_suite), "--out", str(tiny_suite.parent / "results"))
     assert out.returncode == 0, out.stderr[-2000:]
+    # each run's summary line says where its time went: training, evaluation and the fixed cost
+    assert out.stdout.split("suite finished in")[1].count(" fixed ") == 3
     return results_by_method(tiny_suite.parent / "results")
 
 
@@ -285,6 +287,8 @@ def test_result_schema(suite_results):
         assert 0 <= result["test_accuracy"] <= 1
         assert result["test"]["accuracy"] == result["test_accuracy"]
         assert result["step_seconds_p10"] <= result["step_seconds_median"] <= result["step_seconds_p90"]
+        assert result["eval_seconds"] == result["validation_seconds"] + result["test_seconds"]
+        assert 0 < fixed_seconds(result) < result["run_seconds"]
         # tokens/s counts non-padding tokens only: fewer than batch x padded length
         assert result["tokens_per_second"] < result["samples_per_second"] * 32
         # log_every 10 over 3 steps: the loss of step 1, then the mean of steps 2-3 before the final evaluation

@@ -59,6 +59,7 @@ from tunebench.results import (
     FINAL,
     SCHEMA_VERSION,
     final_result,
+    fixed_seconds,
     read_rank_failures,
     read_result,
     run_name,
@@ -464,16 +465,21 @@ def _list_unclaimed(paths: list[Path], out_dir: Path) -> None:
         print(f"  {path.name}")
 
 
+def _ok_detail(result: dict) -> str:
+    """Test accuracy and where the run's time went: training, evaluation (validation and test) and the fixed cost."""
+    detail = f"test acc {result['test_accuracy']:.4f}  train {format_seconds(result['train_seconds'])}"
+    fixed = fixed_seconds(result)
+    if fixed is None:  # a result from before test_seconds
+        return detail
+    return f"{detail}  eval {format_seconds(result['eval_seconds'])}  fixed {format_seconds(fixed)}"
+
+
 def _summarize(located: dict[str, Path], runs: list[SuiteRun], seconds: float) -> int:
     print(f"\nsuite finished in {format_seconds(seconds)}:")
     failed = 0
     for run in runs:
         result = read_result(located[run.run_id]) or {"status": "missing"}
         failed += result["status"] not in ("ok", "oom")
-        detail = (
-            f"test acc {result['test_accuracy']:.4f}  train {format_seconds(result['train_seconds'])}"
-            if result["status"] == "ok"
-            else (result.get("error") or "")
-        )
+        detail = _ok_detail(result) if result["status"] == "ok" else (result.get("error") or "")
         print(f"  {result['status']:11} {run.label:48} {detail}")
     return 1 if failed else 0

@@ -44,6 +44,15 @@ def read_result(path: str | Path) -> dict | None:
     return data
 
 
+def fixed_seconds(result: dict) -> float | None:
+    """A finished run's seconds outside training and evaluation (start-up, loading, forgetting probes, saving):
+    run_seconds - train_seconds - eval_seconds. None for a result from before eval_seconds counted test too
+    (it has no test_seconds)."""
+    if "test_seconds" not in result:
+        return None
+    return result["run_seconds"] - result["train_seconds"] - result["eval_seconds"]
+
+
 def run_name(config: dict) -> str:
     """What a run folder and a suite's run id start with: <task>-<method>-<model>, from the effective config."""
     return f"{Path(config['task']).stem}-{config['method']}-{Path(str(config['model'])).name}"

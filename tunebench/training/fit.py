@@ -77,7 +77,7 @@ class Fitted:
     examples: int = 0
     tokens: int = 0
     train_seconds: float = 0.0
-    eval_seconds: float = 0.0
+    validation_seconds: float = 0.0
     tracker: TensorTracker | None = None
     tally: Tally | None = None  # held until the run ends (see Tally.batch)
 
@@ -127,7 +127,7 @@ def fit(s: Setup, stop: threading.Event) -> Fitted:
         examples=examples,
         tokens=tokens,
         train_seconds=train_seconds,
-        eval_seconds=validation.seconds,
+        validation_seconds=validation.seconds,
         tracker=tracker,
         tally=tally,
     )

@@ -5,6 +5,8 @@ changes it before any training) and after training."""
 from __future__ import annotations
 
 import contextlib
+import time
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -48,14 +50,23 @@ def text_loss(model: nn.Module, texts: list[list[int]], pad_id: int, batch_size:
 
 class ForgettingProbe:
     """Fixed general English (the first IMDB reviews) whose next-token loss is measured on the same tokens three
-    times: on the unmodified checkpoint, on the model the method built, and after training. Off when
-    generation.forgetting_texts is 0 or the reviews are not installed."""
+    times: on the unmodified checkpoint, on the model the method built, and after training (seconds: all three,
+    the original's loading included). Off when generation.forgetting_texts is 0 or the reviews are not installed."""
 
     def __init__(self, tokenizer, generation: GenerationArgs, device):
         self.texts = forgetting_texts(tokenizer, generation.forgetting_texts, generation.forgetting_max_length)
         self.pad_id, self.batch_size, self.device = tokenizer.pad_token_id, generation.batch_size, device
         self.original: float | None = None
         self.built: float | None = None
+        self.seconds = 0.0
+
+    @contextlib.contextmanager
+    def _timed(self) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds += time.perf_counter() - start
 
     def measure_original(self, model_path: str, rule: str, autocast: contextlib.AbstractContextManager) -> None:
         """The loss of the checkpoint as every method loads it (load_causal_lm, on the run's device), its weights in
@@ -64,22 +75,27 @@ class ForgettingProbe:
         if not self.texts:
             return
         # Loading may initialise weights the checkpoint lacks: the run's random numbers stay as they were.
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+        with self._timed(), torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             original = apply_rule(load_causal_lm(model_path).requires_grad_(False), rule).to(self.device)
-        with autocast:
+        with self._timed(), autocast:
             self.original = text_loss(original, self.texts, self.pad_id, self.batch_size, self.device)
 
     def measure_built(self, model: nn.Module) -> None:
         if self.texts:
-            self.built = text_loss(model, self.texts, self.pad_id, self.batch_size, self.device)
+            with self._timed():
+                self.built = text_loss(model, self.texts, self.pad_id, self.batch_size, self.device)
 
-    def result(self, model: nn.Module) -> dict | None:
+    def result(self, model: nn.Module, trained: bool) -> dict | None:
         """The result's `forgetting`: the losses of the original checkpoint (loss_before), the built model and
-        the trained one; build_change (the method's build, e.g. quantization) plus training_change is change,
-        the whole change from the original (positive: forgot)."""
+        the trained one (the built model's loss again when nothing trained: the same weights on the same tokens);
+        build_change (the method's build, e.g. quantization) plus training_change is change, the whole change from
+        the original (positive: forgot)."""
         if not self.texts:
             return None
-        after = text_loss(model, self.texts, self.pad_id, self.batch_size, self.device)
+        after = self.built
+        if trained:
+            with self._timed():
+                after = text_loss(model, self.texts, self.pad_id, self.batch_size, self.device)
         return {
             "loss_before": self.original,
             "loss_built": self.built,

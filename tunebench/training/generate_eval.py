@@ -27,11 +27,15 @@ def normalise(text: str) -> str:
 
 
 def answer_nll(model: nn.Module, batch: dict) -> tuple[float, int, int]:
-    """Teacher forcing: (summed negative log-likelihood, correct argmax tokens, count) over labelled tokens."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    """Teacher forcing: (summed negative log-likelihood, correct argmax tokens, count) over labelled tokens.
+
+    Position t predicts label t + 1, so the LM head runs only where that label is scored (logits_to_keep as a
+    mask): the vocabulary-wide logits of the prompt and padding positions were never read."""
     labels = batch["labels"][:, 1:]
     mask = labels != IGNORE
-    picked, targets = logits[mask].float(), labels[mask]
+    keep = nn.functional.pad(mask, (0, 1))  # the last position predicts nothing
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
+    picked, targets = logits.float(), labels[mask]
     nll = nn.functional.cross_entropy(picked, targets, reduction="sum")
     return float(nll), int((picked.argmax(-1) == targets).sum()), int(mask.sum())
 
@@ -135,6 +139,7 @@ class PrefixTree:
     gather: torch.Tensor  # [candidates, longest]
     targets: torch.Tensor  # [candidates, longest]
     valid: torch.Tensor  # [candidates, longest] bool: the candidate's own tokens, not padding
+    ancestry: torch.Tensor  # [nodes, nodes] bool: node i sees node j when j is i or one of its ancestors
 
     @classmethod
     def build(cls, sequences: list[list[int]]) -> PrefixTree:
@@ -154,15 +159,21 @@ class PrefixTree:
             gather.append(positions)
         valid = pad_rows([[1] * len(s) for s in sequences], 0, left=False).bool()
         targets = pad_rows(sequences, 0, left=False)
-        return cls(tokens, parents, depths, pad_rows(gather, 0, left=False), targets, valid)
+        return cls(tokens, parents, depths, pad_rows(gather, 0, left=False), targets, valid, _ancestry(parents))
 
-    def ancestry(self) -> torch.Tensor:
-        """[nodes, nodes] bool: node i sees node j when j is i or one of its ancestors."""
-        sees = torch.eye(len(self.tokens), dtype=torch.bool)
-        for i, parent in enumerate(self.parents):
-            if parent >= 0:
-                sees[i] |= sees[parent]  # a parent comes before its children
-        return sees
+    def to(self, device) -> PrefixTree:
+        """The tree with its tensors on device (once per evaluation, not per batch)."""
+        tensors = (self.gather, self.targets, self.valid, self.ancestry)
+        return PrefixTree(self.tokens, self.parents, self.depths, *(t.to(device) for t in tensors))
+
+
+def _ancestry(parents: list[int]) -> torch.Tensor:
+    """[nodes, nodes] bool: node i sees node j when j is i or one of its ancestors."""
+    sees = torch.eye(len(parents), dtype=torch.bool)
+    for i, parent in enumerate(parents):
+        if parent >= 0:
+            sees[i] |= sees[parent]  # a parent comes before its children
+    return sees
 
 
 @torch.no_grad()
@@ -181,7 +192,7 @@ def choice_scores(model: nn.Module, prompts: list[list[int]], tree: PrefixTree, 
     )
     rows, nodes = len(prompts), len(tree.tokens)
     sees = torch.cat(
-        [prompt_mask.bool()[:, None, :].expand(rows, nodes, -1), tree.ancestry().to(device).expand(rows, -1, -1)],
+        [prompt_mask.bool()[:, None, :].expand(rows, nodes, -1), tree.ancestry.to(device).expand(rows, -1, -1)],
         dim=-1,
     )
     node_logits = model(
@@ -208,7 +219,7 @@ def _attention_mask(model: nn.Module, sees: torch.Tensor) -> torch.Tensor:
 def choice_correct(model: nn.Module, split: Dataset, tokenizer, candidates: list[str], batch_size: int, device):
     """1 where the likeliest candidate is the reference answer (after normalisation), else 0; dataset order."""
     model.eval()
-    tree = PrefixTree.build(candidate_tokens(candidates, tokenizer))
+    tree = PrefixTree.build(candidate_tokens(candidates, tokenizer)).to(device)
     # a batch runs batch x nodes tokens at once, each with vocabulary-wide logits: bound it
     rows = max(1, min(batch_size, CHOICE_TOKENS // max(1, len(tree.tokens))))
     chosen = [""] * len(split)

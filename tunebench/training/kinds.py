@@ -21,7 +21,7 @@ from tunebench.data import batching
 from tunebench.data import generate as generate_data
 from tunebench.measure import StepMeter
 from tunebench.models.causal_lm import check_causal_lm
-from tunebench.training import evaluation, generate_eval
+from tunebench.training import classify_eval, generate_eval
 from tunebench.training.args import TrainArgs
 from tunebench.training.forgetting import ForgettingProbe
 
@@ -44,6 +44,14 @@ def task_kind(args: TrainArgs, method, tokenizer) -> TaskKind:
         return Generate(args, tokenizer)
     if args.method_options.get("cache_features") and hasattr(method, "cache_features"):
         return CachedFeatures(args, tokenizer, method)
+    return Classify(args, tokenizer)
+
+
+def evaluation_kind(args: TrainArgs, tokenizer) -> Classify | Generate:
+    """The kind `tunebench eval` scores a saved run's split with: the whole reloaded model (no feature cache); on a
+    generate task, choice accuracy on whichever split it is asked for."""
+    if args.generate:
+        return Generate(args, tokenizer, choice_splits=("validation", "test"))
     return Classify(args, tokenizer)
 
 
@@ -72,11 +80,16 @@ class Classify:
         loader = batching.train_loader(
             self.encoded["train"], self.tokenizer, args.batch_size, args.seed, args.group_by_length
         )
-        loaders = {
-            name: batching.eval_loader(self.encoded[name], self.tokenizer, args.eval_batch_size)
-            for name in ("validation", "test")
-        }
+        loaders = {name: self._eval_loader(name) for name in ("validation", "test")}
         return self._prepare(accelerator, loader, loaders)
+
+    def prepare_split(self, model, accelerator: Accelerator, split: str):
+        """For `tunebench eval`: the model and the split's loader prepared (no training loader); returns the model."""
+        model, self.eval_loaders[split] = accelerator.prepare(model, self._eval_loader(split))
+        return model
+
+    def _eval_loader(self, split: str):
+        return batching.eval_loader(self.encoded[split], self.tokenizer, self.args.eval_batch_size)
 
     def _prepare(self, accelerator: Accelerator, train_loader, eval_loaders: dict):
         train_loader = accelerator.prepare(train_loader)
@@ -84,7 +97,7 @@ class Classify:
         return train_loader
 
     def evaluate(self, split: str, model, accelerator: Accelerator, extra_metrics: list) -> tuple[dict, np.ndarray]:
-        return evaluation.evaluate(model, self.eval_loaders[split], accelerator, extra_metrics)
+        return classify_eval.evaluate(model, self.eval_loaders[split], accelerator, extra_metrics)
 
     def test_fields(self, test_metrics: dict, predictions: np.ndarray, model) -> dict:
         """The per-example outcomes a paired comparison of methods needs: prediction == label."""
@@ -128,7 +141,7 @@ def cached_features(
     loader = accelerator.prepare(batching.eval_loader(split, tokenizer, batch_size))
     loader = tqdm(loader, desc=f"features {name}", disable=not accelerator.is_main_process)
     features, index = method.cache_features(accelerator.unwrap_model(model), loader, accelerator.device)
-    [features] = evaluation.in_dataset_order(accelerator, index, features)
+    [features] = classify_eval.in_dataset_order(accelerator, index, features)
     return features
 
 
@@ -139,13 +152,17 @@ class Generate:
 
     tokens_outside_steps = 0
 
-    def __init__(self, args: TrainArgs, tokenizer):
+    def __init__(self, args: TrainArgs, tokenizer, choice_splits: tuple[str, ...] = ("test",)):
         self.args, self.tokenizer = args, tokenizer
+        # the loop ranks the candidates on test only: validation selects on exact match, and scoring every
+        # candidate there would only add cost
+        self.choice_splits = choice_splits
         self.encoded: dict = {}
         self.model_path = ""
         self.forgetting: ForgettingProbe | None = None
         self.choices: generate_data.Choices | None = None
         self.choice_correct: dict[str, list[int]] = {}  # split -> the last evaluation's choice outcomes
+        self.trains = True  # whether the built model has anything to train
 
     def encode(self, task, model_path: str, model_config, result: dict) -> None:
         check_causal_lm(model_path, model_config)
@@ -162,6 +179,7 @@ class Generate:
 
     def model_ready(self, model, accelerator: Accelerator, result: dict) -> None:
         result["lm_head_untied"] = getattr(model, "lm_head_untied", False)
+        self.trains = result["trainable_params"] > 0
         self.forgetting.measure_built(accelerator.unwrap_model(model))
 
     def train_loader(self, model, accelerator: Accelerator, meter: StepMeter):
@@ -176,14 +194,18 @@ class Generate:
         )
         return accelerator.prepare(loader)
 
+    def prepare_split(self, model, accelerator: Accelerator, split: str):
+        """For `tunebench eval`: the model prepared; generation reads the split itself."""
+        return accelerator.prepare(model)
+
     def evaluate(self, split: str, model, accelerator: Accelerator, extra_metrics: list) -> tuple[dict, np.ndarray]:
-        """Generation metrics, and on test choice accuracy for a closed-set task (validation selects on exact match:
-        scoring every candidate there would only add cost); extra (classification) metrics do not apply."""
+        """Generation metrics, and on choice_splits choice accuracy for a closed-set task; extra (classification)
+        metrics do not apply."""
         model, gen = accelerator.unwrap_model(model), self.args.generation
         metrics, outputs = generate_eval.evaluate(
             model, self.encoded[split], self.tokenizer, gen.batch_size, gen.margin, accelerator.device
         )
-        if self.choices and split == "test":
+        if self.choices and split in self.choice_splits:
             self.choice_correct[split] = generate_eval.choice_correct(
                 model, self.encoded[split], self.tokenizer, self.choices.candidates, gen.batch_size, accelerator.device
             )
@@ -194,7 +216,8 @@ class Generate:
         return {
             **generate_eval.result_fields(test_metrics),
             "sample_generations": generate_eval.samples(self.encoded["test"], predictions),
-            "forgetting": self.forgetting.result(model),
+            "forgetting": self.forgetting.result(model, self.trains),
+            "forgetting_seconds": self.forgetting.seconds,
             **per_example_fields(generate_eval.exact_matches(self.encoded["test"], predictions)),
             **self._choice_fields(test_metrics),
         }

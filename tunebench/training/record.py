@@ -30,6 +30,16 @@ def throughput(
     }
 
 
+def eval_timing(validation_seconds: float, test_seconds: float) -> dict:
+    """Evaluation's seconds: validation (every evaluation during training, or the untuned model's one) and test;
+    eval_seconds is both."""
+    return {
+        "validation_seconds": validation_seconds,
+        "test_seconds": test_seconds,
+        "eval_seconds": validation_seconds + test_seconds,
+    }
+
+
 def memory(timing: dict, tracker: TensorTracker | None, accelerator: Accelerator) -> dict:
     """The result's `memory`, taking the peak RSS and the CUDA figures out of the meter's timing summary."""
     out = {

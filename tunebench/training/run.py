@@ -141,13 +141,17 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
     s = setup.prepare(TrainArgs.from_config(cfg), accelerator, result)
     fitted = fit(s, stop_requested)
     model = _keep_best(s, fitted, run_dir)
+    test_start = time.perf_counter()
     with s.meter.phase("eval"):
         test_metrics, predictions = s.kind.evaluate("test", s.model, accelerator, s.extra_metrics)
+    test_seconds = time.perf_counter() - test_start
     if accelerator.is_main_process:
         (run_dir / "test_predictions.json").write_text(json.dumps(predictions.tolist()))
     tokens = fitted.tokens + s.kind.tokens_outside_steps
     timing = s.meter.summary()
     memory = record.memory(timing, fitted.tracker, accelerator)
+    # after the memory summary, as before: the last forgetting probe stays out of the peaks
+    test_fields = s.kind.test_fields(test_metrics, predictions, model)
     result.update(
         validation=fitted.curves["validation"][-1] if fitted.curves["validation"] else None,
         best_validation_accuracy=fitted.best.accuracy,
@@ -160,13 +164,13 @@ def _run(cfg: Config, run_dir: Path, accelerator: Accelerator, result: dict) -> 
             fitted.steps, fitted.micro_batches, fitted.examples, tokens, s.micro_batches_per_epoch, fitted.train_seconds
         ),
         **timing,
-        eval_seconds=fitted.eval_seconds,
+        **record.eval_timing(fitted.validation_seconds, test_seconds),
         run_seconds=time.perf_counter() - run_start,
         memory=memory,
         **record.peak(memory),
         checkpoint_bytes=checkpoint.folder_bytes(run_dir / "best"),
+        **test_fields,
     )
-    result.update(s.kind.test_fields(test_metrics, predictions, model))
     accelerator.log(
         {"test/accuracy": test_metrics["accuracy"], "test/f1_macro": test_metrics["f1_macro"]}, step=fitted.steps
     )
