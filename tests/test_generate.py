@@ -179,7 +179,7 @@ def test_zero_shot_baseline_takes_no_step_and_forgets_nothing(untuned):
     assert result["test_choice_accuracy"] == result["test"]["choice_accuracy"] == sum(correct) / len(correct)
     assert result["best_validation_accuracy"] == result["validation"]["exact_match"]  # exact match still selects
     # `tunebench eval` on validation: the kind scores it as the loop did, and ranks the candidates there too
-    again = evaluate_run(tmp_path / "none", split="validation")
+    again = evaluate_run(result["run_dir"], split="validation")
     assert again["exact_match"] == result["validation"]["exact_match"]
     assert again["answer_loss"] == result["validation"]["answer_loss"]
     assert 0 <= again["choice_accuracy"] <= 1 and again["choice"] == result["choice"]
