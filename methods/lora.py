@@ -8,7 +8,7 @@ from __future__ import annotations
 from torch import nn
 
 from tunebench.data.generate import is_generate
-from tunebench.errors import UserError
+from tunebench.errors import UserError, unknown_choice
 from tunebench.methods import Planning
 from tunebench.models.classifier import TASK_HEAD
 from tunebench.models.meta import meta_base
@@ -48,27 +48,55 @@ def peft_config(model: nn.Module, options: dict, generate: bool = False):
     """For tunebench's Classifier: no peft task type (its forward takes the loop's batch as it is); the
     task head is trained and saved in full (modules_to_save) and never gets an adapter. For a causal LM
     (generate): peft's CAUSAL_LM type (it generates), and the LM head stays frozen ("all-linear" skips it)."""
-    from peft import LoraConfig, get_peft_config
-
-    head = {"task_type": "CAUSAL_LM"} if generate else {"task_type": None, "modules_to_save": [TASK_HEAD]}
-    if options["peft_config"]:
-        raw = dict(options["peft_config"]) | {"task_type": head["task_type"]}
-        if not generate:
-            raw.setdefault("modules_to_save", [TASK_HEAD])
-        try:
-            return get_peft_config(raw)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise UserError(f"method_options.peft_config is not a valid peft config: {exc}") from None
     targets = options["target_modules"] or TARGET_MODULES.get(model.config.model_type, "all-linear")
-    return LoraConfig(
-        r=options["r"],
-        lora_alpha=options["alpha"],
-        lora_dropout=options["dropout"],
-        target_modules=targets,
-        exclude_modules=None if generate else [TASK_HEAD],  # "all-linear" would otherwise adapt the head too
-        use_dora=options["use_dora"],
-        **head,
-    )
+    return make_peft_config(raw_config(options, generate, targets))
+
+
+def raw_config(options: dict, generate: bool, targets: list[str] | str) -> dict:
+    """The peft config as a mapping. options' peft_config holds a LoRA config's further keywords (use_rslora,
+    init_lora_weights, ...) when it names no other peft_type, and with one (IA3, PREFIX_TUNING, ...) the whole
+    config: peft's own defaults then apply (its target modules per architecture among them)."""
+    head = {"task_type": "CAUSAL_LM"} if generate else {"task_type": None, "modules_to_save": [TASK_HEAD]}
+    raw = dict(options["peft_config"] or {})
+    if str(raw.get("peft_type", "LORA")).upper() == "LORA":
+        raw = {
+            "r": options["r"],
+            "lora_alpha": options["alpha"],
+            "lora_dropout": options["dropout"],
+            "target_modules": targets,
+            "exclude_modules": None if generate else [TASK_HEAD],  # "all-linear" would otherwise adapt the head too
+            "use_dora": options["use_dora"],
+            **raw,
+        }
+    raw = {"peft_type": "LORA", **raw, **head} if generate else {"peft_type": "LORA", **head, **raw}
+    if str(raw["peft_type"]).upper() == "ADALORA":
+        # its total_step is the run's, known once the loaders are (step_hook sets it): this only lets it be built
+        raw.setdefault("total_step", raw.get("tinit", 0) + raw.get("tfinal", 0) + 1)
+    return raw
+
+
+def make_peft_config(raw: dict):
+    """peft's config of raw (a peft config as a mapping); an option or value the installed peft rejects is named."""
+    from peft import __version__, get_peft_config
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+    kind = str(raw["peft_type"]).upper()
+    if kind not in PEFT_TYPE_TO_CONFIG_MAPPING:
+        raise unknown_choice(f"peft_type (peft {__version__})", raw["peft_type"], list(PEFT_TYPE_TO_CONFIG_MAPPING))
+    config_class = PEFT_TYPE_TO_CONFIG_MAPPING[kind]
+    unknown = sorted(set(raw) - set(config_class.__dataclass_fields__))
+    if unknown:
+        raise UserError(f"peft {__version__}'s {config_class.__name__} has no option {unknown[0]!r}")
+    try:
+        return get_peft_config(raw | {"peft_type": kind})
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"peft {__version__} rejects the {kind} options {raw}: {str(exc).splitlines()[0]}") from None
+
+
+def check_options(options: dict) -> None:
+    """A peft option the installed peft does not know, or a value it rejects, fails here, when the config is
+    built: before any work."""
+    make_peft_config(raw_config(options, False, "all-linear"))
 
 
 def attach_adapter(model: nn.Module, options: dict, generate: bool = False) -> nn.Module:
@@ -98,3 +126,18 @@ def load(folder: str, model_path: str, num_labels: int | None, cfg: dict, device
     from peft import PeftModel
 
     return PeftModel.from_pretrained(load_model(model_path, num_labels, cfg), folder)
+
+
+def step_hook(model: nn.Module, total_steps: int):
+    """AdaLoRA reallocates its ranks after every optimizer step (peft's update_and_allocate: after the step, before
+    zero_grad) on a budget schedule over the run's steps, which it learns here; other peft types need nothing."""
+    config = (getattr(model, "peft_config", None) or {}).get("default")
+    if config is None or config.peft_type != "ADALORA":
+        return None
+    if config.tinit >= total_steps - config.tfinal:
+        raise UserError(
+            f"AdaLoRA's tinit ({config.tinit}) + tfinal ({config.tfinal}) leave none of the run's {total_steps} "
+            "steps to reallocate ranks in: lower them or train longer"
+        )
+    config.total_step = total_steps
+    return model.base_model.update_and_allocate

@@ -1,6 +1,6 @@
 """Layered YAML configuration.
 
-defaults.yaml -> method DEFAULTS -> task `config:` -> user file -> --set overrides.
+defaults.yaml -> method DEFAULTS -> variant (configs/variants.yaml) -> task `config:` -> user file -> --set overrides.
 Every key a later layer names must exist in the layers below it, so a typo fails loudly.
 """
 
@@ -18,7 +18,7 @@ from tunebench.data.tasks import get_task
 from tunebench.data.template import template_columns
 from tunebench.errors import UserError, unknown_choice
 from tunebench.files import CONFIG_DIR, read_yaml
-from tunebench.methods import get_method
+from tunebench.methods import add_variants, base_method, get_method, variants
 from tunebench.models.precision import PRECISION_CHOICES
 from tunebench.optim import ADAMW_IMPLEMENTATIONS, OPTIMIZERS
 
@@ -120,13 +120,20 @@ def build_config(
     overrides = overrides or {}
     method = method or overrides.get("method") or user.get("method") or cfg["method"]
     task = task or overrides.get("task") or user.get("task") or cfg["task"]
+    # the user's variants are known before the method is looked up: it may be one of them
+    named = [overrides, *(layer for _, layer in reversed(layers)), user]  # the last layer to name it wins
+    variants_file = next((layer["variants"] for layer in named if layer.get("variants")), None)
+    if variants_file:
+        add_variants(variants_file)
 
     spec = get_method(method)
     cfg["method"], cfg["task"] = method, task
     cfg["method_options"] = copy.deepcopy(spec.DEFAULTS.get("method_options", {}))
     method_layer = {k: v for k, v in spec.DEFAULTS.items() if k != "method_options"}
-    cfg = merge(cfg, method_layer, f"method {method!r} defaults")
-    later = [(f"task {task!r}", get_task(task).config)]
+    cfg = merge(cfg, method_layer, f"method {base_method(method)!r} defaults")
+    variant = variants().get(method)
+    later = [(f"variant {method!r} ({variant.file})", {**variant.config, "method_options": variant.options})] if variant else []
+    later += [(f"task {task!r}", get_task(task).config)]
     later += [(str(user_file), user)] if user else []
     later += [*layers, *([("command-line overrides", overrides)] if overrides else [])]
 
