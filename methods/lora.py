@@ -85,6 +85,8 @@ def make_peft_config(raw: dict):
         raise unknown_choice(f"peft_type (peft {__version__})", raw["peft_type"], list(PEFT_TYPE_TO_CONFIG_MAPPING))
     config_class = PEFT_TYPE_TO_CONFIG_MAPPING[kind]
     unknown = sorted(set(raw) - set(config_class.__dataclass_fields__))
+    if unknown == ["modules_to_save"]:  # added for tunebench's classifier: its head trains in full
+        raise UserError(f"{kind} cannot train a classifier's head in peft {__version__} (no modules_to_save)")
     if unknown:
         raise UserError(f"peft {__version__}'s {config_class.__name__} has no option {unknown[0]!r}")
     try:
@@ -96,7 +98,7 @@ def make_peft_config(raw: dict):
 def check_options(options: dict) -> None:
     """A peft option the installed peft does not know, or a value it rejects, fails here, when the config is
     built: before any work."""
-    make_peft_config(raw_config(options, False, "all-linear"))
+    make_peft_config(raw_config(options, True, "all-linear"))  # the options alone: the task's keys come at build
 
 
 def attach_adapter(model: nn.Module, options: dict, generate: bool = False) -> nn.Module:

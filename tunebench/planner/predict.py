@@ -129,7 +129,7 @@ def recommend(plans: list[MethodPlan], budget: int | None) -> str:
     """The most-adapting method that fits at the requested batch, why, and what the others would need."""
     if budget is None:
         return "no budget given (budget or gpu): nothing to recommend"
-    order = plannable()  # most preferred first
+    order = plannable(with_variants=True)  # most preferred first
     plans = sorted(plans, key=lambda p: order.index(p.method))
     fitting = [p for p in plans if p.fits]
     if not fitting:
