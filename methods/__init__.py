@@ -65,6 +65,8 @@ class Method(Protocol):
         use (`plan --strategy` asks it before tracing, the loop before building the model under FSDP);
       cache_features(model, loader, device) -> (features, dataset indices): the backbone runs once and the head
         trains on the result (the loop gathers it across processes, in dataset order);
+      check_gradient_checkpointing(method_options) -> None: rejects options that cannot train with gradient
+        checkpointing (prefix tuning), when the config is built; the planner then suggests none;
       step_hook(model, total_steps) -> callable(step) | None: what the loop calls after each optimizer step, before
         zero_grad, given the run's step count first (AdaLoRA's rank reallocation).
     """

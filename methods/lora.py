@@ -5,6 +5,9 @@ The base weights stay frozen and bit-identical; only the adapter and the task he
 
 from __future__ import annotations
 
+import contextlib
+
+import torch
 from torch import nn
 
 from tunebench.data.generate import is_generate
@@ -101,6 +104,15 @@ def check_options(options: dict) -> None:
     make_peft_config(raw_config(options, True, "all-linear"))  # the options alone: the task's keys come at build
 
 
+def check_gradient_checkpointing(options: dict) -> None:
+    """Prefix tuning cannot: transformers' checkpointed layers drop the past_key_values its prefix lives in."""
+    if str((options["peft_config"] or {}).get("peft_type", "")).upper() == "PREFIX_TUNING":
+        raise UserError(
+            "prefix tuning cannot train with gradient checkpointing: transformers' checkpointed layers drop the "
+            "past_key_values that hold its prefix; set train.gradient_checkpointing=false"
+        )
+
+
 def attach_adapter(model: nn.Module, options: dict, generate: bool = False) -> nn.Module:
     from peft import get_peft_model
 
@@ -116,7 +128,25 @@ def build(model_path: str, num_labels: int | None, cfg: dict, device) -> nn.Modu
 
 def build_meta(config, num_labels: int | None, cfg: dict, precision: str) -> nn.Module:
     base = meta_base(config, num_labels, cfg, RULES[precision].frozen)
-    return attach_adapter(base, cfg["method_options"], is_generate(cfg))
+    options = cfg["method_options"]
+    # BOFT fills its butterfly permutation matrices element by element, which meta tensors cannot: they are made
+    # on the CPU, and peft moves the adapter to the base layer's (meta) device
+    boft = str((options["peft_config"] or {}).get("peft_type", "")).upper() == "BOFT"
+    with torch.device("cpu") if boft else contextlib.nullcontext():
+        return _lycoris_in_eval(attach_adapter(base, options, is_generate(cfg)))
+
+
+def _lycoris_in_eval(model: nn.Module) -> nn.Module:
+    """LyCORIS layers (LoHa, LoKr) draw `torch.rand(1) > module_dropout` in training, a branch on a value that a
+    fake-tensor trace cannot take; in eval mode they skip that draw (and rank dropout) and run the same ops
+    otherwise. Their train() then keeps them in eval: the planner's step is the same as with no such dropout."""
+    from peft.tuners.lycoris_utils import LycorisLayer
+
+    for module in model.modules():
+        if isinstance(module, LycorisLayer):
+            module.train = lambda mode=True, layer=module: nn.Module.train(layer, False)
+            module.train()
+    return model
 
 
 def save(model: nn.Module, folder: str, state_dict: dict | None = None) -> None:

@@ -181,6 +181,8 @@ def next_steps(
                 continue
             if key == "optimizer" and plan.at_peak.get("optimizer_state", 0) < plan.tensor_peak_bytes / 10:
                 continue  # small optimizer state (adapters, a head): little to save
+            if key == "gradient_checkpointing" and not checkpointable(plan.method, settings[plan.method]["options"]):
+                continue
             tried.append((plan, what, flag, settings[plan.method] | {key: value}))
     prefetched = prefetch_traces(
         spec, shape, precision, budget, [(p.method, s) for p, _, _, s in tried], full_depth, seq_limits=False
@@ -207,6 +209,16 @@ def next_steps(
             f"{format_gib(need)} at batch {shape.batch_size} (traced; largest batch {limits.max_batch})"
         )
     return steps
+
+
+def checkpointable(method: str, options: dict) -> bool:
+    """Can the method train with these options under gradient checkpointing (its check_gradient_checkpointing)?"""
+    check = getattr(get_method(method), "check_gradient_checkpointing", None)
+    try:
+        check and check(options)
+    except UserError:
+        return False
+    return True
 
 
 def predict_plan(request: PlanRequest) -> dict:
