@@ -45,7 +45,14 @@ FAMILIES = ("full", "LoRA family", "other adapters", "prompt learning", "head", 
 BASE_FAMILY = {"full": "full", "qlora": "LoRA family", "head": "head", "none": "none"}
 LORA_FAMILY_TYPES = {"LORA", "ADALORA"}
 # peft's prompt-learning types (peft.utils.peft_types: is_prompt_learning) and the other prompt-side adapters
-PROMPT_LEARNING_TYPES = {"PROMPT_TUNING", "MULTITASK_PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING", "ADAPTION_PROMPT", "CPT"}
+PROMPT_LEARNING_TYPES = {
+    "PROMPT_TUNING",
+    "MULTITASK_PROMPT_TUNING",
+    "P_TUNING",
+    "PREFIX_TUNING",
+    "ADAPTION_PROMPT",
+    "CPT",
+}
 
 
 class Planning(NamedTuple):
@@ -139,14 +146,18 @@ def read_variants(path: str) -> dict[str, Variant]:
         if bad:
             raise UserError(f"unknown key {bad[0]!r} in {where}; valid keys: {', '.join(VARIANT_KEYS)}")
         if entry.get("base") not in registry():
-            raise UserError(f"{where}: unknown base method {entry.get('base')!r}; choose one of: {', '.join(registry())}")
+            raise UserError(
+                f"{where}: unknown base method {entry.get('base')!r}; choose one of: {', '.join(registry())}"
+            )
         if str(name) in registry():
             raise UserError(f"{where}: {name!r} is a method's own name; a variant needs another")
         layers = {key: entry.get(key) or {} for key in ("options", "config")}
         for key, layer in layers.items():
             if not isinstance(layer, dict):
                 raise UserError(f"{where}: {key} must be a mapping, got {layer!r}")
-        out[str(name)] = Variant(str(name), entry["base"], layers["options"], layers["config"], entry.get("source") or "", path)
+        out[str(name)] = Variant(
+            str(name), entry["base"], layers["options"], layers["config"], entry.get("source") or "", path
+        )
     return out
 
 

@@ -132,7 +132,11 @@ def build_config(
     method_layer = {k: v for k, v in spec.DEFAULTS.items() if k != "method_options"}
     cfg = merge(cfg, method_layer, f"method {base_method(method)!r} defaults")
     variant = variants().get(method)
-    later = [(f"variant {method!r} ({variant.file})", {**variant.config, "method_options": variant.options})] if variant else []
+    later = (
+        [(f"variant {method!r} ({variant.file})", {**variant.config, "method_options": variant.options})]
+        if variant
+        else []
+    )
     later += [(f"task {task!r}", get_task(task).config)]
     later += [(str(user_file), user)] if user else []
     later += [*layers, *([("command-line overrides", overrides)] if overrides else [])]

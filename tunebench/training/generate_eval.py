@@ -243,7 +243,9 @@ def choice_correct(model: nn.Module, split: Dataset, tokenizer, candidates: list
     for batch in _batches(split, rows):
         prompts = [split[i]["input_ids"][: split[i]["prompt_length"]] for i in batch]
         if prompt_learning(model):  # its virtual tokens or prefix cannot share the prefix tree's KV cache
-            scores = whole_choice_scores(model, prompts, candidate_tokens(candidates, tokenizer), tokenizer.pad_token_id)
+            scores = whole_choice_scores(
+                model, prompts, candidate_tokens(candidates, tokenizer), tokenizer.pad_token_id
+            )
         else:
             scores = choice_scores(model, prompts, tree, tokenizer.pad_token_id, device)
         best = scores.argmax(-1).tolist()
