@@ -47,6 +47,24 @@ TARGET_MODULES = {
 }
 
 
+# peft types tunebench's loop cannot train, and why (peft 0.21): refused when the config is built
+UNSUPPORTED = {
+    "POLY": "routes each example by a task id (task_ids), which tunebench's batches do not carry",
+    "MULTITASK_PROMPT_TUNING": "routes each example by a task id (task_ids), which tunebench's batches do not carry",
+    "XLORA": "mixes LoRA adapters trained beforehand (its adapters option) and trains none of its own",
+    "CPT": "needs each example's context token ids and masks (cpt_token_ids, cpt_mask), which tunebench's batches "
+    "do not carry",
+}
+# options a type needs that peft leaves unset: without them it trains nothing or fails mid-run
+REQUIRED = {
+    "TRAINABLE_TOKENS": ("token_indices", "the tokens whose embeddings train"),
+    "PROMPT_TUNING": ("num_virtual_tokens", "how many virtual tokens it learns"),
+    "P_TUNING": ("num_virtual_tokens", "how many virtual tokens it learns"),
+    "PREFIX_TUNING": ("num_virtual_tokens", "how many virtual tokens it learns"),
+    "CARTRIDGE": ("num_virtual_tokens", "how many virtual tokens it learns"),
+}
+
+
 def peft_config(model: nn.Module, options: dict, generate: bool = False):
     """For tunebench's Classifier: no peft task type (its forward takes the loop's batch as it is); the
     task head is trained and saved in full (modules_to_save) and never gets an adapter. For a causal LM
@@ -86,6 +104,10 @@ def make_peft_config(raw: dict):
     kind = str(raw["peft_type"]).upper()
     if kind not in PEFT_TYPE_TO_CONFIG_MAPPING:
         raise unknown_choice(f"peft_type (peft {__version__})", raw["peft_type"], list(PEFT_TYPE_TO_CONFIG_MAPPING))
+    if kind in UNSUPPORTED:
+        raise UserError(f"peft {__version__}'s {kind} cannot train in tunebench: it {UNSUPPORTED[kind]}")
+    if kind in REQUIRED and not raw.get(REQUIRED[kind][0]):
+        raise UserError(f"{kind} needs method_options.peft_config.{REQUIRED[kind][0]}: {REQUIRED[kind][1]}")
     config_class = PEFT_TYPE_TO_CONFIG_MAPPING[kind]
     unknown = sorted(set(raw) - set(config_class.__dataclass_fields__))
     if unknown == ["modules_to_save"]:  # added for tunebench's classifier: its head trains in full

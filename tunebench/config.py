@@ -156,6 +156,8 @@ def build_config(
     # the layers above were chosen for this method and task: a `method:` or `task:` in a later layer must not
     # replace them (it would run one method with another's options)
     cfg["method"], cfg["task"] = method, task
+    if cfg["variants"]:  # as read, so that `eval` of the run reads the same file from any folder
+        cfg["variants"] = str(Path(cfg["variants"]).resolve())
     check_config(cfg)
     if hasattr(spec, "check_options"):
         spec.check_options(cfg["method_options"])

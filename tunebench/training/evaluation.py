@@ -16,7 +16,7 @@ from tunebench.data import generate as generate_data
 from tunebench.data.tasks import get_task, load_capped, load_task
 from tunebench.errors import UserError
 from tunebench.files import read_yaml
-from tunebench.methods import get_method
+from tunebench.methods import add_variants, get_method
 from tunebench.metrics import classification_metrics, load_extra
 from tunebench.models.hub import load_pretrained
 from tunebench.models.precision import RULES, apply_rule, recorded_rule
@@ -62,6 +62,8 @@ def evaluate_run(run_dir: str | Path, task_name: str | None = None, split: str =
     if not (run_dir / "best").exists():
         raise UserError(f"{run_dir} has no saved weights (best/); was it run with train.save=none?")
     cfg = read_yaml(run_dir / "config.yaml")
+    if cfg.get("variants"):  # the run's method may be a variant of the user's own file
+        add_variants(cfg["variants"])
     method = get_method(cfg["method"])
     generate = generate_data.is_generate(cfg)
     task = load_capped(task_name or cfg["task"], cfg["data"])

@@ -74,6 +74,7 @@ def prepare(args: TrainArgs, accelerator: Accelerator, result: dict) -> Setup:
     total_steps, scheduler = _schedule(args, optimizer, micro_batches_per_epoch)
     hook = getattr(method, "step_hook", None)
     after_step = hook(accelerator.unwrap_model(model), total_steps) if hook else None
+    result["method"] = describe_method(args.method, accelerator.unwrap_model(model))  # once the hook set its steps
     extra_metrics = load_extra(args.metrics)
     # trackers take flat scalar hyper-parameters
     hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(args.config).items()}
@@ -119,7 +120,6 @@ def _model_and_optimizer(args: TrainArgs, method, task, model_path: str, acceler
     """The method's model (it decides what trains) and its optimizer, prepared together."""
     device = accelerator.device
     model = method.build(model_path, task.num_labels, args.config, device)
-    result["method"] = describe_method(args.method, model)
     # The run's precision rule, once for every method, on what the method made trainable (before the optimizer:
     # its state takes the master weights' dtype). The result records the dtypes the parameters then have.
     rule = resolve_rule(args.precision, device)
