@@ -57,11 +57,12 @@ UNSUPPORTED = {
 }
 # options a type needs that peft leaves unset: without them it trains nothing or fails mid-run
 REQUIRED = {
-    "TRAINABLE_TOKENS": ("token_indices", "the tokens whose embeddings train"),
-    "PROMPT_TUNING": ("num_virtual_tokens", "how many virtual tokens it learns"),
-    "P_TUNING": ("num_virtual_tokens", "how many virtual tokens it learns"),
-    "PREFIX_TUNING": ("num_virtual_tokens", "how many virtual tokens it learns"),
-    "CARTRIDGE": ("num_virtual_tokens", "how many virtual tokens it learns"),
+    "TRAINABLE_TOKENS": (("token_indices",), "the tokens whose embeddings train"),
+    "PROMPT_TUNING": (("num_virtual_tokens",), "how many virtual tokens it learns"),
+    "P_TUNING": (("num_virtual_tokens",), "how many virtual tokens it learns"),
+    "PREFIX_TUNING": (("num_virtual_tokens",), "how many virtual tokens it learns"),
+    "CARTRIDGE": (("num_virtual_tokens",), "how many virtual tokens it learns"),
+    "ADAPTION_PROMPT": (("adapter_len", "adapter_layers"), "its prompt's length and how many top layers take it"),
 }
 
 
@@ -106,8 +107,9 @@ def make_peft_config(raw: dict):
         raise unknown_choice(f"peft_type (peft {__version__})", raw["peft_type"], list(PEFT_TYPE_TO_CONFIG_MAPPING))
     if kind in UNSUPPORTED:
         raise UserError(f"peft {__version__}'s {kind} cannot train in tunebench: it {UNSUPPORTED[kind]}")
-    if kind in REQUIRED and not raw.get(REQUIRED[kind][0]):
-        raise UserError(f"{kind} needs method_options.peft_config.{REQUIRED[kind][0]}: {REQUIRED[kind][1]}")
+    keys, why = REQUIRED.get(kind, ((), ""))
+    if any(not raw.get(key) for key in keys):
+        raise UserError(f"{kind} needs method_options.peft_config.{' and '.join(keys)}: {why}")
     config_class = PEFT_TYPE_TO_CONFIG_MAPPING[kind]
     unknown = sorted(set(raw) - set(config_class.__dataclass_fields__))
     if unknown == ["modules_to_save"]:  # added for tunebench's classifier: its head trains in full

@@ -24,7 +24,12 @@ from functools import partial
 import numpy as np
 import torch
 from torch import nn
-from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensorMode, unset_fake_temporarily
+from torch._subclasses.fake_tensor import (
+    DataDependentOutputException,
+    DynamicOutputShapeException,
+    FakeTensorMode,
+    unset_fake_temporarily,
+)
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count, shape_wrapper
 
@@ -302,16 +307,17 @@ def trace_step(
     logits, upcast to fp32 inside transformers' causal-LM loss, on answer-masked labels; num_labels unused).
     """
     autocast_dtype = RULES[precision].autocast
-    model = build_meta_model(
-        config,
-        method,
-        num_labels=num_labels,
-        precision=precision,
-        options=options,
-        pooling=pooling,
-        gradient_checkpointing=gradient_checkpointing,
-        task_type=task_type,
-    )
+    with _traceable(method):
+        model = build_meta_model(
+            config,
+            method,
+            num_labels=num_labels,
+            precision=precision,
+            options=options,
+            pooling=pooling,
+            gradient_checkpointing=gradient_checkpointing,
+            task_type=task_type,
+        )
     with FakeTensorMode(allow_non_fake_inputs=True), ExitStack() as stack, _traceable(method):
         _to_empty_tied(model)
         trainable = [p for p in model.parameters() if p.requires_grad]
@@ -354,14 +360,20 @@ def trace_step(
 
 @contextmanager
 def _traceable(method: str) -> Iterator[None]:
-    """A step whose Python branches on a tensor's value (VBLoRA's check for infinite logits, say) cannot be traced
-    with fake tensors: one line saying so, not the trace's error (which does not pickle out of the trace pool)."""
+    """A model that cannot be built on the meta device or stepped with fake tensors (VBLoRA branches on a tensor's
+    value, UniLoRA calls an op with no meta kernel) is one line saying so, not the trace's error (which may not
+    pickle out of the trace pool)."""
     try:
         yield
-    except DataDependentOutputException as exc:
+    except (DataDependentOutputException, DynamicOutputShapeException) as exc:
         raise UserError(
-            f"{method} cannot be planned: its training step branches on a tensor's value ({exc.func}), which the "
+            f"{method} cannot be planned: its training step depends on a tensor's values ({exc.func}), which the "
             "planner's fake-tensor trace cannot know"
+        ) from None
+    except NotImplementedError as exc:
+        raise UserError(
+            f"{method} cannot be planned: it cannot be built or stepped without real weights "
+            f"({str(exc).splitlines()[0][:120]})"
         ) from None
 
 
