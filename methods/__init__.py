@@ -72,8 +72,8 @@ class Method(Protocol):
         use (`plan --strategy` asks it before tracing, the loop before building the model under FSDP);
       cache_features(model, loader, device) -> (features, dataset indices): the backbone runs once and the head
         trains on the result (the loop gathers it across processes, in dataset order);
-      check_gradient_checkpointing(method_options) -> None: rejects options that cannot train with gradient
-        checkpointing (prefix tuning), when the config is built; the planner then suggests none;
+      check_settings(cfg) -> None: rejects options the run's other settings cannot use (prefix tuning under
+        gradient checkpointing), when the config is built; the planner suggests no such settings;
       step_hook(model, total_steps) -> callable(step) | None: what the loop calls after each optimizer step, before
         zero_grad, given the run's step count first (AdaLoRA's rank reallocation).
     """
@@ -187,6 +187,12 @@ def base_method(name: str) -> str:
     """The method a name runs: a variant's base, else the name itself."""
     variant = variants().get(name)
     return variant.base if variant else name
+
+
+def default_options(name: str) -> dict:
+    """The method_options a name runs with by default: its base's DEFAULTS, then a variant's own."""
+    variant = variants().get(name)
+    return dict(get_method(name).DEFAULTS["method_options"]) | (variant.options if variant else {})
 
 
 def family(base: str, peft_type: str | None = None) -> str:

@@ -128,9 +128,22 @@ def check_options(options: dict) -> None:
     make_peft_config(raw_config(options, True, "all-linear"))  # the options alone: the task's keys come at build
 
 
-def check_gradient_checkpointing(options: dict) -> None:
-    """Prefix tuning cannot: transformers' checkpointed layers drop the past_key_values its prefix lives in."""
-    if str((options["peft_config"] or {}).get("peft_type", "")).upper() == "PREFIX_TUNING":
+def check_settings(cfg: dict) -> None:
+    """Options the run's other settings cannot use, when the config is built: prompt learning on tunebench's
+    classifier (peft prepends its virtual tokens only in its task models, and the classifier is tunebench's own),
+    and prefix tuning under gradient checkpointing (transformers' checkpointed layers drop the past_key_values that
+    hold its prefix)."""
+    from peft import PromptLearningConfig, __version__
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+    kind = str((cfg["method_options"]["peft_config"] or {}).get("peft_type", "LORA")).upper()
+    config_class = PEFT_TYPE_TO_CONFIG_MAPPING.get(kind)
+    if not is_generate(cfg) and config_class and issubclass(config_class, PromptLearningConfig):
+        raise UserError(
+            f"{kind} cannot train a classifier in peft {__version__}: prompt learning needs one of peft's task "
+            "models, and tunebench's classifier is its own; use it on a generate task"
+        )
+    if kind == "PREFIX_TUNING" and cfg["train"]["gradient_checkpointing"]:
         raise UserError(
             "prefix tuning cannot train with gradient checkpointing: transformers' checkpointed layers drop the "
             "past_key_values that hold its prefix; set train.gradient_checkpointing=false"

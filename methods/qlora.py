@@ -133,4 +133,4 @@ def load(folder: str, model_path: str, num_labels: int | None, cfg: dict, device
 
 
 step_hook = lora.step_hook  # AdaLoRA on a quantized base
-check_gradient_checkpointing = lora.check_gradient_checkpointing
+check_settings = lora.check_settings

@@ -133,3 +133,52 @@ def test_plan_takes_variants_by_name(capsys) -> None:
         "lora",
         "dora",
     ]
+
+
+@pytest.mark.parametrize("name", ["prompt-tuning", "p-tuning", "prefix-tuning"])
+def test_prompt_learning_metrics_line_up_with_its_virtual_tokens(tiny_llm, pairs, name) -> None:
+    """Teacher forcing reads the input's own positions: its answer loss is the loss peft computes itself (which
+    masks the virtual tokens), and whole-sequence choice scores give each candidate that same likelihood."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from tunebench.data import generate as generation
+    from tunebench.data.tasks import get_task, load_task
+    from tunebench.methods import get_method
+    from tunebench.training.generate_eval import answer_nll, candidate_tokens, whole_choice_scores
+
+    cfg = build_config(name, pairs, overrides=GENERATE | {"model": tiny_llm})
+    torch.manual_seed(0)
+    model = get_method(name).build(tiny_llm, None, cfg, torch.device("cpu")).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llm)
+    encoded, _ = generation.tokenize(load_task(get_task(pairs), cfg["data"]).splits, tokenizer, cfg["data"])
+    examples = [encoded["train"][i] for i in range(4)]
+    batch = {k: v for k, v in generation.collate(tokenizer.pad_token_id)(examples).items() if k != "index"}
+    with torch.no_grad():
+        nll, _, count = answer_nll(model, batch)
+        assert nll / count == pytest.approx(model(**batch).loss.item(), rel=1e-5)
+        prompts = [e["input_ids"][: e["prompt_length"]] for e in examples]
+        answers = candidate_tokens(["yes", "no"], tokenizer)
+        scores = whole_choice_scores(model, prompts, answers, tokenizer.pad_token_id)
+        for row, example in enumerate(examples):  # each example's own answer: its summed log-likelihood
+            own = answers.index(example["input_ids"][example["prompt_length"] :])
+            alone = {k: v[row : row + 1, : len(example["input_ids"])] for k, v in batch.items()}
+            nll_alone, _, _ = answer_nll(model, alone)
+            assert scores[row, own].item() == pytest.approx(-nll_alone, rel=1e-4)
+
+
+def test_whole_sequence_choice_scores_agree_with_the_prefix_tree(tiny_llm) -> None:
+    """The two ways of scoring candidates (the prefix tree over a KV cache; one forward per candidate, which prompt
+    learning needs) give the same log-likelihoods on a model both can run."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunebench.training.generate_eval import PrefixTree, candidate_tokens, choice_scores, whole_choice_scores
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llm).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llm)
+    prompts = [tokenizer("Say yes or no.")["input_ids"], tokenizer("Answer in one word, please:")["input_ids"]]
+    answers = candidate_tokens(["yes", "no", "not sure"], tokenizer)
+    tree = choice_scores(model, prompts, PrefixTree.build(answers), tokenizer.pad_token_id, torch.device("cpu"))
+    whole = whole_choice_scores(model, prompts, answers, tokenizer.pad_token_id)
+    assert torch.allclose(tree, whole, atol=1e-4)

@@ -161,8 +161,8 @@ def build_config(
     check_config(cfg)
     if hasattr(spec, "check_options"):
         spec.check_options(cfg["method_options"])
-    if cfg["train"]["gradient_checkpointing"] and hasattr(spec, "check_gradient_checkpointing"):
-        spec.check_gradient_checkpointing(cfg["method_options"])
+    if hasattr(spec, "check_settings"):
+        spec.check_settings(cfg)
     return cfg
 
 

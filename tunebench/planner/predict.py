@@ -29,7 +29,7 @@ from tunebench.planner.inputs import (
 from tunebench.planner.limits import Limits, plan_method, prefetch_traces
 from tunebench.planner.request import PlanRequest
 from tunebench.planner.sharding import Sharding, check_sharding, make_sharding, sharding_assumptions
-from tunebench.planner.tracing import StepTrace
+from tunebench.planner.tracing import StepTrace, method_cfg
 from tunebench.results import read_result, result_files
 from tunebench.units import format_gib
 
@@ -181,7 +181,7 @@ def next_steps(
                 continue
             if key == "optimizer" and plan.at_peak.get("optimizer_state", 0) < plan.tensor_peak_bytes / 10:
                 continue  # small optimizer state (adapters, a head): little to save
-            if key == "gradient_checkpointing" and not checkpointable(plan.method, settings[plan.method]["options"]):
+            if key == "gradient_checkpointing" and not checkpointable(plan.method, settings[plan.method]):
                 continue
             tried.append((plan, what, flag, settings[plan.method] | {key: value}))
     prefetched = prefetch_traces(
@@ -211,11 +211,11 @@ def next_steps(
     return steps
 
 
-def checkpointable(method: str, options: dict) -> bool:
-    """Can the method train with these options under gradient checkpointing (its check_gradient_checkpointing)?"""
-    check = getattr(get_method(method), "check_gradient_checkpointing", None)
+def checkpointable(method: str, settings: dict) -> bool:
+    """Can the method train with these settings under gradient checkpointing (its check_settings)?"""
+    check = getattr(get_method(method), "check_settings", None)
     try:
-        check and check(options)
+        check and check(method_cfg(settings["options"], None, True, settings["task_type"]))
     except UserError:
         return False
     return True
