@@ -181,7 +181,8 @@ def _label_blocks(model: nn.Module, tracker: TimelineTracker, num_layers: int) -
 
     def after(k: int, module, args, output) -> None:
         if tracker.label[0] == "forward":
-            on_gradient(output if isinstance(output, torch.Tensor) else output[0], k)
+            # a tuple's first item is the hidden states; another output (peft's SHADOW carrier) is left unlabelled
+            on_gradient(output[0] if isinstance(output, (tuple, list)) else output, k)
             if k == num_layers - 1:
                 tracker.mark("forward", "post")
 
