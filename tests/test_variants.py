@@ -63,7 +63,7 @@ def test_a_variant_trains_records_what_ran_and_reloads(tiny_llm, pairs, tmp_path
 def test_adalora_reallocates_ranks_over_the_runs_steps(tiny_llm, pairs, tmp_path: Path) -> None:
     options = {"peft_config": {"peft_type": "ADALORA", "init_r": 6, "target_r": 2, "tinit": 1, "tfinal": 1}}
     overrides = GENERATE | {"model": tiny_llm, "method_options": options}
-    overrides["train"] = GENERATE["train"] | {"max_steps": 4, "save": "best"}
+    overrides["train"] = GENERATE["train"] | {"epochs": 2, "max_steps": 4, "save": "best"}  # 2 steps an epoch
     result = api.train("adalora", pairs, overrides=overrides, out=tmp_path / "adalora")
     assert result["status"] == "ok", result["error"]
     assert result["method"]["peft_config"]["total_step"] == 4  # the run's, given by the loop

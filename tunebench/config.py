@@ -57,8 +57,9 @@ def _coerce(value: Any, like: Any, key: str) -> Any:
     return value
 
 
-def merge(base: Config, layer: dict, where: str, prefix: str = "") -> Config:
-    """Return base updated by layer; unknown keys raise. A None or {} default is a free-form leaf."""
+def merge(base: Config, layer: dict, where: str, prefix: str = "", free: frozenset[str] = frozenset()) -> Config:
+    """Return base updated by layer; unknown keys raise. A None or {} default is a free-form leaf; free names such
+    leaves an earlier layer filled (a variant's peft_config): a later mapping adds to them, unchecked."""
     out = copy.deepcopy(base)
     for key, value in layer.items():
         dotted = f"{prefix}{key}"
@@ -66,8 +67,10 @@ def merge(base: Config, layer: dict, where: str, prefix: str = "") -> Config:
             valid = ", ".join(sorted(out)) or "(none)"
             raise UserError(f"unknown config key {dotted!r} in {where}; valid keys here: {valid}")
         default = out[key]
-        if isinstance(default, dict) and default and isinstance(value, dict):
-            out[key] = merge(default, value, where, prefix=f"{dotted}.")
+        if dotted in free and isinstance(default, dict) and isinstance(value, dict):
+            out[key] = default | value
+        elif isinstance(default, dict) and default and isinstance(value, dict):
+            out[key] = merge(default, value, where, prefix=f"{dotted}.", free=free)
         elif isinstance(default, dict) and default and value is not None:
             raise UserError(f"config key {dotted!r} in {where} must be a mapping")
         else:
@@ -141,9 +144,11 @@ def build_config(
     later += [(str(user_file), user)] if user else []
     later += [*layers, *([("command-line overrides", overrides)] if overrides else [])]
 
+    free = frozenset(k for k, v in flatten(cfg).items() if v is None or v == {})
+
     def compose(base: Config) -> Config:
         for where, layer in later:
-            base = merge(base, layer, where)
+            base = merge(base, layer, where, free=free)
         return base
 
     composed = compose(cfg)
