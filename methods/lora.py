@@ -155,7 +155,7 @@ def attach_adapter(model: nn.Module, options: dict, generate: bool = False) -> n
 
     try:
         return get_peft_model(model, peft_config(model, options, generate))
-    except ValueError as exc:  # e.g. target modules not found in the model
+    except (ValueError, AttributeError) as exc:  # target modules not found; SHADOW finds no block stack in it
         raise UserError(f"peft could not wrap the model: {str(exc).splitlines()[0]}") from None
 
 
