@@ -394,7 +394,7 @@ def step_planner(s: Setting) -> dict:
 def step_throughput(s: Setting) -> dict:
     """The loop's tokens/s and MFU per method on the Llama shape, and the Trainer ratio, alternated."""
     from tunebench.benchmarks.vs_trainer import COMPARABLE, compare
-    from tunebench.methods import get_method
+    from tunebench.methods import default_options
     from tunebench.planner.inputs import load_gpus, match_gpu, resolve_spec
     from tunebench.planner.tracing import trace_step
 
@@ -412,7 +412,7 @@ def step_throughput(s: Setting) -> dict:
             seq_len=s.seq,
             num_labels=2,
             precision=s.precision,
-            options=dict(get_method(method).DEFAULTS["method_options"]),
+            options=default_options(method),
             pooling=spec.pooling,
             count_flops=True,
         )

@@ -37,6 +37,7 @@ def check_options(options: dict) -> None:
     """Called when the config is built, before any data or model loads."""
     if options["bits"] not in (4, 8):
         raise UserError(f"method_options.bits must be 4 or 8, got {options['bits']!r}")
+    lora.check_options({k: v for k, v in options.items() if k != "bits"})
 
 
 def check_strategy(strategy: str, cfg: dict) -> None:
@@ -129,3 +130,7 @@ def load(folder: str, model_path: str, num_labels: int | None, cfg: dict, device
     from peft import PeftModel
 
     return PeftModel.from_pretrained(_quantized_base(model_path, num_labels, cfg, device), folder)
+
+
+step_hook = lora.step_hook  # AdaLoRA on a quantized base
+check_settings = lora.check_settings

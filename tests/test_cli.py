@@ -13,6 +13,7 @@ from conftest import write_frame
 
 from tunebench.cli import main
 from tunebench.files import CONFIG_DIR, read_yaml
+from tunebench.methods import method_names
 from tunebench.models.hub import EMBEDDED, describe_models
 from tunebench.results import read_result
 
@@ -80,7 +81,10 @@ def test_train_then_eval_reproduces_predictions(capsys, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        (["train", "--method", "lorra"], "unknown method 'lorra'; choose one of: full, head, lora, none, qlora"),
+        (
+            ["train", "--method", "lorra"],
+            "unknown method 'lorra'; choose one of: adalora, boft, dora, fourierft, full, head",
+        ),
         (
             ["train", "--task", "rotten"],
             "<task.yaml>, banking77, banking77_gen, imdb, rotten_tomatoes, rotten_tomatoes_gen",
@@ -102,7 +106,10 @@ def test_train_then_eval_reproduces_predictions(capsys, tmp_path: Path) -> None:
         ),
         (["plan", "--set", "train.epochs=3"], "plan cannot honour the override train.epochs: it does not change one"),
         (["plan", "--set", "train.save=none"], "plan cannot honour the override train.save: "),
-        (["plan", "--set", "data.max_train_samples=8"], "step; the planner honours model, method, task, pooling"),
+        (
+            ["plan", "--set", "data.max_train_samples=8"],
+            "step; the planner honours model, method, variants, task, pooling",
+        ),
         (["plan", "--epochs", "3"], "plan cannot honour epochs (train.epochs): it does not change one training step"),
         (["plan", "--methods", "full,lora", "--set", "method_options.r=8"], "method_options.* overrides are one"),
         (["fly"], "argument command: invalid choice: 'fly'"),
@@ -188,7 +195,7 @@ def test_console_script_bad_input(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == (
-        "tunebench: error: unknown method 'sft'; choose one of: full, head, lora, none, qlora"
+        f"tunebench: error: unknown method 'sft'; choose one of: {', '.join(sorted(method_names()))}"
     )
     assert "Traceback" not in done.stderr and done.stdout == ""
 

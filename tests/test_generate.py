@@ -29,37 +29,6 @@ SMALL = {
 LR = {"full": 1e-3, "lora": 1e-2, "qlora": 1e-2, "head": 1e-2}
 
 
-@pytest.fixture(scope="session")
-def smollm2_tokenizer_folder() -> str:
-    return resolve_model("smollm2-135m")
-
-
-@pytest.fixture(scope="session")
-def tiny_llm(tmp_path_factory, smollm2_tokenizer_folder) -> str:
-    """A 2-layer random Llama (tied embeddings, as SmolLM2) with SmolLM2's tokenizer."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    folder = tmp_path_factory.mktemp("tiny-llm")
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_tokenizer_folder)
-    tokenizer.save_pretrained(folder)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(folder)
-    return str(folder)
-
-
 def _write_pairs(path) -> str:
     path.write_text("".join(json.dumps({"prompt": p, "answer": a}) + "\n" for p, a in PAIRS))
     return str(path)

@@ -320,7 +320,7 @@ def test_summary_table_groups_the_methods_the_paired_test_cannot_separate(tmp_pa
     write_report([str(tmp_path / "set")], str(tmp_path / "out"))
     markdown = (tmp_path / "out" / "report.md").read_text()
     table = markdown.split("## Results: rotten_tomatoes")[1].split("\n\n")[1]
-    tiers = re.findall(r"^\| \*\*(\w+)\*\* \| [^|]+ \| [^|]+ \| (\d) \|", table, re.MULTILINE)
+    tiers = re.findall(r"^\| \*\*(\w+)\*\* \| [^|]+ \| [^|]+ \| [^|]+ \| (\d) \|", table, re.MULTILINE)  # family first
     assert tiers == [("lora", "1"), ("head", "2"), ("none", "2"), ("full", "3")]  # method order within a tier
     assert "Tier: tier 1 is the most accurate method and every method tied with it" in markdown
 

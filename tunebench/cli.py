@@ -37,9 +37,13 @@ class _Parser(argparse.ArgumentParser):
 
 def add_config_arguments(p: argparse.ArgumentParser) -> None:
     """The flags that build a run's config (tunebench.config.run_config): `train` and `plan` share them."""
-    from tunebench.methods import registry
+    from tunebench.methods import registry, variants
 
-    p.add_argument("--method", help=f"{' | '.join(registry())}, or a method module's path (default: lora)")
+    p.add_argument(
+        "--method",
+        help=f"{' | '.join(registry())}, a variant ({', '.join(variants())}; configs/variants.yaml), or a method "
+        "module's path (default: lora)",
+    )
     p.add_argument("--task", help="a registered task, a task YAML, a data file, or a hub dataset id")
     p.add_argument(
         "--model",
@@ -129,7 +133,8 @@ def _add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peak-tflops", type=float, help="peak dense TFLOP/s at the precision, instead of the GPU's")
     p.add_argument(
         "--methods",
-        help=f"comma-separated subset of {','.join(plannable())} to compare (default: --method's, else all)",
+        help=f"comma-separated methods or variants to compare, e.g. {','.join(plannable())},dora (default: --method's, "
+        "else all methods)",
     )
     p.add_argument("--results", help="a results folder: calibrates MFU (and, with --validate, checks peaks)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")

@@ -1,6 +1,6 @@
 """Layered YAML configuration.
 
-defaults.yaml -> method DEFAULTS -> task `config:` -> user file -> --set overrides.
+defaults.yaml -> method DEFAULTS -> variant (configs/variants.yaml) -> task `config:` -> user file -> --set overrides.
 Every key a later layer names must exist in the layers below it, so a typo fails loudly.
 """
 
@@ -18,7 +18,7 @@ from tunebench.data.tasks import get_task
 from tunebench.data.template import template_columns
 from tunebench.errors import UserError, unknown_choice
 from tunebench.files import CONFIG_DIR, read_yaml
-from tunebench.methods import get_method
+from tunebench.methods import add_variants, base_method, get_method, variants
 from tunebench.models.precision import PRECISION_CHOICES
 from tunebench.optim import ADAMW_IMPLEMENTATIONS, OPTIMIZERS
 
@@ -57,8 +57,9 @@ def _coerce(value: Any, like: Any, key: str) -> Any:
     return value
 
 
-def merge(base: Config, layer: dict, where: str, prefix: str = "") -> Config:
-    """Return base updated by layer; unknown keys raise. A None or {} default is a free-form leaf."""
+def merge(base: Config, layer: dict, where: str, prefix: str = "", free: frozenset[str] = frozenset()) -> Config:
+    """Return base updated by layer; unknown keys raise. A None or {} default is a free-form leaf; free names such
+    leaves an earlier layer filled (a variant's peft_config): a later mapping adds to them, unchecked."""
     out = copy.deepcopy(base)
     for key, value in layer.items():
         dotted = f"{prefix}{key}"
@@ -66,8 +67,10 @@ def merge(base: Config, layer: dict, where: str, prefix: str = "") -> Config:
             valid = ", ".join(sorted(out)) or "(none)"
             raise UserError(f"unknown config key {dotted!r} in {where}; valid keys here: {valid}")
         default = out[key]
-        if isinstance(default, dict) and default and isinstance(value, dict):
-            out[key] = merge(default, value, where, prefix=f"{dotted}.")
+        if dotted in free and isinstance(default, dict) and isinstance(value, dict):
+            out[key] = default | value
+        elif isinstance(default, dict) and default and isinstance(value, dict):
+            out[key] = merge(default, value, where, prefix=f"{dotted}.", free=free)
         elif isinstance(default, dict) and default and value is not None:
             raise UserError(f"config key {dotted!r} in {where} must be a mapping")
         else:
@@ -120,19 +123,32 @@ def build_config(
     overrides = overrides or {}
     method = method or overrides.get("method") or user.get("method") or cfg["method"]
     task = task or overrides.get("task") or user.get("task") or cfg["task"]
+    # the user's variants are known before the method is looked up: it may be one of them
+    named = [overrides, *(layer for _, layer in reversed(layers)), user]  # the last layer to name it wins
+    variants_file = next((layer["variants"] for layer in named if layer.get("variants")), None)
+    if variants_file:
+        add_variants(variants_file)
 
     spec = get_method(method)
     cfg["method"], cfg["task"] = method, task
     cfg["method_options"] = copy.deepcopy(spec.DEFAULTS.get("method_options", {}))
     method_layer = {k: v for k, v in spec.DEFAULTS.items() if k != "method_options"}
-    cfg = merge(cfg, method_layer, f"method {method!r} defaults")
-    later = [(f"task {task!r}", get_task(task).config)]
+    cfg = merge(cfg, method_layer, f"method {base_method(method)!r} defaults")
+    variant = variants().get(method)
+    later = (
+        [(f"variant {method!r} ({variant.file})", {**variant.config, "method_options": variant.options})]
+        if variant
+        else []
+    )
+    later += [(f"task {task!r}", get_task(task).config)]
     later += [(str(user_file), user)] if user else []
     later += [*layers, *([("command-line overrides", overrides)] if overrides else [])]
 
+    free = frozenset(k for k, v in flatten(cfg).items() if v is None or v == {})
+
     def compose(base: Config) -> Config:
         for where, layer in later:
-            base = merge(base, layer, where)
+            base = merge(base, layer, where, free=free)
         return base
 
     composed = compose(cfg)
@@ -145,9 +161,13 @@ def build_config(
     # the layers above were chosen for this method and task: a `method:` or `task:` in a later layer must not
     # replace them (it would run one method with another's options)
     cfg["method"], cfg["task"] = method, task
+    if cfg["variants"]:  # as read, so that `eval` of the run reads the same file from any folder
+        cfg["variants"] = str(Path(cfg["variants"]).resolve())
     check_config(cfg)
     if hasattr(spec, "check_options"):
         spec.check_options(cfg["method_options"])
+    if hasattr(spec, "check_settings"):
+        spec.check_settings(cfg)
     return cfg
 
 

@@ -74,6 +74,10 @@ class TensorTracker(TorchDispatchMode):
     def _register(self, tensor: torch.Tensor, category: str) -> None:
         if not isinstance(tensor, torch.Tensor) or tensor.device.type == "meta" and not _is_fake(tensor):
             return
+        if tensor.layout != torch.strided:
+            for part in _strided_parts(tensor):
+                self._register(part, category)
+            return
         storage = tensor.untyped_storage()
         key = id(storage)
         entry = self._live.get(key)
@@ -143,14 +147,13 @@ class TensorTracker(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         collective = func.namespace == "c10d"
-        for leaf in tree_leaves(out):
-            if isinstance(leaf, torch.Tensor):
-                # DDP's gradient buckets: what a collective reduces in place, or state made before the tracker
-                # and first seen written in place (the reducer allocates its buckets, and after the first step
-                # reallocates them in gradient order, out of Python's reach)
-                unseen = id(leaf.untyped_storage()) not in self._live
-                persistent = collective or unseen and func._schema.is_mutable
-                self._register(leaf, "buffers" if persistent else "other")
+        for leaf in (part for t in tree_leaves(out) if isinstance(t, torch.Tensor) for part in _strided_parts(t)):
+            # DDP's gradient buckets: what a collective reduces in place, or state made before the tracker
+            # and first seen written in place (the reducer allocates its buckets, and after the first step
+            # reallocates them in gradient order, out of Python's reach)
+            unseen = id(leaf.untyped_storage()) not in self._live
+            persistent = collective or unseen and func._schema.is_mutable
+            self._register(leaf, "buffers" if persistent else "other")
         return out
 
     def __enter__(self) -> TensorTracker:
@@ -216,6 +219,16 @@ class ProfiledPeak:
                 running += event.nbytes()
                 highest = max(highest, running)
         self.peak_bytes = self.start_bytes + highest
+
+
+def _strided_parts(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """The tensors holding a tensor's bytes: itself, or a sparse one's indices and values (peft's FRoD and SHiRA
+    make sparse tensors, which have no storage of their own)."""
+    if tensor.layout == torch.sparse_coo:
+        return [tensor._indices(), tensor._values()]
+    if tensor.layout == torch.sparse_csr:
+        return [tensor.crow_indices(), tensor.col_indices(), tensor.values()]
+    return [tensor]
 
 
 def _is_fake(tensor: torch.Tensor) -> bool:

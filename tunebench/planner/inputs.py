@@ -153,6 +153,7 @@ def match_gpu(gpus: dict, device_name: str) -> dict | None:
 HONOURED = (
     "model",
     "method",
+    "variants",
     "task",
     "pooling",
     "method_options.*",
@@ -212,10 +213,13 @@ def planned_run(request: PlanRequest) -> PlannedRun:
             )
     user = read_yaml(request.config) if request.config else {}
     named = request.methods or request.method or overrides.get("method") or user.get("method")
-    methods = parse_methods(named)
-    if len(methods) > 1 and any(k.startswith("method_options.") for k in overrides):
+    if len(split_methods(named) or plannable()) > 1 and any(k.startswith("method_options.") for k in overrides):
         raise UserError("method_options.* overrides are one method's: plan that method alone")
-    configs = {m: run_config(m, request.task, config=request.config, overrides=overrides, **shortcuts) for m in methods}
+    configs = {
+        m: run_config(m, request.task, config=request.config, overrides=overrides, **shortcuts)
+        for m in split_methods(named) or plannable()
+    }
+    methods = parse_methods(named)  # after the configs: a user's variants file is read with them
     cfg = configs[methods[0]]
     spec = resolve_spec(cfg["model"])
     task_type = cfg["data"]["task_type"]
@@ -288,11 +292,17 @@ def step_settings(cfg: dict, spec: ModelSpec) -> dict:
 
 
 def parse_methods(named: str | list[str] | None) -> list[str]:
-    """The methods a plan compares: a list or a comma-separated string of plannable methods; None: all of them."""
-    choices = plannable()
-    names = named.split(",") if isinstance(named, str) else (named or [])
-    methods = [m.strip() for m in names if m.strip()] if named else choices
+    """The methods a plan compares: a list or a comma-separated string of plannable methods and their variants;
+    None: all the methods."""
+    choices = plannable(with_variants=True)
+    methods = split_methods(named) or plannable()
     for method in methods:
         if method not in choices:
             raise unknown_choice("method", method, choices)
     return methods
+
+
+def split_methods(named: str | list[str] | None) -> list[str]:
+    """The names in a list or a comma-separated string, stripped; [] for None."""
+    names = named.split(",") if isinstance(named, str) else (named or [])
+    return [m.strip() for m in names if m.strip()]

@@ -29,7 +29,7 @@ from tunebench.planner.inputs import (
 from tunebench.planner.limits import Limits, plan_method, prefetch_traces
 from tunebench.planner.request import PlanRequest
 from tunebench.planner.sharding import Sharding, check_sharding, make_sharding, sharding_assumptions
-from tunebench.planner.tracing import StepTrace
+from tunebench.planner.tracing import StepTrace, method_cfg
 from tunebench.results import read_result, result_files
 from tunebench.units import format_gib
 
@@ -129,7 +129,7 @@ def recommend(plans: list[MethodPlan], budget: int | None) -> str:
     """The most-adapting method that fits at the requested batch, why, and what the others would need."""
     if budget is None:
         return "no budget given (budget or gpu): nothing to recommend"
-    order = plannable()  # most preferred first
+    order = plannable(with_variants=True)  # most preferred first
     plans = sorted(plans, key=lambda p: order.index(p.method))
     fitting = [p for p in plans if p.fits]
     if not fitting:
@@ -181,6 +181,8 @@ def next_steps(
                 continue
             if key == "optimizer" and plan.at_peak.get("optimizer_state", 0) < plan.tensor_peak_bytes / 10:
                 continue  # small optimizer state (adapters, a head): little to save
+            if key == "gradient_checkpointing" and not checkpointable(plan.method, settings[plan.method]):
+                continue
             tried.append((plan, what, flag, settings[plan.method] | {key: value}))
     prefetched = prefetch_traces(
         spec, shape, precision, budget, [(p.method, s) for p, _, _, s in tried], full_depth, seq_limits=False
@@ -207,6 +209,16 @@ def next_steps(
             f"{format_gib(need)} at batch {shape.batch_size} (traced; largest batch {limits.max_batch})"
         )
     return steps
+
+
+def checkpointable(method: str, settings: dict) -> bool:
+    """Can the method train with these settings under gradient checkpointing (its check_settings)?"""
+    check = getattr(get_method(method), "check_settings", None)
+    try:
+        check and check(method_cfg(settings["options"], None, True, settings["task_type"]))
+    except UserError:
+        return False
+    return True
 
 
 def predict_plan(request: PlanRequest) -> dict:

@@ -16,18 +16,25 @@ Kernel assumptions, which follow from tracing with the CPU build's kernels:
 
 from __future__ import annotations
 
-from contextlib import ExitStack, nullcontext
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
 import torch
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
+from torch._subclasses.fake_tensor import (
+    DataDependentOutputException,
+    DynamicOutputShapeException,
+    FakeTensorMode,
+    unset_fake_temporarily,
+)
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count, shape_wrapper
 
 from tunebench.data.generate import IGNORE
+from tunebench.errors import UserError
 from tunebench.measure import CATEGORIES, TensorTracker
 from tunebench.methods import get_method
 from tunebench.models.blocks import block_list
@@ -174,7 +181,8 @@ def _label_blocks(model: nn.Module, tracker: TimelineTracker, num_layers: int) -
 
     def after(k: int, module, args, output) -> None:
         if tracker.label[0] == "forward":
-            on_gradient(output if isinstance(output, torch.Tensor) else output[0], k)
+            # a tuple's first item is the hidden states; another output (peft's SHADOW carrier) is left unlabelled
+            on_gradient(output[0] if isinstance(output, (tuple, list)) else output, k)
             if k == num_layers - 1:
                 tracker.mark("forward", "post")
 
@@ -300,17 +308,18 @@ def trace_step(
     logits, upcast to fp32 inside transformers' causal-LM loss, on answer-masked labels; num_labels unused).
     """
     autocast_dtype = RULES[precision].autocast
-    model = build_meta_model(
-        config,
-        method,
-        num_labels=num_labels,
-        precision=precision,
-        options=options,
-        pooling=pooling,
-        gradient_checkpointing=gradient_checkpointing,
-        task_type=task_type,
-    )
-    with FakeTensorMode(allow_non_fake_inputs=True), ExitStack() as stack:
+    with _traceable(method):
+        model = build_meta_model(
+            config,
+            method,
+            num_labels=num_labels,
+            precision=precision,
+            options=options,
+            pooling=pooling,
+            gradient_checkpointing=gradient_checkpointing,
+            task_type=task_type,
+        )
+    with FakeTensorMode(allow_non_fake_inputs=True), ExitStack() as stack, _traceable(method):
         _to_empty_tied(model)
         trainable = [p for p in model.parameters() if p.requires_grad]
         # bitsandbytes computes its quantization maps from Python numbers: built outside fake mode
@@ -350,18 +359,40 @@ def trace_step(
     )
 
 
+@contextmanager
+def _traceable(method: str) -> Iterator[None]:
+    """A model that cannot be built on the meta device or stepped with fake tensors (VBLoRA branches on a tensor's
+    value, UniLoRA calls an op with no meta kernel) is one line saying so, not the trace's error (which may not
+    pickle out of the trace pool)."""
+    try:
+        yield
+    except (DataDependentOutputException, DynamicOutputShapeException) as exc:
+        raise UserError(
+            f"{method} cannot be planned: its training step depends on a tensor's values ({exc.func}), which the "
+            "planner's fake-tensor trace cannot know"
+        ) from None
+    except NotImplementedError as exc:
+        raise UserError(
+            f"{method} cannot be planned: it cannot be built or stepped without real weights "
+            f"({str(exc).splitlines()[0][:120]})"
+        ) from None
+
+
 def _to_empty_tied(model: nn.Module) -> None:
     """model.to_empty(device="cpu") that keeps tied parameters tied (an LM head sharing the input embeddings).
 
     Module._apply gives each module holding a parameter its own new Parameter when the new tensor's type differs
-    from the old one's, as a fake tensor's does from a meta tensor's: a tied weight would count twice.
+    from the old one's, as a fake tensor's does from a meta tensor's: a tied weight would count twice. And it
+    recurses into children: a module that is the child of two (peft's prompt learning holds the input embeddings
+    as its word_embeddings too) would be converted twice, which fails; so each module is converted once, alone.
     """
     holders: dict[nn.Parameter, list[tuple[nn.Module, str]]] = {}
     for module in model.modules():
         for name, param in module._parameters.items():
             if param is not None:
                 holders.setdefault(param, []).append((module, name))
-    model.to_empty(device="cpu")
+    for module in model.modules():
+        module._apply(lambda t: torch.empty_like(t, device="cpu"), recurse=False)  # what to_empty applies
     for (first, first_name), *others in holders.values():
         for module, name in others:
             module._parameters[name] = first._parameters[first_name]

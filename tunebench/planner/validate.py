@@ -18,7 +18,7 @@ from tunebench.data import batching
 from tunebench.data.tasks import get_task, load_task
 from tunebench.errors import UserError
 from tunebench.measure import ProfiledPeak, TensorTracker, quantization_state
-from tunebench.methods import get_method
+from tunebench.methods import default_options, get_method
 from tunebench.models.hub import DECODER_TYPES, load_config, load_tokenizer, resolve_model
 from tunebench.models.params import decay_param_groups
 from tunebench.models.precision import RULES, apply_rule
@@ -57,7 +57,7 @@ def measure_step(
     """
     module = get_method(method)
     # pooling None: what the checkpoint was trained with, as the planner's spec.pooling
-    cfg = method_cfg(dict(module.DEFAULTS["method_options"]), None, gradient_checkpointing, task_type, precision)
+    cfg = method_cfg(default_options(method), None, gradient_checkpointing, task_type, precision)
     config = load_config(model_path)
     model = module.build(model_path, None if task_type == "generate" else num_labels, cfg, device)
     apply_rule(model, precision)  # as the loop's setup does after build
@@ -150,7 +150,7 @@ def validate_steps(
             seq_len=shape.seq_len,
             num_labels=shape.num_labels,
             precision=precision,
-            options=dict(get_method(method).DEFAULTS["method_options"]),
+            options=default_options(method),
             pooling=spec.pooling,
             gradient_checkpointing=gradient_checkpointing,
             adamw=resolve_adamw("auto", device.type),

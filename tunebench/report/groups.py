@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tunebench.measure import CATEGORIES
-from tunebench.methods import registry
+from tunebench.methods import FAMILIES, base_method, family, method_names
 from tunebench.report.load import ResultSet, RunResult
 from tunebench.report.stats import mean_ci, pareto_front
 
@@ -33,6 +33,10 @@ class Group:
         mean, half_width = mean_ci([r.result["test_accuracy"] for r in self.runs])
         self.accuracy, self.accuracy_ci = 100 * mean, (100 * half_width if half_width is not None else None)
         self.f1 = 100 * mean_ci([r.result["test_f1"] for r in self.runs])[0]
+
+    @property
+    def family(self) -> str:
+        return run_family(self.runs[0].result)
 
     @property
     def n(self) -> int:
@@ -61,10 +65,25 @@ class Group:
         return abs(self.accuracy - other.accuracy) <= self.accuracy_ci + other.accuracy_ci
 
 
+def run_family(result: dict) -> str:
+    """A run's family (tunebench.methods.FAMILIES): as its result records it, or (an older result) from its config."""
+    recorded = (result.get("method") or {}).get("family")
+    if recorded:
+        return recorded
+    config = result["config"]
+    peft = (config.get("method_options") or {}).get("peft_config") or {}
+    return family(base_method(config["method"]), peft.get("peft_type"))
+
+
 def method_rank(method: str) -> tuple[int, str]:
-    """The registry's order (tunebench.methods), then any other method (a module path) by name."""
-    order = list(registry())
+    """The registry's order (tunebench.methods: the methods, then the variants), then any other method (a module
+    path) by name."""
+    order = method_names()
     return (order.index(method), "") if method in order else (len(order), method)
+
+
+def family_rank(group: Group) -> int:
+    return FAMILIES.index(group.family) if group.family in FAMILIES else len(FAMILIES)
 
 
 def _axes(runs: Sequence[RunResult]) -> list[str]:
@@ -126,15 +145,15 @@ def completed_runs(result_set: ResultSet, task: str) -> list[RunResult]:
 
 
 def group_runs(result_set: ResultSet, task: str) -> list[Group]:
-    """The task's completed runs (a swept learning rate: the one kept), grouped and ordered full, lora,
-    qlora, head, then others."""
+    """The task's completed runs (a swept learning rate: the one kept), grouped and ordered by family (full, LoRA
+    family, other adapters, prompt learning, head, none), then as the registry lists methods and variants."""
     completed, _ = select_learning_rates(completed_runs(result_set, task))
     axes = [a for a in _axes(completed) if a != "lr"]  # the rate kept is stated in the table, not the label
     by_label: dict[str, list[RunResult]] = {}
     for run in completed:
         by_label.setdefault(_label(run, axes), []).append(run)
     groups = [Group(task, runs[0].grid["method"], label, runs) for label, runs in by_label.items()]
-    groups.sort(key=lambda g: (method_rank(g.method), g.label))
+    groups.sort(key=lambda g: (family_rank(g), method_rank(base_method(g.method)), method_rank(g.method), g.label))
     _mark_fronts(groups)
     return groups
 

@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 
 from tunebench.config import flatten
-from tunebench.methods import get_method, registry
+from tunebench.methods import get_method, method_names, variants
 from tunebench.models.precision import recorded_rule
 from tunebench.report.groups import Group, Sweep
 from tunebench.units import format_bytes
@@ -62,13 +62,15 @@ def lr_rule(g: Group, sweeps: Sequence[Sweep]) -> str:
 
 
 def default_lr(g: Group) -> float | None:
-    """The method's default learning rate for the group's task type (GENERATE_DEFAULTS for a generate task)."""
-    if g.method not in registry():
+    """The method's default learning rate for the group's task type (GENERATE_DEFAULTS for a generate task), or a
+    variant's own."""
+    if g.method not in method_names():
         return None
     method = get_method(g.method)
     layers = [method.DEFAULTS]
     if g.runs[0].result["config"].get("data", {}).get("task_type") == "generate":  # older results have no task_type
         layers.append(getattr(method, "GENERATE_DEFAULTS", {}))
+    layers.append(variants()[g.method].config if g.method in variants() else {})
     return next((layer["train"]["lr"] for layer in reversed(layers) if "lr" in layer.get("train", {})), None)
 
 
@@ -120,7 +122,7 @@ def pooling_of(result: dict) -> str:
 def _method_scoped_keys(methods: set[str]) -> set[str]:
     """Keys each method's DEFAULTS set (its learning rate, say): they differ between methods by design."""
     keys: set[str] = set()
-    for name in methods & set(registry()):
+    for name in methods & set(method_names()):
         keys |= set(flatten(get_method(name).DEFAULTS))
     return keys
 

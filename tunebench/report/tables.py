@@ -55,6 +55,7 @@ def summary_table(groups: list[Group], sweeps: Sequence[Sweep] = ()) -> Table:
     rows = [
         [
             f"**{g.label}**",
+            g.family,
             fmt_percent(g.mean("trainable_percent")),
             fmt_accuracy(g),
             *([str(tiers[g.label])] if tiers else []),
@@ -74,6 +75,7 @@ def summary_table(groups: list[Group], sweeps: Sequence[Sweep] = ()) -> Table:
     return Table(
         [
             "Method",
+            "Family",
             "Trainable",
             "Test accuracy %",
             *(["Tier"] if tiers else []),

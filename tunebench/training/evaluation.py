@@ -14,7 +14,7 @@ from accelerate.state import AcceleratorState
 from tunebench.data.tasks import get_task, load_capped, load_task
 from tunebench.errors import UserError
 from tunebench.files import CONFIG_DIR, read_yaml
-from tunebench.methods import get_method
+from tunebench.methods import add_variants, get_method
 from tunebench.metrics import load_extra
 from tunebench.models.hub import load_pretrained
 from tunebench.models.precision import RULES, apply_rule, recorded_rule
@@ -31,6 +31,8 @@ def evaluate_run(run_dir: str | Path, task_name: str | None = None, split: str =
     if not (run_dir / "best").exists():
         raise UserError(f"{run_dir} has no saved weights (best/); was it run with train.save=none?")
     cfg = read_yaml(run_dir / "config.yaml")
+    if cfg.get("variants"):  # the run's method may be a variant of the user's own file
+        add_variants(cfg["variants"])
     # the rule the run trained under (a run from before train.precision: its mixed_precision's reading)
     cfg["train"]["precision"] = recorded_rule(cfg) or "fp32"
     args = TrainArgs.from_config(_with_defaults(cfg, read_yaml(CONFIG_DIR / "defaults.yaml")))

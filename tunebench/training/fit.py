@@ -180,20 +180,23 @@ def optimizer_step(
             if track:
                 tracker.classify_state()
             if update:
-                step_lr = _update(s, tracker if track else None)
+                step_lr = _update(s, tracker if track else None, tally.step)
         tally.loss_sum += tally.loss.detach()
         tally.micro_batches += 1
     return step_lr
 
 
-def _update(s: Setup, tracker: TensorTracker | None) -> float:
-    """Clip, step the optimizer and the schedule, zero the gradients; returns the learning rate stepped with."""
+def _update(s: Setup, tracker: TensorTracker | None, step: int) -> float:
+    """Clip, step the optimizer and the schedule (and the method's step hook), zero the gradients; returns the
+    learning rate stepped with."""
     if s.args.max_grad_norm:
         s.accelerator.clip_grad_norm_(s.model.parameters(), s.args.max_grad_norm)
     step_lr = s.scheduler.get_last_lr()[0]
     s.optimizer.step()
     if not s.accelerator.optimizer_step_was_skipped:
         s.scheduler.step()
+    if s.after_step is not None:
+        s.after_step(step)
     if tracker is not None:
         tracker.classify_state()
     s.optimizer.zero_grad(set_to_none=True)

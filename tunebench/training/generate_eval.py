@@ -27,17 +27,37 @@ def normalise(text: str) -> str:
 
 
 def answer_nll(model: nn.Module, batch: dict) -> tuple[float, int, int]:
-    """Teacher forcing: (summed negative log-likelihood, correct argmax tokens, count) over labelled tokens.
-
-    Position t predicts label t + 1, so the LM head runs only where that label is scored (logits_to_keep as a
-    mask): the vocabulary-wide logits of the prompt and padding positions were never read."""
+    """Teacher forcing: (summed negative log-likelihood, correct argmax tokens, count) over labelled tokens."""
     labels = batch["labels"][:, 1:]
     mask = labels != IGNORE
-    keep = nn.functional.pad(mask, (0, 1))  # the last position predicts nothing
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
-    picked, targets = logits.float(), labels[mask]
+    picked, targets = _scored_logits(model, batch, mask).float(), labels[mask]
     nll = nn.functional.cross_entropy(picked, targets, reduction="sum")
     return float(nll), int((picked.argmax(-1) == targets).sum()), int(mask.sum())
+
+
+def _scored_logits(model: nn.Module, batch: dict, mask: torch.Tensor) -> torch.Tensor:
+    """The logits of the positions whose next token is scored (mask: over labels shifted by one), one row each.
+
+    Position t predicts label t + 1, so the LM head runs only there (logits_to_keep as a mask): the
+    vocabulary-wide logits of the prompt and padding positions were never read. A prompt-learning adapter
+    lengthens the sequence with virtual tokens that such a mask cannot name: it computes every position's
+    logits and keeps the input's own."""
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    if prompt_learning(model):
+        return own_logits(model(**inputs), batch)[:, :-1][mask]
+    keep = nn.functional.pad(mask, (0, 1))  # the last position predicts nothing
+    return model(**inputs, logits_to_keep=keep).logits
+
+
+def own_logits(output, batch: dict) -> torch.Tensor:
+    """The logits of the input's own positions: prompt tuning and P-tuning (peft) put their virtual tokens in front."""
+    return output.logits[:, -batch["input_ids"].shape[1] :]
+
+
+def prompt_learning(model: nn.Module) -> bool:
+    """A peft prompt-learning adapter (prompt, prefix, P-tuning): virtual tokens or a prefix before the input."""
+    config = getattr(model, "active_peft_config", None)
+    return bool(config is not None and config.is_prompt_learning)
 
 
 def _batches(split: Dataset, batch_size: int) -> list[list[int]]:
@@ -208,6 +228,23 @@ def choice_scores(model: nn.Module, prompts: list[list[int]], tree: PrefixTree, 
     return (picked * valid).sum(-1).cpu()
 
 
+@torch.no_grad()
+def whole_choice_scores(model: nn.Module, prompts: list[list[int]], candidates: list[list[int]], pad_id: int):
+    """choice_scores by one whole forward of every prompt + candidate (candidates: their tokens), candidate by
+    candidate: slower, but any model's forward will do (a prompt-learning adapter's)."""
+    device = next(model.parameters()).device
+    scores = torch.zeros(len(prompts), len(candidates))
+    for c, answer in enumerate(candidates):
+        rows = [p + answer for p in prompts]
+        batch = {"input_ids": pad_rows(rows, pad_id, left=False).to(device)}
+        mask = pad_rows([[1] * len(r) for r in rows], 0, left=False).to(device)
+        logits = own_logits(model(input_ids=batch["input_ids"], attention_mask=mask), batch).float().log_softmax(-1)
+        for i, prompt in enumerate(prompts):
+            at = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(answer), device=device)  # predicts the answer
+            scores[i, c] = logits[i, at, torch.tensor(answer, device=device)].sum().cpu()
+    return scores
+
+
 def _attention_mask(model: nn.Module, sees: torch.Tensor) -> torch.Tensor:
     """A custom 4D mask goes to attention as it is: boolean for SDPA and the like, additive for eager."""
     if model.config._attn_implementation != "eager":
@@ -225,7 +262,13 @@ def choice_correct(model: nn.Module, split: Dataset, tokenizer, candidates: list
     chosen = [""] * len(split)
     for batch in _batches(split, rows):
         prompts = [split[i]["input_ids"][: split[i]["prompt_length"]] for i in batch]
-        best = choice_scores(model, prompts, tree, tokenizer.pad_token_id, device).argmax(-1).tolist()
+        if prompt_learning(model):  # its virtual tokens or prefix cannot share the prefix tree's KV cache
+            scores = whole_choice_scores(
+                model, prompts, candidate_tokens(candidates, tokenizer), tokenizer.pad_token_id
+            )
+        else:
+            scores = choice_scores(model, prompts, tree, tokenizer.pad_token_id, device)
+        best = scores.argmax(-1).tolist()
         for i, c in zip(batch, best, strict=True):
             chosen[i] = candidates[c]
     return [int(normalise(c) == normalise(a)) for c, a in zip(chosen, split["answer"], strict=True)]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from accelerate import Accelerator
@@ -17,6 +18,7 @@ from tunebench import optim
 from tunebench.config import flatten
 from tunebench.data.tasks import load_capped
 from tunebench.measure import StepMeter
+from tunebench.methods import describe as describe_method
 from tunebench.methods import get_method
 from tunebench.metrics import load_extra
 from tunebench.models.classifier import resolve_pooling
@@ -46,6 +48,7 @@ class Setup:
     micro_batches_per_epoch: int
     total_steps: int
     scheduler: object
+    after_step: Callable[[int], None] | None  # the method's step_hook: called after each optimizer step
     extra_metrics: list  # extra `evaluate` metrics, for classification
 
 
@@ -69,6 +72,9 @@ def prepare(args: TrainArgs, accelerator: Accelerator, result: dict) -> Setup:
     # The schedule last: its length is counted on this process's shard of the prepared loader's batches.
     micro_batches_per_epoch = len(train_loader)
     total_steps, scheduler = _schedule(args, optimizer, micro_batches_per_epoch)
+    hook = getattr(method, "step_hook", None)
+    after_step = hook(accelerator.unwrap_model(model), total_steps) if hook else None
+    result["method"] = describe_method(args.method, accelerator.unwrap_model(model))  # once the hook set its steps
     extra_metrics = load_extra(args.metrics)
     # trackers take flat scalar hyper-parameters
     hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(args.config).items()}
@@ -87,6 +93,7 @@ def prepare(args: TrainArgs, accelerator: Accelerator, result: dict) -> Setup:
         micro_batches_per_epoch=micro_batches_per_epoch,
         total_steps=total_steps,
         scheduler=scheduler,
+        after_step=after_step,
         extra_metrics=extra_metrics,
     )
 
