@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 import yaml
 
 from tunebench.errors import UserError, unknown_choice
-from tunebench.files import CONFIG_DIR
+from tunebench.files import CONFIG_DIR, YAML_READ
 
 if TYPE_CHECKING:  # the CLI reads the registry's names without importing torch
     import torch
@@ -131,6 +131,7 @@ def read_variants(path: str) -> dict[str, Variant]:
     """The variants a file declares, checked: known keys, a known base method, options as a mapping."""
     try:
         data = yaml.load(Path(path).read_text(), Loader=_NoDuplicates) or {}
+        YAML_READ.add(Path(path).resolve())
     except FileNotFoundError:
         raise UserError(f"variants file not found: {path}") from None
     except yaml.YAMLError as exc:

@@ -320,3 +320,21 @@ def test_cli_bad_generate_input_exits_2_with_one_line(tiny_llm, tmp_path, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert err[-1].startswith("tunebench: error: ") and "no assistant turn" in err[-1]
+
+
+def test_the_checkpoint_loss_is_measured_once_per_rule_and_reused(tiny_llm, pairs_file, tmp_path, monkeypatch):
+    from contextlib import nullcontext
+
+    from tunebench.training import forgetting
+    from tunebench.training.args import TrainArgs
+
+    monkeypatch.setattr(forgetting, "CACHE_DIR", tmp_path)  # a cache of this test's own
+    args = TrainArgs.from_config(build_config("none", pairs_file, overrides=_overrides(tiny_llm)))
+    tokenizer, cpu = AutoTokenizer.from_pretrained(tiny_llm), torch.device("cpu")
+    first, second, other_rule = (forgetting.ForgettingProbe(tokenizer, args.generation, cpu) for _ in range(3))
+    first.measure_original(tiny_llm, "fp32", nullcontext())
+    second.measure_original(tiny_llm, "fp32", nullcontext())
+    other_rule.measure_original(tiny_llm, "bf16-true", nullcontext())
+    assert (first.original_cached, second.original_cached, other_rule.original_cached) == (False, True, False)
+    assert second.original == first.original and second.seconds == 0 < first.seconds
+    assert other_rule.original != first.original  # bf16 weights: another number, measured, not read

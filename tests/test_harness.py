@@ -139,15 +139,17 @@ def test_stale_results_against_a_real_git_repository(tmp_path):
     repo = tmp_path / "repo"
     (repo / "tunebench").mkdir(parents=True)
     (repo / "tunebench" / "loop.py").write_text("x = 1\n")
+    (repo / "tunebench" / "report.py").write_text("y = 1\n")
     (repo / "README.md").write_text("notes\n")
     _git(repo, "init", "-q")
     _git(repo, "add", ".")
     _git(repo, "commit", "-qm", "first")
     first = _git(repo, "rev-parse", "HEAD")
 
-    def result(commit, dirty=False):
-        return {"environment": {"git": {"commit": commit, "dirty": dirty}}}
+    def result(commit, dirty=False, sources=None):
+        return {"environment": {"git": {"commit": commit, "dirty": dirty} | ({"sources": sources} if sources else {})}}
 
+    loop_only = result(first, sources=["tunebench/loop.py"])
     assert stale_reason(result(first), repo) is None
     assert stale_reason(result(first, dirty=True), repo) == "ran on a dirty tree"
     assert stale_reason({"environment": {}}, repo) == "records no commit"
@@ -155,12 +157,15 @@ def test_stale_results_against_a_real_git_repository(tmp_path):
     (repo / "README.md").write_text("more notes\n")  # not source: the result still stands, a new run is clean
     assert stale_reason(result(first), repo) is None
     assert git_state(repo) == {"commit": first, "dirty": False}
-    (repo / "tunebench" / "loop.py").write_text("x = 2\n")  # uncommitted source change
-    assert stale_reason(result(first), repo) == f"source changed since {first[:8]}"
+    (repo / "tunebench" / "report.py").write_text("y = 2\n")  # source, but not loaded by the run that records it
+    assert stale_reason(loop_only, repo) is None
+    assert stale_reason(result(first), repo) == f"tunebench/report.py changed since {first[:8]}"  # no record: all
+    (repo / "tunebench" / "loop.py").write_text("x = 2\n")  # uncommitted change to a source the run loaded
+    assert stale_reason(loop_only, repo) == f"tunebench/loop.py changed since {first[:8]}"
     assert git_state(repo) == {"commit": first, "dirty": True}
     _git(repo, "commit", "-qam", "second")
-    assert stale_reason(result(first), repo) == f"source changed since {first[:8]}"
-    assert stale_reason(result(_git(repo, "rev-parse", "HEAD")), repo) is None
+    assert stale_reason(result(first), repo) == f"tunebench/loop.py and 1 more changed since {first[:8]}"
+    assert stale_reason(result(_git(repo, "rev-parse", "HEAD"), sources=["tunebench/loop.py"]), repo) is None
     (tmp_path / "plain").mkdir()
     with pytest.raises(UserError, match="not a git checkout"):
         stale_reason(result(first), tmp_path / "plain")
@@ -181,7 +186,12 @@ def test_dry_run_lists_stale_results_and_rerun_stale_reruns_them(tmp_path, capsy
     assert out.returncode == 0, out.stderr[-2000:]
     rerun = read_result(results / f"{run.run_id}.json")
     assert rerun["status"] == "ok" and rerun["started_at"] != "x"
-    assert rerun["environment"]["git"]["commit"] == _git(REPO, "rev-parse", "HEAD")
+    git = rerun["environment"]["git"]
+    assert git["commit"] == _git(REPO, "rev-parse", "HEAD")
+    # what the run loaded, and only that: the loop and its defaults, not the harness that started it
+    assert {"tunebench/training/run.py", "methods/head.py", "configs/defaults.yaml"} <= set(git["sources"])
+    parent_side = ("tunebench/harness", "tunebench/cli", "tunebench/api", "tunebench/planner", "tunebench/report")
+    assert not [s for s in git["sources"] if s.startswith(parent_side)]
 
 
 def test_bad_suite_is_a_usage_error(tmp_path, capsys):

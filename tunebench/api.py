@@ -34,14 +34,13 @@ def train(
     overrides: dict[str, Any] | None = None,
     out: str | Path | None = None,
     result_path: str | Path | None = None,
-    meta: dict | None = None,
     verbose: bool = False,
     **shortcuts: Any,
 ) -> dict:
     """Train one run and return its result (status, test_accuracy, test_f1, timings, memory, ...).
 
     The run folder is out, else runs/<task>-<method>-<model>-<time>; the result is also written to
-    result_path (default RUN_DIR/result.json). meta is what `bench` records about the run.
+    result_path (default RUN_DIR/result.json).
     """
     # lazy: the config, the loop and the results import torch, which `import tunebench` does not
     from tunebench.config import run_config
@@ -56,7 +55,7 @@ def train(
     with quiet(verbose):
         from tunebench.training.run import train as train_loop
 
-        return train_loop(cfg, cfg["out"], result_path, meta=meta)
+        return train_loop(cfg, cfg["out"], result_path)
 
 
 def evaluate(run_dir: str | Path, task: str | None = None, split: str = "test", verbose: bool = False) -> dict:

@@ -8,14 +8,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 from dataclasses import fields
 
 from tunebench import api
 from tunebench.errors import UserError, unknown_choice
-from tunebench.planner.render import format_plan, format_validation
 from tunebench.planner.request import PlanRequest
+from tunebench.training.worker import interrupt_on_signals
 from tunebench.units import format_seconds
 
 
@@ -75,7 +74,6 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
     p.add_argument("--out", help="run folder (default runs/<task>-<method>-<model>-<time>)")
     p.add_argument("--result", help="where to write the result JSON (default RUN_DIR/result.json)")
-    p.add_argument("--run-meta", type=json.loads, default=None, help=argparse.SUPPRESS)  # set by `bench`
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,9 +172,7 @@ def plan_request(args: argparse.Namespace) -> PlanRequest:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    result = api.train(
-        args.method, args.task, result_path=args.result, meta=args.run_meta, verbose=args.verbose, **train_options(args)
-    )
+    result = api.train(args.method, args.task, result_path=args.result, verbose=args.verbose, **train_options(args))
     if result["status"] != "ok":
         print(f"tunebench: run {result['status']}: {result['error']}", file=sys.stderr)
         return 1
@@ -251,6 +247,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    # here, not at the top: a training run (`tunebench train`, each suite run) then never loads the planner's
+    # rendering, which is no part of its numbers (harness.stale_reason judges a result by what its run loaded)
+    from tunebench.planner.render import format_plan, format_validation
+
     request = plan_request(args)
     result = api.plan(request, verbose=args.verbose)
     if args.json:
@@ -271,24 +271,8 @@ COMMANDS = {
 }
 
 
-def _interrupt_on_signals() -> None:
-    """Ctrl-C and SIGTERM stop a run. The KeyboardInterrupt raised here can be lost (Python drops exceptions
-    raised inside a __del__ during garbage collection), so the flag the loop checks each step is set too."""
-
-    def handler(signum, frame):
-        run = sys.modules.get("tunebench.training.run")
-        if run is not None:
-            if run.finishing.is_set():
-                return  # the run is writing how it ended, and ends by itself
-            run.stop_requested.set()
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-
-
 def main(argv: list[str] | None = None) -> int:
-    _interrupt_on_signals()
+    interrupt_on_signals()
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)

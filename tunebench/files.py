@@ -24,8 +24,14 @@ _parent = Path(__file__).resolve().parent.parent
 REPO_ROOT: Path | None = _parent if (_parent / "pyproject.toml").is_file() else None
 
 
+# Every YAML file this process has read: a run records those of the checkout among its sources
+# (tunebench.measure.loaded_sources), so that only a change to them makes its result stale.
+YAML_READ: set[Path] = set()
+
+
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
+    YAML_READ.add(path.resolve())
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:

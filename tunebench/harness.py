@@ -27,9 +27,10 @@ atomically by the run itself, so a killed suite loses at most the run in flight.
 Runs go one at a time, or several at once (tunebench.scheduler: jobs, with the CPU cores split between them, or
 one per free group of devices), each still a fresh process.
 
-A finished result is *stale* when it came from a dirty tree (uncommitted changes in SOURCE_PATHS), or when
-the source (SOURCE_PATHS) differs between the commit it records and the current working tree: `--dry-run`
-lists it, `--rerun-stale` reruns it.
+A finished result is *stale* when it came from a dirty tree, or when a source file its run loaded (recorded in
+the result: the project's modules it imported and the YAML it read) differs between the commit it records and
+the current working tree: `--dry-run` lists it, naming the file, and `--rerun-stale` reruns it. Code the run
+never loaded (the planner, the report, this harness) cannot have changed its numbers.
 """
 
 from __future__ import annotations
@@ -258,9 +259,10 @@ def _git(repo: Path, *args: str) -> subprocess.CompletedProcess:
 def stale_reason(result: dict, repo: Path, _checked: dict | None = None) -> str | None:
     """Why a finished result no longer describes the current source, or None when it still does.
 
-    Stale: it came from a dirty tree, or its commit is unknown here, or SOURCE_PATHS differ between its
+    Stale: it came from a dirty tree, or its commit is unknown here, or a source file its run loaded (the
+    result's environment.git.sources; SOURCE_PATHS for results that predate that record) differs between its
     commit and repo's working tree (`git diff`). Raises UserError when repo is not a git checkout.
-    _checked memoizes the answer per commit across the results of one suite.
+    _checked memoizes the answer per commit and sources across the results of one suite.
     """
     recorded = (result.get("environment") or {}).get("git") or {}
     if recorded.get("dirty"):
@@ -268,18 +270,25 @@ def stale_reason(result: dict, repo: Path, _checked: dict | None = None) -> str 
     commit = recorded.get("commit")
     if not commit:
         return "records no commit"
+    sources = tuple(recorded.get("sources") or SOURCE_PATHS)
     checked = {} if _checked is None else _checked
-    if commit not in checked:
-        known = _git(repo, "rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}")
-        if known.returncode == 128 and "not a git repository" in known.stderr:
-            raise UserError(f"{repo} is not a git checkout: cannot tell which results are stale")
-        if known.returncode != 0:
-            checked[commit] = "unknown commit"
-        else:  # `git diff --quiet` exits 1 when the source differs between that commit and the working tree
-            differs = _git(repo, "diff", "--quiet", commit, "--", *SOURCE_PATHS).returncode
-            checked[commit] = "source changed since" if differs else None
-    reason = checked[commit]
+    if (commit, sources) not in checked:
+        checked[commit, sources] = _source_change(repo, commit, sources)
+    reason = checked[commit, sources]
     return f"{reason} {commit[:8]}" if reason else None
+
+
+def _source_change(repo: Path, commit: str, sources: tuple[str, ...]) -> str | None:
+    known = _git(repo, "rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}")
+    if known.returncode == 128 and "not a git repository" in known.stderr:
+        raise UserError(f"{repo} is not a git checkout: cannot tell which results are stale")
+    if known.returncode != 0:
+        return "unknown commit"
+    changed = _git(repo, "diff", "--name-only", commit, "--", *sources).stdout.split()
+    if not changed:
+        return None
+    more = f" and {len(changed) - 1} more" if len(changed) > 1 else ""
+    return f"{changed[0]}{more} changed since"
 
 
 def _die_with_parent() -> None:
@@ -300,18 +309,7 @@ def start_run(run: SuiteRun, out: Path, processes: int, extra_env: dict[str, str
     config_path = run_dir / "suite_config.yaml"
     config_path.write_text(yaml.safe_dump(run.config, sort_keys=False))
     meta = json.dumps({"run_id": run.run_id, "suite": out.name, "grid": run.grid})
-    train = [
-        "tunebench.cli",
-        "train",
-        "--config",
-        str(config_path),
-        "--out",
-        str(run_dir),
-        "--result",
-        str(out / f"{run.run_id}.json"),
-        "--run-meta",
-        meta,
-    ]
+    train = ["tunebench.training.worker", str(config_path), str(run_dir), str(out / f"{run.run_id}.json"), meta]
     env = dict(os.environ) | extra_env
     if processes > 1:
         command = [

@@ -24,7 +24,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from tunebench.files import REPO_ROOT
+from tunebench.files import REPO_ROOT, YAML_READ
 
 # weights: parameter storages exactly; buffers: persistent non-parameter state (module buffers, bitsandbytes
 # quantization constants, DDP gradient buckets).
@@ -411,16 +411,35 @@ def git_state(repo: Path | None) -> dict:
     """The checkout's commit, and whether SOURCE_PATHS have uncommitted changes (None: not a checkout)."""
     if repo is None:  # installed from a wheel: no checkout to describe
         return {"commit": None, "dirty": None}
-
-    def git(*args: str) -> str | None:
-        try:
-            return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return None
-
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no", "--", *SOURCE_PATHS)
+    commit = _git(repo, "rev-parse", "HEAD")
+    status = _git(repo, "status", "--porcelain", "--untracked-files=no", "--", *SOURCE_PATHS)
     return {"commit": commit or None, "dirty": bool(status) if status is not None else None}
+
+
+def loaded_sources(repo: Path) -> list[str]:
+    """The checkout's source files this process has loaded: the project's imported modules and the YAML files it
+    read, as paths relative to repo. Code a run never loaded cannot have changed its numbers, so a result is
+    judged stale only by these (tunebench.harness.stale_reason)."""
+    loaded = {Path(m.__file__).resolve() for m in list(sys.modules.values()) if getattr(m, "__file__", None)}
+    relative = (p.relative_to(repo).as_posix() for p in loaded | YAML_READ if p.is_relative_to(repo))
+    return sorted(p for p in relative if p.split("/")[0] in SOURCE_PATHS)
+
+
+def end_git_state(repo: Path | None, start: dict) -> dict:
+    """The git record a finished run keeps: its start commit, the sources it loaded, and dirty when any of them
+    differs from that commit now (an edit, or a new commit that changed them, while the run went on)."""
+    if repo is None or not start.get("commit"):
+        return start
+    sources = loaded_sources(repo)
+    changed = _git(repo, "diff", "--name-only", start["commit"], "--", *sources)
+    return {**start, "dirty": bool(changed) if changed is not None else None, "sources": sources}
+
+
+def _git(repo: Path, *args: str) -> str | None:
+    try:
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def _nvidia_driver() -> str | None:

@@ -19,7 +19,8 @@ from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, par
 
 from tunebench.config import Config, dump
 from tunebench.errors import UserError
-from tunebench.measure import environment
+from tunebench.files import REPO_ROOT
+from tunebench.measure import end_git_state, environment
 from tunebench.models.precision import RULES, resolve_rule
 from tunebench.results import SCHEMA_VERSION, rank_failure_path, read_rank_failures, run_name, write_json_atomic
 from tunebench.training import checkpoint, record, setup
@@ -126,6 +127,8 @@ def default_run_dir(cfg: Config) -> str:
 def _end(accelerator: Accelerator, run_dir: Path, result_path: Path, result: dict, log_file) -> None:
     """Record the end (with the other ranks' failures), write the result, close the trackers and the log file."""
     result["finished_at"] = _now()
+    environment = result["environment"]
+    environment["git"] = end_git_state(REPO_ROOT, environment["git"])
     if accelerator.num_processes > 1:
         _record_rank_failures(accelerator, run_dir, result)
     if accelerator.is_main_process:
