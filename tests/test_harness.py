@@ -182,10 +182,14 @@ def test_dry_run_lists_stale_results_and_rerun_stale_reruns_them(tmp_path, capsy
     out = bench_in_process(capsys, str(suite), "--out", str(results), "--dry-run")
     assert "1 runs, 1 done, 0 to run" in out.stdout and "1 finished runs are stale" in out.stdout
     assert f"stale   {run.run_id}" in out.stdout and "(unknown commit 00000000)" in out.stdout
+    began = time.monotonic()
     out = bench(str(suite), "--out", str(results), "--rerun-stale")
+    wall = time.monotonic() - began
     assert out.returncode == 0, out.stderr[-2000:]
     rerun = read_result(results / f"{run.run_id}.json")
     assert rerun["status"] == "ok" and rerun["started_at"] != "x"
+    # the run process's own start-up (imports) before its run: counted by the kernel, inside this bench's wall time
+    assert 0 < rerun["startup_seconds"] < wall - rerun["run_seconds"] and "start-up" in out.stdout
     git = rerun["environment"]["git"]
     assert git["commit"] == _git(REPO, "rev-parse", "HEAD")
     # what the run loaded, and only that: the loop and its defaults, not the harness that started it

@@ -464,12 +464,15 @@ def _list_unclaimed(paths: list[Path], out_dir: Path) -> None:
 
 
 def _ok_detail(result: dict) -> str:
-    """Test accuracy and where the run's time went: training, evaluation (validation and test) and the fixed cost."""
+    """Test accuracy and where the run's time went: training, evaluation (validation and test), the fixed cost and
+    the process's start-up before the run (imports), where the result records them."""
     detail = f"test acc {result['test_accuracy']:.4f}  train {format_seconds(result['train_seconds'])}"
     fixed = fixed_seconds(result)
     if fixed is None:  # a result from before test_seconds
         return detail
-    return f"{detail}  eval {format_seconds(result['eval_seconds'])}  fixed {format_seconds(fixed)}"
+    detail += f"  eval {format_seconds(result['eval_seconds'])}  fixed {format_seconds(fixed)}"
+    startup = result.get("startup_seconds")
+    return detail if startup is None else f"{detail}  start-up {format_seconds(startup)}"
 
 
 def _summarize(located: dict[str, Path], runs: list[SuiteRun], seconds: float) -> int:

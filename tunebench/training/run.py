@@ -20,7 +20,7 @@ from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, par
 from tunebench.config import Config, dump
 from tunebench.errors import UserError
 from tunebench.files import REPO_ROOT
-from tunebench.measure import end_git_state, environment
+from tunebench.measure import end_git_state, environment, process_age_seconds
 from tunebench.models.precision import RULES, resolve_rule
 from tunebench.results import SCHEMA_VERSION, rank_failure_path, read_rank_failures, run_name, write_json_atomic
 from tunebench.training import checkpoint, record, setup
@@ -49,6 +49,7 @@ def train(
     the end: ok, oom, failed or interrupted. meta (the harness's run_id, suite, grid) goes into the
     result as it is. Returns the result.
     """
+    startup_seconds = process_age_seconds()  # imports and set-up before this run: no part of run_seconds
     stop_requested.clear()
     finishing.clear()
     # Accelerate keeps one process-wide state that refuses a second precision; each run sets its own (the
@@ -74,6 +75,7 @@ def train(
         "config": cfg,
         "run_dir": str(run_dir),
         "environment": environment(accelerator.num_processes),
+        "startup_seconds": startup_seconds,
         **(meta or {}),
     }
     log_file = None
