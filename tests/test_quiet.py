@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import warnings
 
 from transformers.utils.loading_report import LoadStateDictInfo
@@ -66,3 +69,10 @@ def test_unexpected_warnings_and_reports_stay_visible() -> None:
         logger.removeHandler(handler)
     assert [str(w.message) for w in caught] == ["something nobody expected"]
     assert len(seen) == 1 and "encoder.layer.0.output.dense.weight" in seen[0]
+
+
+def test_a_dry_run_prints_only_the_suite(tmp_path) -> None:
+    # a fresh process: bitsandbytes' notice comes once, on its first import (the suite's configs import it)
+    command = [sys.executable, "-m", "tunebench.cli", "bench", "quick", "--dry-run", "--out", str(tmp_path / "q")]
+    out = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0 and out.stdout.startswith("suite quick: 8 runs") and out.stderr == "", out.stderr

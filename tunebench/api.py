@@ -45,7 +45,8 @@ def train(
     # lazy: the config, the loop and the results import torch, which `import tunebench` does not
     from tunebench.config import run_config
 
-    cfg = run_config(method, task, config=config, overrides=overrides, out=out, **shortcuts)
+    with quiet(verbose):  # building the config imports the methods, and with them peft and bitsandbytes
+        cfg = run_config(method, task, config=config, overrides=overrides, out=out, **shortcuts)
     if int(os.environ.get("RANK", "0")) == 0 and cfg["data"]["task_type"] == "classify":
         print(
             f"{cfg['model']}: pretrained backbone; new classification head for {Path(cfg['task']).stem} "
@@ -112,17 +113,18 @@ def bench(
     if verbose:
         os.environ[VERBOSE_ENV] = "1"  # each run is a child process: it reads the setting from the environment
     try:
-        status = run_suite(
-            str(suite_file),
-            out=str(out_dir),
-            shard=shard,
-            dry_run=dry_run,
-            force=force,
-            track_memory=track_memory,
-            rerun_stale=rerun_stale,
-            jobs=jobs,
-            devices=devices,
-        )
+        with quiet(verbose, tokenizing=False):  # the suite's configs import the methods, peft and bitsandbytes
+            status = run_suite(
+                str(suite_file),
+                out=str(out_dir),
+                shard=shard,
+                dry_run=dry_run,
+                force=force,
+                track_memory=track_memory,
+                rerun_stale=rerun_stale,
+                jobs=jobs,
+                devices=devices,
+            )
     finally:
         if before is None:
             os.environ.pop(VERBOSE_ENV, None)

@@ -40,8 +40,8 @@ def main(argv: list[str]) -> int:
     from tunebench.quiet import quiet
 
     try:
-        cfg = run_config(config=config, out=run_dir)
-        with quiet(False):
+        with quiet(False):  # building the config imports the methods, and with them peft and bitsandbytes
+            cfg = run_config(config=config, out=run_dir)
             from tunebench.training.run import train
 
             result = train(cfg, run_dir, result_path, meta=json.loads(meta))
