@@ -1,14 +1,20 @@
 """Scoring a generate task: what the model writes (greedy, batched with left padding, KV cache) against the
-reference by exact match after normalisation, and the answer under teacher forcing (token accuracy, perplexity)."""
+reference by exact match after normalisation, and the answer under teacher forcing (token accuracy, perplexity).
+
+With several processes each scores its share of the batches (shared_batches) and every process gets them all
+back in batch order, so the metrics are those of one process, to the last digit."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
 from torch import nn
 
 from tunebench.data.generate import IGNORE, collate, pad_rows
@@ -19,6 +25,7 @@ if TYPE_CHECKING:  # datasets loads in a second: `plan` and `report` never need 
 TRAILING_PUNCTUATION = ".!?,;:"
 SAMPLES = 5  # sample generations kept in the result per split, for the report
 CHOICE_TOKENS = 2048  # candidate-tree tokens per choice-scoring batch (examples x tree nodes)
+Score = TypeVar("Score")
 
 
 def normalise(text: str) -> str:
@@ -66,6 +73,25 @@ def _batches(split: Dataset, batch_size: int) -> list[list[int]]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def shared_batches(batches: list[list[int]], score: Callable[[list[int]], Score]) -> list[Score]:
+    """score(batch) for every batch, in batch order, on every process; each process scores every world-th batch.
+    A process short of a full turn scores the last batch again and drops it: every process then runs as many
+    forward passes, which FSDP needs (it gathers each layer's weights from all processes in lockstep;
+    transformers' generate keeps the decoding steps in step itself, synced_gpus, on an FSDP-managed model)."""
+    state = PartialState()
+    rank, world = state.process_index, state.num_processes
+    if world == 1:
+        return [score(batch) for batch in batches]
+    mine = {}
+    for first in range(0, len(batches), world):
+        index = first + rank
+        scored = score(batches[min(index, len(batches) - 1)])
+        if index < len(batches):
+            mine[index] = scored
+    every = {index: scored for share in gather_object([mine]) for index, scored in share.items()}
+    return [every[index] for index in range(len(batches))]
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module, split: Dataset, tokenizer, batch_size: int, margin: int, device
@@ -73,21 +99,19 @@ def evaluate(
     """Generation metrics over a split, and the generated answers in dataset order.
 
     accuracy is the exact match (the headline every report and plan reads); f1_macro is over the reference
-    answers as classes. Every process evaluates the whole split (generation is not sharded)."""
+    answers as classes. Several processes share the batches (shared_batches)."""
     from sklearn.metrics import f1_score  # lazy: sklearn takes a second to import, and only scoring needs it
 
     model.eval()
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     # the longest reference answer (with its eos) plus a margin: an answer cannot run on forever
     bound = max(n - p for n, p in zip(split["length"], split["prompt_length"], strict=True)) + margin
-    nll = correct = count = 0
-    outputs = [""] * len(split)
     gather = collate(pad)
-    for rows in _batches(split, batch_size):
+
+    def score(rows: list[int]) -> tuple[float, int, int, list[str]]:
         examples = [split[i] for i in rows]
         batch = {k: v.to(device) for k, v in gather(examples).items() if k != "index"}
         n, c, t = answer_nll(model, batch)
-        nll, correct, count = nll + n, correct + c, count + t
         prompts = [e["input_ids"][: e["prompt_length"]] for e in examples]
         ids = pad_rows(prompts, pad, left=True).to(device)
         mask = pad_rows([[1] * len(p) for p in prompts], 0, left=True).to(device)
@@ -100,8 +124,16 @@ def evaluate(
             pad_token_id=pad,
             eos_token_id=eos,
         )
-        for i, tokens in zip(rows, generated[:, ids.shape[1] :].tolist(), strict=True):
-            outputs[i] = tokenizer.decode(tokens, skip_special_tokens=True)
+        answers = generated[:, ids.shape[1] :].tolist()
+        return n, c, t, [tokenizer.decode(tokens, skip_special_tokens=True) for tokens in answers]
+
+    nll = correct = count = 0
+    outputs = [""] * len(split)
+    batches = _batches(split, batch_size)
+    for rows, (n, c, t, texts) in zip(batches, shared_batches(batches, score), strict=True):
+        nll, correct, count = nll + n, correct + c, count + t
+        for i, text in zip(rows, texts, strict=True):
+            outputs[i] = text
     references = [normalise(a) for a in split["answer"]]
     predicted = [normalise(o) for o in outputs]
     exact = float(np.mean(exact_matches(split, outputs)))
@@ -256,19 +288,22 @@ def _attention_mask(model: nn.Module, sees: torch.Tensor) -> torch.Tensor:
 def choice_correct(model: nn.Module, split: Dataset, tokenizer, candidates: list[str], batch_size: int, device):
     """1 where the likeliest candidate is the reference answer (after normalisation), else 0; dataset order."""
     model.eval()
-    tree = PrefixTree.build(candidate_tokens(candidates, tokenizer)).to(device)
+    candidate_ids = candidate_tokens(candidates, tokenizer)
+    tree = PrefixTree.build(candidate_ids).to(device)
     # a batch runs batch x nodes tokens at once, each with vocabulary-wide logits: bound it
     rows = max(1, min(batch_size, CHOICE_TOKENS // max(1, len(tree.tokens))))
-    chosen = [""] * len(split)
-    for batch in _batches(split, rows):
+
+    def best(batch: list[int]) -> list[int]:
         prompts = [split[i]["input_ids"][: split[i]["prompt_length"]] for i in batch]
         if prompt_learning(model):  # its virtual tokens or prefix cannot share the prefix tree's KV cache
-            scores = whole_choice_scores(
-                model, prompts, candidate_tokens(candidates, tokenizer), tokenizer.pad_token_id
-            )
+            scores = whole_choice_scores(model, prompts, candidate_ids, tokenizer.pad_token_id)
         else:
             scores = choice_scores(model, prompts, tree, tokenizer.pad_token_id, device)
-        best = scores.argmax(-1).tolist()
-        for i, c in zip(batch, best, strict=True):
+        return scores.argmax(-1).tolist()
+
+    chosen = [""] * len(split)
+    batches = _batches(split, rows)
+    for batch, picks in zip(batches, shared_batches(batches, best), strict=True):
+        for i, c in zip(batch, picks, strict=True):
             chosen[i] = candidates[c]
     return [int(normalise(c) == normalise(a)) for c, a in zip(chosen, split["answer"], strict=True)]

@@ -4,7 +4,7 @@ A kind tokenizes the task, makes the loaders, evaluates a split and adds its own
 calls the same methods whatever the kind. Classify: text -> label, evaluated sharded over prepared loaders.
 CachedFeatures (a Classify): the head method's frozen backbone runs once over each split and the head trains
 on its pooled features. Generate: prompt -> answer written by a causal LM, loss on the answer only, scored on
-what it generates (every process alike) and measured for forgetting from the unmodified checkpoint.
+what it generates (the processes share the batches) and measured for forgetting from the unmodified checkpoint.
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def cached_features(
 
 class Generate:
     """Prompt -> answer (decoder LLMs): loss on the answer only; scored outside the prepared loaders on what the
-    model generates, by every process alike; forgetting measured on the same tokens on the unmodified checkpoint,
+    model generates, the batches shared between the processes; forgetting measured on the same tokens on the unmodified checkpoint,
     on the model the method built, and after training."""
 
     tokens_outside_steps = 0
