@@ -147,8 +147,8 @@ def cached_features(
 
 class Generate:
     """Prompt -> answer (decoder LLMs): loss on the answer only; scored outside the prepared loaders on what the
-    model generates, the batches shared between the processes; forgetting measured on the same tokens on the unmodified checkpoint,
-    on the model the method built, and after training."""
+    model generates, the batches shared between the processes; forgetting measured on the same tokens on the
+    unmodified checkpoint, on the model the method built, and after training."""
 
     tokens_outside_steps = 0
 
