@@ -86,9 +86,10 @@ def suite_result_files(folder: str | Path) -> tuple[list[Path], list[Path], str 
 
 
 def final_result(path: str | Path) -> dict | None:
-    """The result at path if its run has finished for good (FINAL), else None: a rerun repeats that run."""
+    """The result at path if its run has finished for good (FINAL, and not marked `retry`: a run whose Ray worker
+    died), else None: a rerun repeats that run."""
     result = read_result(path)
-    return result if result is not None and result["status"] in FINAL else None
+    return result if result is not None and result["status"] in FINAL and not result.get("retry") else None
 
 
 def rank_failure_path(run_dir: str | Path, rank: int) -> Path:
