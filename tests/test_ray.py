@@ -152,6 +152,7 @@ def test_a_suite_on_two_ray_nodes_equals_one_run_at_a_time(two_nodes, ray_env, t
         alone_dir = tmp_path / "alone" / "tiny" / "runs" / run_dir.name
         assert (run_dir / "test_predictions.json").read_text() == (alone_dir / "test_predictions.json").read_text()
         assert (run_dir / "output.log").stat().st_size > 0
+        assert (run_dir / "best").is_dir()  # one machine: the worker wrote the driver's very folder, checkpoint too
     # two runs at once: one on each node, each of which has one GPU
     spans = [(r["started_at"], r["finished_at"]) for r in map(read_result, (tmp_path / "ray" / "tiny").glob("*.json"))]
     assert any(a[0] < b[1] and b[0] < a[1] for i, a in enumerate(spans) for b in spans[i + 1 :])
