@@ -54,7 +54,7 @@ def _why(ray: Any, exc: Exception) -> str:
     return str(exc).strip().splitlines()[0]
 
 
-def task_resources(ray: Any, processes: int) -> dict[str, int]:
+def _task_resources(ray: Any, processes: int) -> dict[str, int]:
     """What each job's task asks for: a GPU and a CPU per process, or CPUs only on a cluster without GPUs."""
     gpus = int(ray.cluster_resources().get("GPU", 0))
     if gpus and gpus < processes:
@@ -73,11 +73,11 @@ def run_on_ray(
     """Run work(job) for every job as a Ray task (processes GPUs and CPUs each) and call finished(job, outcome,
     None) in this thread as each ends, or finished(job, None, why) when its worker or node died or work raised.
     submitted(job) is called as each is handed to the cluster. An exception here (Ctrl-C, or one that finished
-    raises) cancels the tasks in flight, then propagates; the cluster's own processes are left as they were."""
+    raises) cancels the tasks in flight, then propagates. A cluster this started (no address) stops with it."""
     ray = import_ray()
     _connect(ray, address)
     try:
-        resources = task_resources(ray, processes)
+        resources = _task_resources(ray, processes)
         remote = ray.remote(_in_driver_folder).options(max_retries=0, **resources)
         pending = {}
         for job in jobs:
