@@ -138,8 +138,8 @@ def _without_timings(value):
 @pytest.mark.slow
 def test_a_suite_on_two_ray_nodes_equals_one_run_at_a_time(two_nodes, ray_env, tmp_path, capsys, monkeypatch):
     suite = write_suite(tmp_path / "tiny.yaml", ["lora", "head"], [1, 2], config=LIGHT, methods={"head": HEAD})
-    monkeypatch.chdir(tmp_path)  # the drivers below work here; the one-at-a-time one in this process
-    assert main(["bench", str(suite), "--out", "alone/tiny"]) == 0, capsys.readouterr().out[-3000:]
+    alone = bench("bench", str(suite), "--out", "alone/tiny", cwd=tmp_path, env=ray_env)
+    assert alone.returncode == 0, alone.stderr[-3000:]
     line = readme_line("tunebench bench gpu --executor ray --address HEAD:6379")
     line = [str(suite) if w == "gpu" else w.replace("HEAD:6379", two_nodes) for w in line]
     on_ray = bench(*line[1:], "--out", "ray/tiny", cwd=tmp_path, env=ray_env)
@@ -158,7 +158,7 @@ def test_a_suite_on_two_ray_nodes_equals_one_run_at_a_time(two_nodes, ray_env, t
     spans = [(r["started_at"], r["finished_at"]) for r in map(read_result, (tmp_path / "ray" / "tiny").glob("*.json"))]
     assert any(a[0] < b[1] and b[0] < a[1] for i, a in enumerate(spans) for b in spans[i + 1 :])
 
-    # in this process: these train nothing, and reach no cluster
+    monkeypatch.chdir(tmp_path)  # in this process from here: these train nothing, and reach no cluster
     assert main([*line[1:], "--out", "ray/tiny"]) == 0 and "4 runs, 4 done, 0 to run" in capsys.readouterr().out
     assert main([*line[1:], "--out", "ray/tiny", "--dry-run", "--force"]) == 0
     assert "4 runs, 0 done, 4 to run" in capsys.readouterr().out
