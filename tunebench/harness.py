@@ -25,7 +25,8 @@ atomically by the run itself, so a killed suite loses at most the run in flight.
 (an earlier id form) still counts for the run whose settings its recorded config holds; a rerun replaces it.
 
 Runs go one at a time, or several at once (tunebench.scheduler: jobs, with the CPU cores split between them, or
-one per free group of devices), each still a fresh process.
+one per free group of devices), or as tasks on a Ray cluster (tunebench.cluster), each still a fresh process. A
+run on a Ray worker sends its result and its run folder's files back to the driver, which writes them here.
 
 A finished result is *stale* when it came from a dirty tree, or when a source file its run loaded (recorded in
 the result: the project's modules it imported and the YAML it read) differs between the commit it records and
@@ -45,17 +46,19 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 import yaml
 
 from tunebench.config import build_config, set_dotted
-from tunebench.errors import UserError
+from tunebench.errors import UserError, unknown_choice
 from tunebench.files import REPO_ROOT, read_yaml
 from tunebench.measure import SOURCE_PATHS
+from tunebench.quiet import VERBOSE_ENV
 from tunebench.results import (
     FINAL,
     SCHEMA_VERSION,
@@ -71,6 +74,7 @@ from tunebench.scheduler import plan_slots, run_in_slots
 from tunebench.units import format_seconds
 
 SUITE_KEYS = {"name", "description", "config", "grid", "methods", "tasks", "processes"}
+EXECUTORS = ("local", "ray")
 REQUIRED_AXES = ("model", "task", "method", "seed")
 IDENTITY = ("task", "method", "model", "seed")  # in every run id, set by the suite or not
 # optional grid axes -> the config key each one sets
@@ -223,7 +227,7 @@ def locate_results(out: Path, runs: list[SuiteRun]) -> tuple[dict[str, Path], li
         if not owners:
             unclaimed.append(path)
         for run in owners if result["status"] in FINAL else ():
-            if located[run.run_id].stem != run.run_id or final_result(located[run.run_id]) is None:
+            if located[run.run_id].stem != run.run_id or _final(located[run.run_id]) is None:
                 located[run.run_id] = path
     return located, unclaimed
 
@@ -332,9 +336,51 @@ def start_run(run: SuiteRun, out: Path, processes: int, extra_env: dict[str, str
         return subprocess.Popen(command, env=env, preexec_fn=preexec, stdout=output, stderr=subprocess.STDOUT)
 
 
-def _record_crash(path: Path, run: SuiteRun, returncode: int) -> None:
+@dataclass(frozen=True)
+class WorkerRun:
+    """What a run on a Ray worker sends back: its exit status, its run folder's top-level files (predictions,
+    configs, logs; its folders, checkpoints and tracker logs, stay on the worker's node) and its result file."""
+
+    code: int
+    files: dict[str, bytes]
+    result: bytes | None
+
+    def keep(self, result_path: Path) -> None:
+        """Write it here, the result last and atomically; a file that already holds it (one node, or a shared
+        filesystem: the worker wrote this very folder) is left alone."""
+        for name, data in self.files.items():
+            path = Path(name)
+            if not path.is_file() or path.read_bytes() != data:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+        if self.result is not None and (not result_path.is_file() or result_path.read_bytes() != self.result):
+            write_json_atomic(result_path, json.loads(self.result))  # the run wrote it the same way: same bytes
+
+
+def run_on_worker(run: SuiteRun, out: Path, processes: int, env: dict[str, str]) -> WorkerRun:
+    """On a Ray worker (tunebench.cluster): the run's process, as start_run starts it, and what it left."""
+    code = start_run(run, out, processes, env, log=True).wait()
+    files = {str(p): p.read_bytes() for p in sorted(_run_dir(run, out).iterdir()) if p.is_file()}
+    result = out / f"{run.run_id}.json"
+    return WorkerRun(code, files, result.read_bytes() if result.is_file() else None)
+
+
+def _exit_cause(returncode: int) -> str:
+    killed = f"killed by signal {-returncode}" if returncode < 0 else f"exited with status {returncode}"
+    return f"run process {killed} before writing its result"
+
+
+def _final(path: Path) -> dict | None:
+    """results.final_result, but a result marked `retry` (its Ray worker died: the machinery failed, not the run)
+    counts as unfinished, so the next bench runs it again."""
+    result = final_result(path)
+    return None if result is not None and result.get("retry") else result
+
+
+def _record_crash(path: Path, run: SuiteRun, cause: str, retry: bool = False) -> None:
     """A run that died without writing its own end (segfault, OOM killer, rank 0 stopped before it could
-    record another rank's failure) is recorded as failed, with the errors the ranks left."""
+    record another rank's failure; cause says how) is recorded as failed, with the errors the ranks left.
+    retry: the machinery failed, not the run (its Ray worker died): a rerun of the suite runs it again."""
     result = read_result(path)
     if result is not None and result["status"] != "running":
         return
@@ -345,9 +391,8 @@ def _record_crash(path: Path, run: SuiteRun, returncode: int) -> None:
         "run_id": run.run_id,
         "grid": run.grid,
     }
-    killed = f"killed by signal {-returncode}" if returncode < 0 else f"exited with status {returncode}"
     errors = [f"rank {f['rank']}: {f['error']}" for f in read_rank_failures(_run_dir(run, out=path.parent))]
-    result.update(status="failed", error="; ".join([f"run process {killed} before writing its result", *errors]))
+    result.update(status="failed", error="; ".join([cause, *errors]), **({"retry": True} if retry else {}))
     write_json_atomic(path, result)
 
 
@@ -366,15 +411,19 @@ def run_suite(
     rerun_stale: bool = False,
     jobs: int | None = None,
     devices: str | Sequence[int | str] | None = None,
+    executor: str = "local",
+    address: str | None = None,
 ) -> int:
-    """Run the suite's missing runs (jobs at once, or one per free group of devices); returns the exit status."""
+    """Run the suite's missing runs (jobs at once, or one per free group of devices; with executor "ray", as tasks
+    on the Ray cluster at address); returns the exit status."""
     suite, every_run = load_suite(suite_path, track_memory)
     runs = select_shard(every_run, shard)
     out_dir = Path(out or default_out(suite, suite_path))
     processes = int(suite.get("processes") or 1)
     slots = plan_slots(jobs, devices, processes)
+    _check_executor(executor, jobs, devices, address)
     located, unclaimed = locate_results(out_dir, every_run)
-    finished = {r.run_id: final_result(located[r.run_id]) for r in runs}
+    finished = {r.run_id: _final(located[r.run_id]) for r in runs}
     finished = {k: v for k, v in finished.items() if v is not None}
     stale, note = {}, ""
     if finished and (dry_run or rerun_stale):
@@ -401,25 +450,69 @@ def run_suite(
         return 0
     suite_files = {f"{r.run_id}.json" for r in every_run} | {located[r.run_id].name for r in every_run}
     write_suite_manifest(out_dir, suite.get("name") or Path(suite_path).stem, sorted(suite_files))
-    progress = _Progress(len(runs), len(done), len(todo), report_ends=slots.at_once > 1)
+    progress = _Progress(len(runs), len(done), len(todo), report_ends=slots.at_once > 1 or executor == "ray")
 
     def start(run: SuiteRun, extra_env: dict[str, str]) -> subprocess.Popen:
         progress.starting(run)
         return start_run(run, out_dir, processes, extra_env, log=slots.at_once > 1)
 
-    def finished_run(run: SuiteRun, code: int) -> None:
-        if code == 130:
+    def finished_run(run: SuiteRun, code: int | None, lost: str | None = None) -> None:
+        if code == 130 and lost is None:
             raise KeyboardInterrupt
         path = out_dir / f"{run.run_id}.json"
-        if code != 0:
-            _record_crash(path, run, code)
-        if located[run.run_id] != path and final_result(path) is not None:
+        if lost is not None:
+            _record_crash(path, run, f"its Ray worker ended before the run did: {lost}", retry=True)
+        elif code != 0:
+            _record_crash(path, run, _exit_cause(code))
+        if located[run.run_id] != path and _final(path) is not None:
             located[run.run_id].unlink(missing_ok=True)  # an earlier id form's result, now replaced
         located[run.run_id] = path
         progress.ended(run, (read_result(path) or {"status": "missing"})["status"], _run_dir(run, out_dir))
 
-    run_in_slots(todo, slots, start, finished_run)
+    if executor == "ray":
+        _run_on_ray(todo, out_dir, processes, address, progress.starting, finished_run)
+    else:
+        run_in_slots(todo, slots, start, finished_run)
     return _summarize(located, runs, time.monotonic() - progress.started)
+
+
+def _check_executor(executor: str, jobs: int | None, devices: object, address: str | None) -> None:
+    if executor not in EXECUTORS:
+        raise unknown_choice("executor", executor, EXECUTORS)
+    if executor == "local" and address is not None:
+        raise UserError("--address names a Ray cluster: it goes with --executor ray")
+    if executor == "ray":
+        from tunebench.cluster import import_ray
+
+        import_ray()  # installed, or a one-line error before any work
+        if jobs is not None or devices is not None:
+            raise UserError("--jobs and --devices place runs on this machine; with --executor ray, Ray places them")
+
+
+def _run_on_ray(
+    runs: list[SuiteRun],
+    out_dir: Path,
+    processes: int,
+    address: str | None,
+    submitted: Callable[[SuiteRun], None],
+    finished_run: Callable[[SuiteRun, int | None, str | None], None],
+) -> None:
+    """Each run a task on the Ray cluster (tunebench.cluster); what its worker sends back is written here before
+    the run counts as ended. A run interrupted on its worker (exit 130) stays `interrupted`: a rerun runs it."""
+    from tunebench.cluster import run_on_ray
+
+    if not runs:
+        return  # nothing to run: no need to reach the cluster
+
+    def finished(run: SuiteRun, outcome: WorkerRun | None, lost: str | None) -> None:
+        if outcome is not None:
+            outcome.keep(out_dir / f"{run.run_id}.json")
+        code = outcome.code if outcome is not None else None
+        finished_run(run, code, lost or ("interrupted on its worker" if code == 130 else None))
+
+    carried = {VERBOSE_ENV: os.environ[VERBOSE_ENV]} if VERBOSE_ENV in os.environ else {}  # workers have their own
+    work = partial(run_on_worker, out=out_dir, processes=processes, env=carried)
+    run_on_ray(runs, work, submitted, finished, processes, address)
 
 
 class _Progress:
