@@ -14,7 +14,7 @@ from conftest import require
 
 from tunebench.cli import main
 from tunebench.errors import UserError
-from tunebench.methods import get_method, plannable
+from tunebench.methods import default_options, get_method, plannable
 from tunebench.models.meta import packed_weight_bytes, quantized_bytes
 from tunebench.planner.extrapolate import affine_max_batch, affine_peak, extrapolation_depths, trace_step_extrapolated
 from tunebench.planner.inputs import ModelSpec, Shape, load_gpus, match_gpu, parse_budget, resolve_device, resolve_spec
@@ -124,6 +124,24 @@ def test_causal_lm_sft_step_prediction_matches_the_cpu_allocator(tiny_llama, met
     assert abs(row["error_percent"]) <= 5, row
 
 
+VARIANTS = [name for name in plannable(with_variants=True) if name not in plannable()]  # the registry's
+
+
+@pytest.fixture(scope="module")
+def variant_validation(tiny_llama):
+    """Every variant's causal-LM SFT step against two real steps, in one call (one process, the module's model)."""
+    return {row["method"]: row for row in validate_steps(tiny_llama, VARIANTS, SMALL, "fp32", False, "generate")}
+
+
+@pytest.mark.parametrize("method", VARIANTS)
+def test_every_variant_sft_step_matches_the_cpu_allocator(variant_validation, method):
+    """Each variant (DoRA, AdaLoRA, VeRA's shared projections, BOFT's butterflies, VB-LoRA's vector bank, the prompt
+    learners' virtual tokens, ...) planned within 5% of the allocator's peak, as `plan --validate` checks it."""
+    row = variant_validation[method]
+    assert row["independent"]["by"].startswith("torch.profiler")
+    assert abs(row["error_percent"]) <= 5, row
+
+
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_a_tied_lm_head_is_traced_once(tmp_path, method):
     """With the LM head tied to the input embeddings, the traced model holds, trains and steps that weight once,
@@ -221,14 +239,16 @@ def _tiny_llama():
 
 
 @pytest.mark.parametrize(
-    ("model", "precision", "checkpointing", "methods"),
+    ("model", "precision", "checkpointing", "methods", "task_type"),
     [
-        ("tiny-llama", "bf16-true", False, plannable()),
-        ("minilm", "bf16-mixed", False, plannable()),
-        ("tiny-llama", "fp32", True, ("full", "lora")),  # next_steps' gradient checkpointing plans
+        ("tiny-llama", "bf16-true", False, plannable(), "classify"),
+        ("minilm", "bf16-mixed", False, plannable(), "classify"),
+        ("tiny-llama", "fp32", True, ("full", "lora"), "classify"),  # next_steps' gradient checkpointing plans
+        # steps that run more ops at more depth outside the blocks' points: lined up by each part's largest point
+        ("tiny-llama", "bf16-mixed", False, ("adalora", "prefix-tuning"), "generate"),
     ],
 )
-def test_depth_extrapolation_matches_every_layer_traced(model, precision, checkpointing, methods, request):
+def test_depth_extrapolation_matches_every_layer_traced(model, precision, checkpointing, methods, task_type, request):
     """Traces 2 and 3 blocks deep, extrapolated to 6, against all 6 traced."""
     if model == "minilm":
         config, pooling = request.getfixturevalue("minilm").config, "cls"
@@ -237,6 +257,7 @@ def test_depth_extrapolation_matches_every_layer_traced(model, precision, checkp
     traces = {}
     for method in methods:
         kwargs = _kwargs(method, precision=precision, pooling=pooling, gradient_checkpointing=checkpointing)
+        kwargs |= {"options": default_options(method), "task_type": task_type}
         full = trace_step(config, method, count_flops=True, **kwargs)
         extrapolated = trace_step_extrapolated(config, method, (2, 3), count_flops=True, **kwargs)
         traces[method] = full, extrapolated
@@ -247,6 +268,8 @@ def test_depth_extrapolation_matches_every_layer_traced(model, precision, checkp
         assert extrapolated.state == full.state, method
         assert (extrapolated.trainable_params, extrapolated.total_params) == (full.trainable_params, full.total_params)
         assert extrapolated.flops == pytest.approx(full.flops, rel=0.01), method
+    if "lora" not in traces:
+        return
     # the largest batch from traces at two batch sizes (lora's, as plan_method does): the same from both
     full, extrapolated = traces["lora"]
     kwargs = _kwargs("lora", 2 * SMALL.batch_size, precision, pooling, gradient_checkpointing=checkpointing)

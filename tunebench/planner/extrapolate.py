@@ -122,8 +122,11 @@ def extrapolate_depth(low: StepTrace, high: StepTrace, layers: int) -> StepTrace
     """
     (depth_low,), (depth_high,) = low.depths, high.depths
     period = depth_high - depth_low
-    points_low, keys_low = _depth_points(low, depth_low // period, period)
-    points_high, keys_high = _depth_points(high, depth_high // period, period)
+    for parts in ("each", "largest"):  # each point where the steps line up point by point, else each part's largest
+        points_low, keys_low = _depth_points(low, depth_low // period, period, parts)
+        points_high, keys_high = _depth_points(high, depth_high // period, period, parts)
+        if keys_low == keys_high:
+            break
     if keys_low != keys_high or not any(key[1] == "first" for key in keys_low):
         return None  # the steps differ beyond the blocks, or no block was found to line them up by
 
@@ -148,7 +151,7 @@ def extrapolate_depth(low: StepTrace, high: StepTrace, layers: int) -> StepTrace
     )
 
 
-def _depth_points(step: StepTrace, repeats: int, period: int) -> tuple[np.ndarray, list]:
+def _depth_points(step: StepTrace, repeats: int, period: int, parts: str = "each") -> tuple[np.ndarray, list]:
     """The points the peak can be at, as integers, and keys that name the same point at every depth.
 
     In a phase that runs the blocks, a given place inside repeat k of the pattern holds c + s*k bytes
@@ -156,6 +159,10 @@ def _depth_points(step: StepTrace, repeats: int, period: int) -> tuple[np.ndarra
     backward), largest in the first or the last repeat: the repeats between are dropped. A phase without
     blocks (AdamW, clipping) walks the parameters over the same live state with temporaries that depend
     only on each parameter's shape: its largest point is the same parameter's at every depth, the one kept.
+    parts: "each" point of a blocked phase kept; or, for a step that runs a few more ops at more depth in a part of it
+    (AdaLoRA's orthogonality penalty walks every adapter after the stack; prefix tuning's prefix, made for every
+    layer before the stack, takes its gradient in the first block's backward), "largest": the largest point of each
+    part (before the blocks, each block, after them), the same op at every depth (the loss's logits, a block's MLP).
     """
     totals = step.points.sum(1)
     blocked = {phase for phase, position in step.labels if isinstance(position, int)}
@@ -175,6 +182,9 @@ def _depth_points(step: StepTrace, repeats: int, period: int) -> tuple[np.ndarra
             elif position // period == repeats - 1:
                 key = (phase, "last", position % period)
             else:
+                continue
+            if parts == "largest" and i != run[0] and step.labels[i - 1] == step.labels[i]:  # the same part goes on
+                keep[-1] = max(keep[-1], i, key=lambda j: (totals[j], j))
                 continue
             keep.append(i)
             keys.append(key)

@@ -4,8 +4,10 @@ few fake traces as the extrapolations allow, the first of them run ahead over th
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
+from tunebench.methods import base_method
 from tunebench.optim import BITSANDBYTES_CLASSES
 from tunebench.planner.extrapolate import (
     affine_max_batch,
@@ -159,7 +161,26 @@ def prefetch_traces(
     seq_limits: bool = True,
 ) -> list[dict]:
     """For each (method, settings) of runs, plan_method's first traces (first_traces), all run over the cores
-    together (map_forked): plan_method's `traced`."""
+    together (map_forked): plan_method's `traced`. Runs that take the same step (a variant that names its base's
+    defaults: lora-r16) are traced once."""
+    steps = [(base_method(method), json.dumps(settings, sort_keys=True, default=str)) for method, settings in runs]
+    distinct = list(dict.fromkeys(steps))
+    traced = _first_traces_of(
+        spec, shape, precision, budget, [runs[steps.index(d)] for d in distinct], full_depth, seq_limits
+    )
+    return [traced[distinct.index(step)] for step in steps]
+
+
+def _first_traces_of(
+    spec: ModelSpec,
+    shape: Shape,
+    precision: str,
+    budget: int | None,
+    runs: list[tuple[str, dict]],
+    full_depth: bool,
+    seq_limits: bool,
+) -> list[dict]:
+    """prefetch_traces for runs that each take a step of their own."""
     keys = first_traces(spec, shape, budget, seq_limits, full_depth)
     depths = len({layers for layers, *_ in keys})
     # by shape, then method: a worker takes a trace's depths together and shapes other methods traced too, whose

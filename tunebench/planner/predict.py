@@ -29,7 +29,7 @@ from tunebench.planner.inputs import (
 from tunebench.planner.limits import Limits, plan_method, prefetch_traces
 from tunebench.planner.request import PlanRequest
 from tunebench.planner.sharding import Sharding, check_sharding, make_sharding, sharding_assumptions
-from tunebench.planner.tracing import StepTrace, method_cfg
+from tunebench.planner.tracing import StepTrace, trains_with
 from tunebench.results import read_result, result_files
 from tunebench.units import format_gib
 
@@ -181,9 +181,10 @@ def next_steps(
                 continue
             if key == "optimizer" and plan.at_peak.get("optimizer_state", 0) < plan.tensor_peak_bytes / 10:
                 continue  # small optimizer state (adapters, a head): little to save
-            if key == "gradient_checkpointing" and not checkpointable(plan.method, settings[plan.method]):
-                continue
-            tried.append((plan, what, flag, settings[plan.method] | {key: value}))
+            run = settings[plan.method]
+            if key == "gradient_checkpointing" and not trains_with(plan.method, run["options"], run["task_type"], True):
+                continue  # prefix tuning
+            tried.append((plan, what, flag, run | {key: value}))
     prefetched = prefetch_traces(
         spec, shape, precision, budget, [(p.method, s) for p, _, _, s in tried], full_depth, seq_limits=False
     )
@@ -209,16 +210,6 @@ def next_steps(
             f"{format_gib(need)} at batch {shape.batch_size} (traced; largest batch {limits.max_batch})"
         )
     return steps
-
-
-def checkpointable(method: str, settings: dict) -> bool:
-    """Can the method train with these settings under gradient checkpointing (its check_settings)?"""
-    check = getattr(get_method(method), "check_settings", None)
-    try:
-        check and check(method_cfg(settings["options"], None, True, settings["task_type"]))
-    except UserError:
-        return False
-    return True
 
 
 def predict_plan(request: PlanRequest) -> dict:

@@ -101,8 +101,9 @@ def _g(value: float) -> str:
 
 def format_validation(rows: list[dict]) -> str:
     """Predicted against measured peaks (planner.validate.validation_rows), one row per model, method and path."""
+    width = max([6, *(len(row["method"]) for row in rows)])  # a variant's name
     lines = [
-        f"{'model':26} {'method':6} {'task':8} {'prec':4} {'ckpt':4} {'measured on':11} {'predicted':>10} "
+        f"{'model':26} {'method':{width}} {'task':8} {'prec':4} {'ckpt':4} {'measured on':11} {'predicted':>10} "
         f"{'tracker':>10} {'independent':>11} {'error':>8}  measured by"
     ]
     for row in rows:
@@ -110,7 +111,7 @@ def format_validation(rows: list[dict]) -> str:
         independent = f"{independent / MiB:11.2f}" if independent is not None else "-".rjust(11)
         checkpointing = {True: "yes", False: "no"}.get(row.get("gradient_checkpointing"), "-")
         lines.append(
-            f"{row['model'][:26]:26} {row['method']:6} {row.get('task_type', 'classify'):8} {row['precision']:4} "
+            f"{row['model'][:26]:26} {row['method']:{width}} {row.get('task_type', 'classify'):8} {row['precision']:4} "
             f"{checkpointing:4} {row['measured_on'][:11]:11} "
             f"{row['predicted_bytes'] / MiB:10.2f} {row['tracker_bytes'] / MiB:10.2f} {independent} "
             f"{row['error_percent']:+7.2f}%  {row['measured_by']}"

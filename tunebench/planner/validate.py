@@ -18,14 +18,24 @@ from tunebench.data import batching
 from tunebench.data.tasks import get_task, load_task
 from tunebench.errors import UserError
 from tunebench.measure import ProfiledPeak, TensorTracker, quantization_state
-from tunebench.methods import default_options, get_method
+from tunebench.methods import default_options, get_method, plannable
 from tunebench.models.hub import DECODER_TYPES, load_config, load_tokenizer, resolve_model
 from tunebench.models.params import decay_param_groups
 from tunebench.models.precision import RULES, apply_rule
 from tunebench.optim import build_adamw, resolve_adamw
 from tunebench.planner.inputs import ModelSpec, Shape, load_gpus, parse_methods, resolve_spec, result_precision
 from tunebench.planner.request import PlanRequest
-from tunebench.planner.tracing import LR, WEIGHT_DECAY, StepTrace, loop_step, make_batch, method_cfg, pad_id, trace_step
+from tunebench.planner.tracing import (
+    LR,
+    WEIGHT_DECAY,
+    StepTrace,
+    loop_step,
+    make_batch,
+    method_cfg,
+    pad_id,
+    trace_step,
+    trains_with,
+)
 from tunebench.results import read_result, result_files
 from tunebench.training.run import train
 from tunebench.units import format_gib
@@ -137,12 +147,16 @@ def validate_steps(
     """Per method: the fake-trace prediction against two real steps of the loop on this machine, on a padded
     batch, with the AdamW implementation the loop uses here; measured by TensorTracker and independently
     (measure_step: the CPU allocator's events, or torch.cuda.max_memory_allocated). task_type
-    "generate" steps the causal LM on answer-masked labels (the SFT step), "classify" the sequence classifier."""
+    "generate" steps the causal LM on answer-masked labels (the SFT step), "classify" the sequence classifier.
+    A method that cannot train with these settings (trains_with: prompt learning on the classifier, prefix tuning
+    under gradient checkpointing) has no row."""
     spec = _weighted_spec(model)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     _, device_constants = load_gpus()
     rows = []
     for method in methods:
+        if not trains_with(method, default_options(method), task_type, gradient_checkpointing):
+            continue
         predicted = trace_step(
             spec.config,
             method,
@@ -204,6 +218,8 @@ def validate_loop(model: str, methods: list[str], precision: str, run_root: Path
     overrides["train"] |= {"trackers": [], "save": "none", "warmup_ratio": 0.0}
     rows = []
     for method in methods:
+        if not trains_with(method, default_options(method), "classify"):
+            continue  # prompt learning: generate tasks only
         cfg = build_config(method, "rotten_tomatoes", overrides=overrides)
         if "cache_features" in cfg["method_options"]:
             cfg["method_options"]["cache_features"] = False
@@ -297,12 +313,14 @@ def validate_results(results_dir: str) -> list[dict]:
 
 def validation_rows(request: PlanRequest) -> list[dict]:
     """Predicted against measured peak per model and method (tunebench.plan with validate): the request's model, or
-    MiniLM and a tiny Llama; against a results folder's recorded peaks when it names one."""
+    MiniLM and a tiny Llama; against a results folder's recorded peaks when it names one. Without named methods,
+    the methods, and on a decoder every variant too, on the causal-LM SFT step (fp32)."""
     if request.gpus is not None or request.strategy is not None:
         raise UserError("validation measures one process on this machine: it takes no gpus or strategy")
     methods = parse_methods(request.methods)
     if request.results:
         return validate_results(request.results)
+    variants = [] if request.methods else [m for m in plannable(with_variants=True) if m not in methods]
     with tempfile.TemporaryDirectory() as tmp:
         models = [request.model] if request.model else ["minilm", tiny_llama_folder(Path(tmp) / "tiny-llama")]
         rows = []
@@ -311,6 +329,7 @@ def validation_rows(request: PlanRequest) -> list[dict]:
             if resolve_spec(model).config.model_type in DECODER_TYPES:  # the causal-LM SFT step, too
                 for precision, checkpointing in itertools.product(("fp32", "bf16-mixed"), (False, True)):
                     rows += validate_steps(model, methods, VALIDATION_SHAPE, precision, checkpointing, "generate")
+                rows += validate_steps(model, variants, VALIDATION_SHAPE, "fp32", False, "generate")
             rows += validate_loop(model, methods, "bf16-mixed", Path(tmp) / "runs")
     for row in rows:
         if row["model"].endswith("tiny-llama"):
