@@ -83,9 +83,31 @@ def test_a_stop_ends_the_runs_in_flight_and_starts_no_more(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run_in_slots(range(5), plan_slots(2, None), start, finished)
     assert time.monotonic() - begun < 30  # the 60-second run in flight was ended, not waited for
-    # job 0's slot may have taken job 2 before its end was handled: that one was ended too
-    assert sorted(started)[:2] == [0, 1] and 3 not in started and 4 not in started
+    # job 0's slot waits for its end to be handled, which stops the scheduler: job 2 never starts
+    assert sorted(started) == [0, 1]
     assert not [job for job in started if job and (tmp_path / f"{job}.json").exists()]
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_slot_starts_its_next_run_only_once_the_last_end_is_counted(tmp_path, jobs):
+    """The suite line counts starts and ends (harness._Progress): a start must never come before the end that
+    freed its slot is counted, or one-at-a-time reads "0/3 done, 2 in flight". finished() takes its time here, as
+    reading a result does."""
+    counted = {"started": 0, "ended": 0}
+    in_flight = []
+
+    def start(job: int, extra_env: dict[str, str]) -> subprocess.Popen:
+        counted["started"] += 1
+        in_flight.append(counted["started"] - counted["ended"])
+        return child_starter(tmp_path, lambda job: 0.05)(job, extra_env)
+
+    def finished(job: int, code: int) -> None:
+        time.sleep(0.3)
+        counted["ended"] += 1
+
+    run_in_slots(range(4), plan_slots(jobs, None), start, finished)
+    assert counted == {"started": 4, "ended": 4}
+    assert max(in_flight) == jobs, in_flight
 
 
 @pytest.mark.parametrize(

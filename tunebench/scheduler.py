@@ -106,14 +106,17 @@ def run_in_slots(
     processes in flight and starts no more, then propagates.
 
     Each process is started from a pool thread that lives until every job is done: a child that asks to die
-    with its parent (PR_SET_PDEATHSIG) is tied to the thread that started it.
+    with its parent (PR_SET_PDEATHSIG) is tied to the thread that started it. A slot takes its next job only
+    once finished() has handled its last one, so that a start never sees the previous end uncounted.
     """
     free: queue.SimpleQueue[str] = queue.SimpleQueue()
     for device in slots.devices or ():
         free.put(device)
     children = _Children()
+    handled = threading.Semaphore(slots.at_once)  # a slot's permit: back once its job's end is handled
 
     def run_one(job: Job) -> tuple[Job, int | None]:
+        handled.acquire()
         # at most at_once jobs hold devices, each devices_per_job of them: every get below is served
         taken = [free.get() for _ in range(slots.devices_per_job)] if slots.devices else []
         try:
@@ -134,8 +137,11 @@ def run_in_slots(
                 job, code = future.result()
                 if code is not None:
                     finished(job, code)
+                handled.release()
         except BaseException:
             for future in futures:
                 future.cancel()
             children.stop()
+            for _ in futures:  # the slots waiting for a permit go on, and start nothing (stopped)
+                handled.release()
             raise
