@@ -348,20 +348,23 @@ def test_oom_is_recorded_and_the_suite_goes_on(tmp_path):
     assert "oom" in out.stdout
 
 
-def test_kill_and_resume_runs_only_what_is_missing(tmp_path):
-    # Two runs: the first finishes, the second is in flight when the suite dies. One step and a few examples each:
-    # what is checked is which runs are redone, not what they learn.
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_kill_and_resume_runs_only_what_is_missing(tmp_path, jobs):
+    # One at a time, two runs: the first finishes, the second is in flight when the suite dies. --jobs 2, three
+    # runs: the first to finish ends the suite, with the others in flight (the third took the freed slot) or not
+    # started. One step and a few examples each: what is checked is which runs are redone, not what they learn.
     light = {"data": {"max_train_samples": 16, "max_eval_samples": 8}, "train": {"max_steps": 1}}
+    seeds = list(range(1, jobs + 2))
     suite = write_suite(
         tmp_path / "resume.yaml",
         ["head"],
-        [1, 2],
+        seeds,
         config=deep_update(TINY, light),
         methods={"head": {"method_options": {"cache_features": False}}},
     )
     results = tmp_path / "results"
     process = subprocess.Popen(
-        [sys.executable, "-m", "tunebench.cli", "bench", str(suite), "--out", str(results)],
+        [sys.executable, "-m", "tunebench.cli", "bench", str(suite), "--out", str(results), "--jobs", str(jobs)],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -375,16 +378,19 @@ def test_kill_and_resume_runs_only_what_is_missing(tmp_path):
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     time.sleep(2)  # the run in flight dies with its parent (PR_SET_PDEATHSIG)
+    # side by side, another run may have finished between the last look and the kill
+    finished = [p for p in results.glob("*.json") if (read_result(p) or {}).get("status") == "ok"]
     first = {p.name: p.read_text() for p in finished}
     in_flight = [p for p in results.glob("*.json") if p not in finished]
     assert all((read_result(p) or {}).get("status") in (None, "running") for p in in_flight)
+    assert len(finished) < len(seeds)
 
     (results / "corrupt.json").write_text("{not json")  # not a result: ignored, never read as one
-    out = bench(str(suite), "--out", str(results))
+    out = bench(str(suite), "--out", str(results), "--jobs", str(jobs))
     assert out.returncode == 0, out.stderr[-2000:]
-    assert f"2 runs, {len(finished)} done, {2 - len(finished)} to run" in out.stdout
+    assert f"{len(seeds)} runs, {len(finished)} done, {len(seeds) - len(finished)} to run" in out.stdout
     done = [read_result(p) for p in results.glob("*.json") if p.name != "corrupt.json"]
-    assert sorted(r["grid"]["seed"] for r in done) == [1, 2]
+    assert sorted(r["grid"]["seed"] for r in done) == seeds
     assert all(r["status"] == "ok" for r in done)
     assert {p.name: p.read_text() for p in finished} == first  # finished runs were not redone
     assert not list(results.glob(".*.tmp"))
