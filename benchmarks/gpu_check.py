@@ -12,6 +12,13 @@ Steps (each writes JSON under OUTDIR; a failing step is recorded and the next on
   suite       the gpu suite's settings on MiniLM x {rotten_tomatoes, banking77} x every method.
   fsdp        FSDP2 through configs/accelerate/fsdp2.yaml (full, lora) and fsdp2-qlora.yaml (qlora), one process:
               train, save, reload.
+  sft         causal-LM SFT (rotten_tomatoes_gen's prompt, every example as long as the sequence) for every method
+              and the shipped variants, on the Llama shape stored in bf16 and on SmolLM2 where it is installed:
+              the planner's prediction against the measured training peak, tokens/s, and the Trainer ratio for
+              full, lora and qlora (vs_trainer, alternated).
+  multigpu    2 processes: DDP (ddp.yaml) and FSDP2 (fsdp2.yaml: full, lora; fsdp2-qlora.yaml: qlora) SFT on the
+              Llama shape, each rank's peak against `plan --gpus 2 --strategy ddp|fsdp`, and device used minus
+              reserved (CUDA context + NCCL) per rank; with one GPU, a record that says so.
 OUTDIR/summary.json lists every step's status, time, error and files.
 
 The GPU machine has torch, transformers, peft and accelerate and lacks the rest; at most 64 MiB travels
@@ -25,13 +32,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from tunebench.errors import UserError
 from tunebench.files import CONFIG_DIR, REPO_ROOT
 from tunebench.methods import plannable
 from tunebench.results import write_json_atomic
@@ -54,6 +65,9 @@ LLAMA_1B = {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers":
 LLAMA_1B |= {"num_key_value_heads": 8, "tie_word_embeddings": True}
 LLAMA_TINY = {"hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4, "num_attention_heads": 8}
 LLAMA_TINY |= {"num_key_value_heads": 4, "tie_word_embeddings": True}
+SFT_TASK = "rotten_tomatoes_gen"  # its prompt template and answer column, over the review data the bundle carries
+CPU_VARIANTS = ("dora", "ia3", "prompt-tuning")  # --cpu: one LoRA-family, one scaling and one prompt variant
+TRAINER_METHODS = ("full", "lora", "qlora")  # vs_trainer.COMPARABLE
 
 
 # -- the bundle ----------------------------------------------------------------------------------
@@ -233,7 +247,7 @@ def build_bundle(out: Path, wheels: bool = True) -> dict:
 class Setting:
     """What differs between the GPU and the --cpu run: shapes, precision, where models and data come from."""
 
-    def __init__(self, cpu: bool, out: Path, bundle: Path, methods: list[str]):
+    def __init__(self, cpu: bool, out: Path, bundle: Path, methods: list[str], variants: list[str] | None = None):
         import torch
 
         self.cpu, self.out, self.bundle = cpu, out, bundle
@@ -242,8 +256,10 @@ class Setting:
         self.precision = "bf16-mixed" if self.cuda else "fp32"
         self.batch, self.seq, self.steps = (8, 512, 4) if self.cuda else (4, 32, 2)
         self.methods = methods
+        self.variants = variants  # the SFT step's; None: every shipped one (--cpu: CPU_VARIANTS)
         self.pairs = 3 if self.cuda else 1
         self.train_examples = self.batch * self.steps * (4 if self.cuda else 1)  # per throughput run
+        self.sft_seq = 512 if self.cuda else 64
         self.work = out / "work"
 
     def carried(self, name: str) -> Path | None:
@@ -276,6 +292,65 @@ class Setting:
             tokenizer.save_pretrained(folder)
             del model
         return str(folder)
+
+    def llama_bf16(self) -> str:
+        """The Llama shape's weights stored in bf16, as bf16 checkpoints are (the rule's fp32 masters upcast them)."""
+        import torch
+        from transformers import AutoTokenizer, LlamaForCausalLM
+
+        folder = self.work / "llama-bf16"
+        if not (folder / "config.json").exists():
+            tokenizer = AutoTokenizer.from_pretrained(self.llama())
+            tokenizer.eos_token = tokenizer.eos_token or tokenizer.sep_token  # MiniLM's ends a text with [SEP]
+            model = LlamaForCausalLM.from_pretrained(self.llama(), dtype=torch.bfloat16)
+            model.config.eos_token_id = model.generation_config.eos_token_id = tokenizer.eos_token_id
+            model.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+        return str(folder)
+
+    def sft_task(self, model: str) -> str:
+        """Reviews under rotten_tomatoes_gen's prompt, each cut by the model's tokenizer so that prompt + answer + eos
+        fill the sequence (sft_seq), as the planner traces it: a task YAML over a CSV of the cut texts."""
+        import pandas as pd
+        import yaml
+
+        from tunebench.config import build_config
+        from tunebench.data.generate import render_prompt
+        from tunebench.data.tasks import get_task, load_task
+        from tunebench.files import read_yaml
+        from tunebench.models.hub import load_config, load_tokenizer
+
+        tokenizer = load_tokenizer(model, load_config(model).model_type)
+        folder = self.work / f"sft-{Path(model).name}"
+        spec = read_yaml(CONFIG_DIR / "tasks" / f"{SFT_TASK}.yaml")
+        template = spec["config"]["data"]["prompt_template"]
+        source = load_task(get_task(self.task("rotten_tomatoes")), build_config("full")["data"]).splits["train"]
+        names, texts, labels = spec["label_names"], source["text"], source["label"]
+        rows, per_text = self.train_examples + 40, math.ceil(self.sft_seq / 8)
+
+        def rendered(text: str) -> int:  # tokens of the prompt as the loop renders it (chat template when it has one)
+            prompt = render_prompt([{"role": "user", "content": template.format(text=text)}], tokenizer, True)
+            return len(tokenizer(prompt, add_special_tokens=not tokenizer.chat_template)["input_ids"])
+
+        out = []
+        for i in range(rows):
+            joined = " ".join(texts[(i * per_text + k) % len(texts)] for k in range(per_text))
+            answer = names[labels[i * per_text % len(texts)]]
+            room = self.sft_seq - rendered("") - len(tokenizer(answer, add_special_tokens=False)["input_ids"]) - 1
+            ids = tokenizer(joined, add_special_tokens=False)["input_ids"][:room]
+            out.append({"text": tokenizer.decode(ids), "label": labels[i * per_text % len(texts)]})
+        folder.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(out).to_csv(folder / "train.csv", index=False)
+        task = {
+            "description": f"{SFT_TASK}'s prompt over reviews cut to {self.sft_seq} tokens (gpu_check sft)",
+            "source": {"files": {"train": "train.csv"}},
+            "label_names": names,
+            "make_splits": {"validation": 0.05, "test": 0.05, "seed": 0},
+            # the cut texts re-tokenize to within a token or two of the sequence: drop the few that overflow
+            "config": {"data": spec["config"]["data"] | {"max_length": self.sft_seq, "too_long": "drop"}},
+        }
+        (folder / "task.yaml").write_text(yaml.safe_dump(task, sort_keys=False))
+        return str(folder / "task.yaml")
 
     def long_text_task(self) -> str:
         """Real reviews joined until each text fills the sequence: every batch is full-length, as the planner traces."""
@@ -351,7 +426,7 @@ def step_planner(s: Setting) -> dict:
             except Exception as exc:  # one method's failure (e.g. qlora without bitsandbytes) is recorded
                 rows.append({"model": label, "method": method, "status": "failed", "error": f"{exc!r}"[:2000]})
                 continue
-            after = cuda_state()
+            after = cuda_state() if s.cuda else None
             row = {"model": label, "method": method, "status": result["status"], "result": str(run_dir)}
             predicted = validate_results(str(run_dir))
             if predicted:
@@ -513,28 +588,246 @@ def step_fsdp(s: Setting) -> dict:
     return {"rows": rows}
 
 
-STEPS = {"planner": step_planner, "throughput": step_throughput, "suite": step_suite, "fsdp": step_fsdp}
+def sft_models(s: Setting) -> list[tuple[str, str]]:
+    """(label, folder) of the SFT models: the Llama shape in bf16, and on a GPU SmolLM2 where it is installed (the
+    bundle cannot carry it: 270 MB in bf16; on the CPU the llm suite measures its SFT, the tiny Llama the code path)."""
+    from tunebench.models.hub import resolve_model
+
+    models = [("llama-1b-shape-bf16" if s.cuda else "llama-tiny-bf16", s.llama_bf16())]
+    if s.cuda:
+        try:
+            models.append(("smollm2-135m", resolve_model("smollm2-135m")))
+        except UserError:  # not installed
+            pass
+    return models
 
 
-def run_check(out: Path, cpu: bool, steps: list[str], bundle: Path, methods: list[str] | None = None) -> dict:
+def sft_row(s: Setting, label: str, model: str, method: str, task: str) -> dict:
+    """One SFT run through the loop: its measured training peak against the planner's step at the same shape."""
+    import torch
+
+    from tunebench.config import build_config
+    from tunebench.methods import default_options
+    from tunebench.models.precision import dtype_name
+    from tunebench.planner.inputs import resolve_spec
+    from tunebench.planner.tracing import trace_step
+    from tunebench.training.run import train
+
+    overrides = s.overrides(max_steps=s.steps) | {"model": model}
+    overrides["data"] |= {"max_length": s.sft_seq}
+    cfg = build_config(method, task, overrides=overrides)
+    if s.cuda:
+        torch.cuda.empty_cache()
+    row = {"model": label, "method": method}
+    try:
+        result = train(cfg, s.out / "sft" / f"{label}-{method}")
+        spec = resolve_spec(model)
+        step = trace_step(
+            spec.config, method, batch_size=s.batch, seq_len=s.sft_seq, num_labels=None, precision=s.precision,
+            options=default_options(method), pooling=spec.pooling, adamw="fused", task_type="generate",
+        )  # fmt: skip
+    except Exception as exc:  # one method's failure (e.g. qlora without bitsandbytes) is recorded
+        return row | {"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:2000]}
+    measured = result["peak_memory_bytes"]
+    return row | {
+        "status": result["status"],
+        "checkpoint_dtype": dtype_name(getattr(spec.config, "dtype", None)),
+        "precision": result.get("precision"),
+        "predicted_bytes": step.peak_bytes,
+        "measured_bytes": measured,
+        "measured_by": result["peak_memory_source"],
+        "error_percent": 100 * (step.peak_bytes - measured) / measured if measured else None,
+        "tokens_per_second": result.get("tokens_per_second"),
+        "too_long_dropped": result.get("too_long_dropped"),
+    }
+
+
+def step_sft(s: Setting) -> dict:
+    """Causal-LM SFT: every method and shipped variant (--cpu: CPU_VARIANTS) on each SFT model, prediction against
+    the measured training peak; then tokens/s against Trainer for full, lora and qlora on the Llama shape."""
+    from tunebench.benchmarks.vs_trainer import compare
+    from tunebench.methods import variants
+
+    names = s.variants if s.variants is not None else list(variants()) if s.cuda else list(CPU_VARIANTS)
+    rows = []
+    for label, model in sft_models(s):
+        task = s.sft_task(model)
+        rows += [sft_row(s, label, model, method, task) for method in [*s.methods, *names]]
+    label, model = sft_models(s)[0]
+    trainer = []
+    for method in [m for m in s.methods if m in TRAINER_METHODS and (s.cuda or m != "qlora")]:
+        overrides = s.overrides() | {"model": model, "task": s.sft_task(model)}
+        overrides["data"] |= {"max_length": s.sft_seq, "max_train_samples": s.train_examples}
+        try:
+            trainer.append({"model": label, **compare(method, s.pairs, overrides)})
+        except Exception as exc:  # recorded, not fatal
+            trainer.append({"model": label, "method": method, "status": "failed", "error": f"{exc!r}"[:2000]})
+    out = {"shape": {"batch_size": s.batch, "seq_len": s.sft_seq, "precision": s.precision, "steps": s.steps}}
+    out |= {"rows": rows, "vs_trainer": trainer}
+    write_json_atomic(s.out / "sft.json", out)
+    if any(r["status"] != "ok" for r in rows):
+        raise RuntimeError("an SFT run failed; see sft.json")
+    return out
+
+
+def step_multigpu(s: Setting) -> dict:
+    """Two processes on two GPUs: DDP and FSDP2 SFT on the Llama shape through the shipped Accelerate configs, each
+    rank's peak against the plan for 2 GPUs; with fewer GPUs (or --cpu), a record saying so."""
+    import torch
+
+    gpus = torch.cuda.device_count() if s.cuda else 0
+    if gpus < 2:
+        why = "needs CUDA" if not s.cuda else f"needs 2 GPUs; this machine has {gpus}"
+        return {"status": "skipped", "why": f"skipped: {why} (DDP and FSDP2 over NCCL, 2 processes)", "gpus": gpus}
+    model, task = s.llama_bf16(), s.sft_task(s.llama_bf16())
+    rows = []
+    runs = [("ddp", "ddp.yaml", m) for m in ("full", "lora", "qlora")]
+    runs += [("fsdp", "fsdp2-qlora.yaml" if m == "qlora" else "fsdp2.yaml", m) for m in ("full", "lora", "qlora")]
+    for strategy, config, method in runs:
+        rows.append(multigpu_row(s, strategy, config, method, model, task))
+    # NCCL's own buffers, outside PyTorch's allocator: device used minus reserved, before and after a collective
+    nccl = s.out / "multigpu" / "nccl"
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m"]
+    done = subprocess.run(
+        [*launch, "tunebench.benchmarks.gpu_check", "nccl", str(nccl)], capture_output=True, text=True
+    )
+    context = [json.loads(p.read_text()) for p in sorted(nccl.glob("rank-*.json"))]
+    out = {"gpus": gpus, "rows": rows, "nccl": context, "nccl_exit_code": done.returncode}
+    write_json_atomic(s.out / "multigpu.json", out)
+    if any(r.get("status") != "ok" for r in rows):
+        raise RuntimeError("a 2-GPU run failed; see multigpu.json")
+    return {"rows": rows}
+
+
+def multigpu_row(s: Setting, strategy: str, config: str, method: str, model: str, task: str) -> dict:
+    """One 2-process run under `accelerate launch` and the plan of the same run on 2 GPUs."""
+    run_dir = s.out / "multigpu" / f"{strategy}-{method}"
+    common = ["--method", method, "--model", model, "--task", task, "--batch-size", str(s.batch)]
+    common += ["--max-length", str(s.sft_seq), "--set", f"train.precision={s.precision}"]
+    launch = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIG_DIR / "accelerate" / config),
+        "--num_processes", "2", "-m", "tunebench.cli", "train", *common, "--max-train-samples", str(4 * s.batch),
+        "--max-eval-samples", str(2 * s.batch), "--set", "train.trackers=[]", "--set", "train.save=none",
+        "--set", f"train.max_steps={s.steps}", "--out", str(run_dir),
+    ]  # fmt: skip
+    trained = subprocess.run(launch, capture_output=True, text=True)
+    plan = [sys.executable, "-m", "tunebench.cli", "plan", *common, "--gpus", "2", "--strategy", strategy, "--json"]
+    planned = subprocess.run(plan, capture_output=True, text=True)
+    result_path = run_dir / "result.json"
+    result = json.loads(result_path.read_text()) if result_path.exists() else {}
+    row = {"strategy": strategy, "method": method, "config": config, "status": result.get("status")}
+    row |= {"train_exit_code": trained.returncode, "train_stderr_tail": trained.stderr[-2000:]}
+    row["per_rank"] = (result.get("memory") or {}).get("per_rank")
+    row["tokens_per_second"] = result.get("tokens_per_second")  # every rank's tokens
+    if planned.returncode == 0:
+        [plan_row] = json.loads(planned.stdout)["methods"]
+        row |= {
+            "predicted_tensor_bytes": plan_row["tensor_peak_bytes"],
+            "predicted_device_bytes": plan_row["device_bytes"],
+        }
+    else:
+        row["plan_error"] = planned.stderr[-2000:]
+    return row
+
+
+STEPS = {
+    "planner": step_planner,
+    "throughput": step_throughput,
+    "suite": step_suite,
+    "fsdp": step_fsdp,
+    "sft": step_sft,
+    "multigpu": step_multigpu,
+}
+
+
+def nccl_context(out: Path) -> None:
+    """Under torchrun on 2 GPUs: each rank's device bytes outside PyTorch's allocator (mem_get_info's used minus
+    memory_reserved) before the NCCL process group first communicates and after, to OUT/rank-R.json."""
+    import torch
+    import torch.distributed as dist
+
+    rank = int(os.environ["LOCAL_RANK"])
+    torch.cuda.set_device(rank)
+    torch.ones(1, device="cuda") @ torch.ones(1, device="cuda")  # the context and cuBLAS first
+
+    def outside() -> int:
+        free, total = torch.cuda.mem_get_info()
+        return total - free - torch.cuda.memory_reserved()
+
+    before = outside()
+    dist.init_process_group("nccl")
+    for size in (1, 2**20, 2**26):  # small and large messages: NCCL sets up its channels and buffers lazily
+        tensor = torch.ones(size, device="cuda")
+        dist.all_reduce(tensor)
+        dist.all_gather_into_tensor(torch.empty(2 * size, device="cuda"), tensor)
+        dist.reduce_scatter_tensor(
+            torch.empty(size // 2 or 1, device="cuda"), torch.ones(2 * (size // 2 or 1), device="cuda")
+        )
+    torch.cuda.synchronize()
+    row = {
+        "rank": dist.get_rank(),
+        "outside_allocator_before_bytes": before,
+        "outside_allocator_after_bytes": outside(),
+    }
+    row["nccl_bytes"] = row["outside_allocator_after_bytes"] - before
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / f"rank-{row['rank']}.json", row)
+    dist.destroy_process_group()
+
+
+@contextmanager
+def on_cpu(cpu: bool) -> Iterator[None]:
+    """--cpu on any machine: Accelerate's process state is made anew with its CPU flag, and the processes this
+    starts see no GPU; both as they were afterwards."""
+    from accelerate.state import AcceleratorState
+
+    if not cpu:
+        yield
+        return
+    saved = {k: os.environ.get(k) for k in ("ACCELERATE_USE_CPU", "CUDA_VISIBLE_DEVICES")}
+    os.environ |= {"ACCELERATE_USE_CPU": "1", "CUDA_VISIBLE_DEVICES": ""}
+    AcceleratorState._reset_state(reset_partial_state=True)  # read the flag again (one process: no group to keep)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def run_step(name: str, setting: Setting) -> dict:
+    """One step, timed; its failure is recorded, not raised: it must not cost the others their minutes."""
+    start = time.perf_counter()
+    record = {"step": name, "status": "ok", "error": None}
+    try:
+        record["output"] = STEPS[name](setting)
+        if record["output"].get("status") == "skipped":
+            record.update(status="skipped", error=record["output"]["why"])
+    except Exception as exc:
+        record.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+    record["seconds"] = time.perf_counter() - start
+    print(f"[gpu_check] {name}: {record['status']} in {record['seconds']:.0f} s {record['error'] or ''}", flush=True)
+    return record
+
+
+def run_check(
+    out: Path,
+    cpu: bool,
+    steps: list[str],
+    bundle: Path,
+    methods: list[str] | None = None,
+    variants: list[str] | None = None,
+) -> dict:
     from tunebench.measure import environment
 
-    setting = Setting(cpu, out, bundle, list(methods or plannable()))
+    setting = Setting(cpu, out, bundle, list(methods or plannable()), variants)
     records = []
-    for name in steps:
-        start = time.perf_counter()
-        record = {"step": name, "status": "ok", "error": None}
-        try:
-            record["output"] = STEPS[name](setting)
-            if record["output"].get("status") == "skipped":
-                record.update(status="skipped", error=record["output"]["why"])
-        except Exception as exc:  # one step's failure must not cost the others their minutes
-            record.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
-        record["seconds"] = time.perf_counter() - start
-        records.append(record)
-        print(
-            f"[gpu_check] {name}: {record['status']} in {record['seconds']:.0f} s {record['error'] or ''}", flush=True
-        )
+    with on_cpu(cpu):
+        for name in steps:
+            records.append(run_step(name, setting))
     summary = {
         "mode": "cuda" if setting.cuda else "cpu",
         "command": f"bash benchmarks/gpu_check.sh {'--cpu ' if cpu else ''}{out}",
@@ -554,11 +847,17 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--cpu", action="store_true", help="tiny shapes on the CPU, end to end")
     run.add_argument("--steps", nargs="+", default=list(STEPS), choices=list(STEPS))
     run.add_argument("--methods", nargs="+", default=plannable(), choices=plannable())
+    run.add_argument("--variants", nargs="*", help="the SFT step's variants (default: every shipped one; --cpu: a few)")
     run.add_argument("--bundle", default="/tmp/tunebench-bundle", help="where gpu_check.sh put the carried files")
+    nccl = sub.add_parser("nccl", help="under torchrun on 2 GPUs: NCCL's buffers per rank (the multigpu step)")
+    nccl.add_argument("out")
     bundle = sub.add_parser("bundle", help="prepare .gpu-bundle/call-N/, each under 64 MiB")
     bundle.add_argument("--out", default=str(BUNDLE_DIR))
     bundle.add_argument("--no-wheels", action="store_true", help="use the sizes in benchmarks/gpu_wheels.json")
     args = parser.parse_args(argv)
+    if args.command == "nccl":
+        nccl_context(Path(args.out))
+        return 0
     if args.command == "bundle":
         plan = build_bundle(Path(args.out), wheels=not args.no_wheels)
         for call in plan["calls"]:
@@ -567,7 +866,7 @@ def main(argv: list[str] | None = None) -> int:
         calls = len(plan["calls"])
         print(f"total {plan['total_bytes'] / MiB:.1f} MiB in {calls} call(s) of <= 64 MiB with the working tree")
         return 0
-    summary = run_check(Path(args.out), args.cpu, args.steps, Path(args.bundle), args.methods)
+    summary = run_check(Path(args.out), args.cpu, args.steps, Path(args.bundle), args.methods, args.variants)
     return 0 if all(s["status"] != "failed" for s in summary["steps"]) else 1
 
 

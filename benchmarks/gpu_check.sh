@@ -38,7 +38,9 @@ install_carried() {
 case "${1:-}" in
   --install-only) install_carried; ls "$BUNDLE"; exit 0 ;;
   --cpu) shift; [ $# -eq 1 ] || { echo "usage: gpu_check.sh --cpu OUTDIR" >&2; exit 2; }
-         OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=1 exec "$PY" -m tunebench.benchmarks.gpu_check run --cpu "$1" ;;
+         # the CPU on any machine: on a GPU machine too, no process sees the GPUs
+         CUDA_VISIBLE_DEVICES= ACCELERATE_USE_CPU=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=1 \
+           exec "$PY" -m tunebench.benchmarks.gpu_check run --cpu "$1" ;;
   ""|-*) echo "usage: gpu_check.sh [--cpu] OUTDIR | --install-only" >&2; exit 2 ;;
 esac
 install_carried

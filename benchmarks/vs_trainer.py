@@ -26,9 +26,12 @@ import tempfile
 from pathlib import Path
 
 import torch
+from accelerate.utils import parse_flag_from_env
 
 from tunebench.config import Config, build_config
 from tunebench.data import batching
+from tunebench.data import generate as generate_data
+from tunebench.data.generate import is_generate
 from tunebench.data.tasks import get_task, load_task
 from tunebench.errors import UserError
 from tunebench.files import REPO_ROOT
@@ -55,6 +58,18 @@ def run_tunebench(cfg: Config, run_dir: Path) -> dict:
     }
 
 
+def _sft_collator(pad_id: int):
+    """tunebench's generate collation for Trainer, which passes every key of a batch to the model: no `index`."""
+    collate = generate_data.collate(pad_id)
+
+    def collate_batch(rows: list[dict]) -> dict:
+        batch = collate([row | {"index": 0} for row in rows])
+        del batch["index"]
+        return batch
+
+    return collate_batch
+
+
 def run_trainer(cfg: Config, out_dir: Path) -> dict:
     """The same configuration through transformers.Trainer: train only, timed by Trainer itself."""
     from transformers import Trainer, TrainingArguments
@@ -66,9 +81,17 @@ def run_trainer(cfg: Config, out_dir: Path) -> dict:
         split = split.select(range(min(cfg["data"]["max_train_samples"], len(split))))
     model_path = resolve_model(cfg["model"])
     tokenizer = load_tokenizer(model_path, load_config(model_path).model_type)
-    encoded = batching.tokenize({"train": split}, tokenizer, cfg["data"]["max_length"])["train"]
-    encoded = encoded.remove_columns("index")  # tunebench's own bookkeeping; `length` feeds the sampler
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if is_generate(cfg):  # causal-LM SFT: prompt + answer, the loss on the answer, as tunebench's Generate kind
+        encoded = generate_data.tokenize({"train": split}, tokenizer, cfg["data"])[0]["train"]
+        encoded = encoded.select_columns(["input_ids", "labels", "length"])
+        collate = _sft_collator(tokenizer.pad_token_id)
+    else:
+        encoded = batching.tokenize({"train": split}, tokenizer, cfg["data"]["max_length"])["train"]
+        encoded = encoded.remove_columns("index")  # tunebench's own bookkeeping; `length` feeds the sampler
+        collate = batching._collator(tokenizer)
+    # the CPU when Accelerate is told to use it (gpu_check --cpu on a GPU machine), as tunebench's side does
+    use_cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
+    device = torch.device("cpu" if use_cpu else "cuda")
     model = get_method(cfg["method"]).build(model_path, task.num_labels, cfg, device)
     rule = resolve_rule(train_cfg["precision"], device)
     apply_rule(model, rule)  # as tunebench's setup does
@@ -102,7 +125,7 @@ def run_trainer(cfg: Config, out_dir: Path) -> dict:
         model=model,
         args=args,
         train_dataset=encoded,
-        data_collator=batching._collator(tokenizer),
+        data_collator=collate,
         processing_class=tokenizer,
     )
     seconds = trainer.train().metrics["train_runtime"]

@@ -1,7 +1,8 @@
 """The GPU evidence script and what travels with it, proved on the CPU (offline: no wheel is downloaded here).
 
-The full `gpu_check.sh --cpu` run (four steps, every method) takes a few minutes on two cores; the test runs
-the planner and throughput steps for lora only, and the FSDP step, which records that it needs CUDA.
+The full `gpu_check.sh --cpu` run (every step, every method) takes a few minutes on two cores; the test runs the
+planner, throughput and SFT steps for lora (and one variant), and the FSDP and multi-GPU steps, which record that
+they need CUDA. `--cpu` means the CPU on any machine: on a GPU machine too these tests check the CPU run.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from safetensors import safe_open
 
 from tunebench.benchmarks import gpu_check, vs_trainer
@@ -57,13 +57,13 @@ def test_pack_calls_uses_fewest_calls_under_limit():
 @pytest.mark.slow
 def test_cpu_check_writes_every_field_the_report_needs(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    summary = gpu_check.run_check(
-        tmp_path, cpu=True, steps=["planner", "throughput", "fsdp"], bundle=tmp_path / "none", methods=["lora"]
-    )
+    steps = ["planner", "throughput", "fsdp", "sft", "multigpu"]
+    summary = gpu_check.run_check(tmp_path, True, steps, tmp_path / "none", methods=["lora"], variants=["dora"])
     status = {s["step"]: s for s in summary["steps"]}
-    assert status["planner"]["status"] == "ok", status["planner"].get("traceback")
-    assert status["throughput"]["status"] == "ok", status["throughput"].get("traceback")
-    assert status["fsdp"]["status"] == "skipped" and "needs CUDA" in status["fsdp"]["error"]
+    for step in ("planner", "throughput", "sft"):
+        assert status[step]["status"] == "ok", status[step].get("traceback")
+    for step in ("fsdp", "multigpu"):
+        assert status[step]["status"] == "skipped" and "needs CUDA" in status[step]["error"]
     assert json.loads((tmp_path / "summary.json").read_text())["mode"] == "cpu"
 
     planner = json.loads((tmp_path / "planner" / "planner.json").read_text())
@@ -82,7 +82,25 @@ def test_cpu_check_writes_every_field_the_report_needs(tmp_path, monkeypatch):
     assert tb["tokens_per_second"] * tb["seconds"] == pytest.approx(hf["tokens"])
     assert row["ratio"]["mean"] == pytest.approx(tb["samples_per_second"] / hf["samples_per_second"])
     assert row["flops_per_token"] > 0
-    assert not torch.cuda.is_available() or summary["mode"] == "cuda"
+
+    # SFT: each method and variant on the Llama shape stored in bf16, every example as long as the sequence, the
+    # prediction at that length beside the tracker's training peak
+    sft = json.loads((tmp_path / "sft.json").read_text())
+    assert [(r["model"], r["method"]) for r in sft["rows"]] == [
+        ("llama-tiny-bf16", "lora"),
+        ("llama-tiny-bf16", "dora"),
+    ]
+    for row in sft["rows"]:
+        result = json.loads((tmp_path / "sft" / f"{row['model']}-{row['method']}" / "result.json").read_text())
+        assert row["status"] == "ok" and row["measured_bytes"] == result["peak_memory_bytes"] > 0
+        assert row["measured_by"] == "tensor_tracker" and row["predicted_bytes"] > 0
+        assert result["config"]["data"]["task_type"] == "generate" and result["tokens_per_second"] > 0
+        assert result["task"]["sizes"]["train"] >= 0.9 * (sft["shape"]["batch_size"] * sft["shape"]["steps"])
+        # a bf16 checkpoint: the fp32 rule trains it upcast
+        assert row["checkpoint_dtype"] == "bfloat16" and result["precision"]["trainable_dtype"] == "float32"
+    (trainer,) = sft["vs_trainer"]
+    (tb,), (hf,) = trainer["tunebench"], trainer["trainer"]
+    assert trainer["method"] == "lora" and hf["tokens"] == tb["tokens"] > 0  # the same SFT tokens on both sides
 
 
 @pytest.mark.slow

@@ -21,55 +21,66 @@ REPO = Path(__file__).resolve().parent.parent
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
-def test_prediction_matches_torch_fully_shard_and_ddp_on_two_processes(tmp_path: Path) -> None:
-    """The sharding arithmetic against torch's own FSDP2 and DDP: two gloo CPU processes run `fully_shard` on every
-    block of a small random Llama and on the root, and the CPU allocator (torch.profiler's alloc/free events) gives
-    each rank's peak in a training step, for full fine-tuning and LoRA. The prediction applies
-    tunebench.planner.sharding to the single-device fake trace at the same per-rank batch. Each method then saves
-    from the state dict gathered from the shards, as the loop does under FSDP2, and reloads equal; the loop's
-    best-step snapshot and restore bring each rank's shards back. Then the same under DDP, from wrapping (its
-    broadcast of rank 0's weights, the peak for LoRA here) through two steps: within 0.5%.
+# generate (a causal LM: Accelerate's embedding and tail groups) in both rules, classify (the root holds the
+# embeddings and the head) in fp32; DDP in every fp32 case
+CASES = [f"{m}/{p}/generate" for p in ("fp32", "bf16-mixed") for m in ("full", "lora")]
+CASES += ["full/fp32/classify", "lora/fp32/classify"]
 
-    Tolerance: the lowest of three steps' peaks from 0.5% below the prediction to 0.5% plus three blocks'
-    parameters above it. The peak varies from step to step and run to run by whole blocks of the tiny Llama (2.9 MB
-    each, 2% of ~150 MB): 0 to 3 above the prediction were seen for full fine-tuning, never below it. gloo runs
-    the collectives on its own thread, which frees their buffers (all-gather outputs, reduce-scatter inputs) when
-    it gets to them; that timing is not modelled. FSDP2's own buffers are, and are not absorbed by the tolerance.
-    (gloo's reduce-scatter also clones the flat input, as the prediction counts; NCCL does not, where it is over
-    by one shard of the root's gradients.)
+
+def test_prediction_matches_accelerates_fsdp2_and_ddp_on_two_processes(tmp_path: Path) -> None:
+    """The sharding arithmetic against the loop's own FSDP2 path: two gloo CPU processes prepare each case's model
+    and AdamW through Accelerate (Accelerator.prepare -> fsdp2_prepare_model, the plugin built from
+    configs/accelerate/fsdp2.yaml by Accelerate's launcher code) and train it in the loop's order; the CPU allocator
+    (torch.profiler's alloc/free events) gives each rank's peak while the model is sharded and in a training step.
+    The prediction applies tunebench.planner.sharding to the single-device fake trace at the same per-rank batch, in
+    the rule FSDP2 computes in (bf16-mixed: bf16 parameters, no autocast). Within 5%: the sharding point on every
+    rank, and the step's peak on the highest rank, with no rank above the plan by more than 5% (the lowest of three
+    steps: gloo runs the collectives on its own thread, which frees their buffers when it gets to them, so a rank's
+    peak can fall below the plan by a reduce-scatter's output, seen in full/bf16-mixed/classify: 109.2 and 124.8 MB
+    in two runs against 124.8 planned). Each method then saves through the loop's save under FSDP2 (the state dict
+    gathered from the shards) and reloads equal; the loop's best-step snapshot and restore bring each rank's shards
+    back. Then, in fp32, the same method under DDP, from wrapping (its broadcast of rank 0's weights) through two
+    steps: within 0.5%.
     """
     folder = tiny_llama_folder(tmp_path / "tiny-llama")
-    methods, batch, seq_len = ["full", "lora"], 4, 64
+    batch, seq_len = 4, 64
     out = tmp_path / "out"
     out.mkdir()
     script = REPO / "tests" / "fsdp_two_process.py"
-    launch = [*TORCHRUN, str(script), folder, ",".join(methods), str(batch), str(seq_len), str(out)]
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    subprocess.run(launch, check=True, env=env, cwd=REPO, capture_output=True, timeout=300)
+    launch = [*TORCHRUN, str(script), folder, ",".join(CASES), str(batch), str(seq_len), str(out)]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1", "CUDA_VISIBLE_DEVICES": ""}
+    subprocess.run(launch, check=True, env=env, cwd=REPO, capture_output=True, timeout=600)
     ranks = [json.loads((out / f"rank-{r}.json").read_text()) for r in range(2)]
     spec = resolve_spec(folder)
-    for method in methods:
+    for case in CASES:
+        method, precision, task_type = case.split("/")
         build = {
             "num_labels": 2,
-            "precision": "fp32",
+            "precision": precision,
             "options": dict(get_method(method).DEFAULTS["method_options"]),
             "pooling": spec.pooling,
+            "task_type": task_type,
         }
-        sharding = make_sharding(spec.config, method, 2, "fsdp", **build)
-        single = trace_step(
-            spec.config, method, batch_size=batch, seq_len=seq_len, adamw=ranks[0][method]["adamw"], **build
-        )
-        predicted = sharding.step(single).peak_bytes
-        assert ranks[0][method]["reload_matches"], method  # saved from the gathered shards, reloaded whole
-        assert all(rank[method]["restore_matches"] for rank in ranks), method  # the loop's best step, per shard
-        ddp = make_sharding(spec.config, method, 2, "ddp", **build).step(single).peak_bytes
-        late_buffers = 3 * sharding.layout["block_weights"]
+        sharding = make_sharding(spec.config, method, 2, "fsdp", on_host=True, **build)
+        adamw = ranks[0][case]["adamw"]
+        traced = build | {"precision": sharding.trace_precision}
+        single = trace_step(spec.config, method, batch_size=batch, seq_len=seq_len, adamw=adamw, **traced)
+        planned = sharding.step(single)
+        assert planned.labels[0] == ("setup", "fsdp load")
+        load, step = planned.points[0].sum(), planned.points[1:].sum(1).max()
+        assert planned.peak_bytes == int(max(load, step))
+        assert ranks[0][case]["reload_matches"], case  # saved from the gathered shards, reloaded whole
+        assert all(rank[case]["restore_matches"] for rank in ranks), case  # the loop's best step, per shard
         for rank in ranks:
-            measured = min(rank[method]["peak_bytes"])
-            error = measured - predicted
-            assert -0.005 * measured <= error <= late_buffers + 0.005 * measured, (method, predicted, rank[method])
-            measured = rank[method]["ddp_peak_bytes"]
-            assert abs(measured - ddp) <= 0.005 * measured, (method, ddp, measured)
+            assert abs(rank[case]["load_peak_bytes"] - load) <= 0.05 * load, (case, load, rank[case])
+            assert min(rank[case]["peak_bytes"]) <= 1.05 * step, (case, step, rank[case])
+        highest = max(min(rank[case]["peak_bytes"]) for rank in ranks)
+        assert abs(highest - step) <= 0.05 * step, (case, step, highest)
+        if precision == "fp32":
+            ddp = make_sharding(spec.config, method, 2, "ddp", **build).step(single).peak_bytes
+            for rank in ranks:
+                measured = rank[case]["ddp_peak_bytes"]
+                assert abs(measured - ddp) <= 0.005 * measured, (case, ddp, measured)
 
 
 @pytest.mark.parametrize(

@@ -107,7 +107,8 @@ class Device:
         return (budget - self.context_bytes) / (1 + self.allocator_margin)
 
 
-def resolve_device(gpu: str | None, peak_tflops: float | None, precision: str) -> Device:
+def resolve_device(gpu: str | None, peak_tflops: float | None, precision: str, processes: int | None = None) -> Device:
+    """The device's constants; on several GPUs its context also holds NCCL's buffers (nccl_gib)."""
     gpus, defaults = load_gpus()
     if gpu is not None and gpu not in gpus:
         raise unknown_choice("GPU", gpu, list(gpus))
@@ -118,7 +119,7 @@ def resolve_device(gpu: str | None, peak_tflops: float | None, precision: str) -
         name=gpu or "unspecified GPU",
         memory_bytes=int(entry["memory_gib"] * GiB) if "memory_gib" in entry else None,
         peak_flops=tflops * 1e12 if tflops else None,
-        context_bytes=int(entry["context_gib"] * GiB),
+        context_bytes=int((entry["context_gib"] + (entry["nccl_gib"] if (processes or 1) > 1 else 0)) * GiB),
         allocator_margin=entry["allocator_margin"],
         source="peak_tflops (given)" if peak_tflops is not None else f"configs/planner/gpus.yaml ({gpu or 'defaults'})",
     )

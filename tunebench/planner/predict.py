@@ -28,7 +28,13 @@ from tunebench.planner.inputs import (
 )
 from tunebench.planner.limits import Limits, plan_method, prefetch_traces
 from tunebench.planner.request import PlanRequest
-from tunebench.planner.sharding import Sharding, check_sharding, make_sharding, sharding_assumptions
+from tunebench.planner.sharding import (
+    Sharding,
+    check_sharding,
+    fsdp_trace_precision,
+    make_sharding,
+    sharding_assumptions,
+)
 from tunebench.planner.tracing import StepTrace, trains_with
 from tunebench.results import read_result, result_files
 from tunebench.units import format_gib
@@ -220,7 +226,7 @@ def predict_plan(request: PlanRequest) -> dict:
         plans = [predict_plan(replace(request, precision=rule)) for rule in rules]
         return plans[0] | {"other_precisions": plans[1:]}
     run = planned_run(request)
-    device = resolve_device(request.gpu, request.peak_tflops, run.precision)
+    device = resolve_device(request.gpu, request.peak_tflops, run.precision, request.gpus)
     budget = parse_budget(request.budget) if request.budget else device.memory_bytes
     started = time.perf_counter()
     plan = make_plan(run, device, budget, request.results, request.full_depth, request.gpus, request.strategy)
@@ -243,10 +249,11 @@ def make_plan(
     spec, shape, precision = run.spec, run.shape, run.precision
     check_sharding(gpus, strategy, spec.config.num_hidden_layers)
     shardings = _shardings(run, gpus, strategy)
-    prefetched = prefetch_traces(spec, shape, precision, budget, list(run.settings.items()), full_depth)
+    traced_in = fsdp_trace_precision(precision) if strategy == "fsdp" else precision  # what each rank computes in
+    prefetched = prefetch_traces(spec, shape, traced_in, budget, list(run.settings.items()), full_depth)
     traces = {
         m: plan_method(
-            spec, m, shape, precision, device, budget, settings, full_depth, sharding=shardings[m], traced=traced
+            spec, m, shape, traced_in, device, budget, settings, full_depth, sharding=shardings[m], traced=traced
         )
         for (m, settings), traced in zip(run.settings.items(), prefetched, strict=True)
     }
@@ -274,7 +281,7 @@ def make_plan(
     }
     if budget is not None and not any(p.fits for p in plans):
         out["next_steps"] = next_steps(
-            spec, shape, precision, device, budget, run.settings, plans, full_depth, shardings
+            spec, shape, traced_in, device, budget, run.settings, plans, full_depth, shardings
         )
     return out
 
@@ -337,7 +344,7 @@ def _assumptions(
         f"device bytes = tensor peak x {1 + device.allocator_margin:.2f} "
         f"+ {format_gib(device.context_bytes)} CUDA context",
         *(get_method(m).PLANNING.assumption for m in run.settings if get_method(m).PLANNING.assumption),
-        *sharding_assumptions(gpus, strategy),
+        *sharding_assumptions(gpus, strategy, run.precision),
     ]
 
 
