@@ -18,7 +18,7 @@ from fixtures.rank1_fails import ERROR
 
 from tunebench.config import build_config
 from tunebench.data.tasks import get_task, load_task
-from tunebench.harness import _record_crash, load_suite
+from tunebench.harness import _exit_cause, _record_crash, load_suite
 from tunebench.results import SCHEMA_VERSION, rank_failure_path, read_result, write_json_atomic
 
 REPO = Path(__file__).resolve().parent.parent
@@ -103,7 +103,7 @@ def test_harness_names_the_failed_rank_when_rank_0_died_first(tmp_path):
     write_json_atomic(path, {"schema": SCHEMA_VERSION, "status": "running", "config": run.config, "started_at": "x"})
     failure = {"rank": 1, "status": "failed", "error": "ValueError: bad shard"}
     write_json_atomic(rank_failure_path(tmp_path / "results" / "runs" / run.run_id, 1), failure)
-    _record_crash(path, run, -9)
+    _record_crash(path, run, _exit_cause(-9))
     result = read_result(path)
     assert result["status"] == "failed"
     assert result["error"] == "run process killed by signal 9 before writing its result; rank 1: ValueError: bad shard"
