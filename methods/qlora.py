@@ -69,10 +69,11 @@ def quantization_config(bits: int, compute: torch.dtype):
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=compute,
-        # FSDP all-gathers a block's parameters as one flat tensor of one dtype: the packed 4-bit weights are
-        # stored in the dtype of the block's other parameters, fp32 after peft's prepare_model_for_kbit_training
-        # (same bytes: 0.5 per weight); bitsandbytes' own uint8 otherwise.
-        bnb_4bit_quant_storage=torch.float32 if fsdp else torch.uint8,
+        # Under FSDP the packed 4-bit weights are stored in a float dtype, so that FSDP shards them (Accelerate
+        # leaves uint8 ones unsharded on every GPU), and in the dtype FSDP casts parameters to before its
+        # all-gather (the rule's: bf16 under bf16-mixed), which then leaves their bytes alone; stored as fp32 under
+        # a bf16 policy they were cast and garbled. Same 0.5 byte per weight. bitsandbytes' own uint8 otherwise.
+        bnb_4bit_quant_storage=compute if fsdp else torch.uint8,
         llm_int8_skip_modules=SKIP_PATTERNS,
     )
 
