@@ -171,6 +171,34 @@ def test_stale_results_against_a_real_git_repository(tmp_path):
         stale_reason(result(first), tmp_path / "plain")
 
 
+def test_a_variants_file_change_stales_only_the_runs_of_the_changed_variant(tmp_path):
+    """Every run reads the whole shipped variants file but uses its own entry: a changed entry stales that
+    variant's results only; its `source` note, another variant's entry or a new variant stale none."""
+    repo = tmp_path / "repo"
+    variants = repo / "configs" / "variants.yaml"
+    variants.parent.mkdir(parents=True)
+    entries = {
+        "pissa": {"base": "lora", "options": {"peft_config": {"init_lora_weights": "pissa"}}, "source": "peft"},
+        "dora": {"base": "lora", "options": {"use_dora": True}, "source": "peft"},
+    }
+    variants.write_text(yaml.safe_dump(entries))
+    _git(repo, "init", "-q")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "first")
+    first = _git(repo, "rev-parse", "HEAD")
+    git = {"commit": first, "dirty": False, "sources": ["configs/variants.yaml"]}
+    pissa, dora, lora = ({"config": {"method": m}, "environment": {"git": git}} for m in ("pissa", "dora", "lora"))
+    entries["pissa"]["source"] = "peft docs, LoRA initialization"
+    entries["vera"] = {"base": "lora", "options": {}, "source": "peft"}
+    variants.write_text(yaml.safe_dump(entries))
+    assert [stale_reason(r, repo) for r in (pissa, dora, lora)] == [None, None, None]
+    entries["pissa"]["options"]["peft_config"]["init_lora_weights"] = "pissa_niter_16"
+    variants.write_text(yaml.safe_dump(entries))
+    checked = {}
+    assert stale_reason(pissa, repo, checked) == f"configs/variants.yaml changed since {first[:8]}"
+    assert stale_reason(dora, repo, checked) is None and stale_reason(lora, repo, checked) is None
+
+
 def test_dry_run_lists_stale_results_and_rerun_stale_reruns_them(tmp_path, capsys):
     suite = write_suite(tmp_path / "stale.yaml", ["head"], [1])
     _, [run] = load_suite(suite)

@@ -58,6 +58,7 @@ from tunebench.config import build_config, set_dotted
 from tunebench.errors import UserError, unknown_choice
 from tunebench.files import REPO_ROOT, read_yaml
 from tunebench.measure import SOURCE_PATHS
+from tunebench.methods import SHIPPED_VARIANTS
 from tunebench.quiet import VERBOSE_ENV
 from tunebench.results import (
     FINAL,
@@ -72,6 +73,8 @@ from tunebench.results import (
 )
 from tunebench.scheduler import plan_slots, run_in_slots
 from tunebench.units import format_seconds
+
+VARIANTS_FILE = Path(*SHIPPED_VARIANTS.parts[-2:]).as_posix()  # as git names it in the checkout: configs/...
 
 SUITE_KEYS = {"name", "description", "config", "grid", "methods", "tasks", "processes"}
 EXECUTORS = ("local", "ray")
@@ -275,24 +278,37 @@ def stale_reason(result: dict, repo: Path, _checked: dict | None = None) -> str 
     if not commit:
         return "records no commit"
     sources = tuple(recorded.get("sources") or SOURCE_PATHS)
+    key = (commit, sources, (result.get("config") or {}).get("method"))
     checked = {} if _checked is None else _checked
-    if (commit, sources) not in checked:
-        checked[commit, sources] = _source_change(repo, commit, sources)
-    reason = checked[commit, sources]
+    if key not in checked:
+        checked[key] = _source_change(repo, *key)
+    reason = checked[key]
     return f"{reason} {commit[:8]}" if reason else None
 
 
-def _source_change(repo: Path, commit: str, sources: tuple[str, ...]) -> str | None:
+def _source_change(repo: Path, commit: str, sources: tuple[str, ...], method: str | None) -> str | None:
     known = _git(repo, "rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}")
     if known.returncode == 128 and "not a git repository" in known.stderr:
         raise UserError(f"{repo} is not a git checkout: cannot tell which results are stale")
     if known.returncode != 0:
         return "unknown commit"
     changed = _git(repo, "diff", "--name-only", commit, "--", *sources).stdout.split()
+    if VARIANTS_FILE in changed and _variant_entry(repo, commit, method) == _variant_entry(repo, None, method):
+        changed.remove(VARIANTS_FILE)  # every run reads the whole file, but uses its own variant's entry only
     if not changed:
         return None
     more = f" and {len(changed) - 1} more" if len(changed) > 1 else ""
     return f"{changed[0]}{more} changed since"
+
+
+def _variant_entry(repo: Path, commit: str | None, method: str | None) -> dict:
+    """method's entry in the shipped variants file at commit (None: the working tree), its `source` note aside;
+    {} for a base method."""
+    path = repo / VARIANTS_FILE
+    text = path.read_text() if commit is None else _git(repo, "show", f"{commit}:{VARIANTS_FILE}").stdout
+    entry = dict((yaml.safe_load(text) or {}).get(method) or {})
+    entry.pop("source", None)
+    return entry
 
 
 def _die_with_parent() -> None:
