@@ -8,12 +8,12 @@ the loop prepares it; the real evaluate() and feature cache then run over every 
 
 from __future__ import annotations
 
-import json
 import sys
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from two_processes import write_rows
 
 from tunebench.config import build_config
 from tunebench.data import batching
@@ -63,10 +63,7 @@ def main(model_path: str, out: str) -> None:
                         "predictions": predictions.tolist(),
                     }
                 )
-    if accelerator.is_main_process:
-        with open(out, "w") as handle:
-            json.dump({"world_size": accelerator.num_processes, "rows": rows}, handle)
-    accelerator.end_training()
+    write_rows(accelerator, out, rows)
 
 
 if __name__ == "__main__":

@@ -8,11 +8,11 @@ the processes share.
 
 from __future__ import annotations
 
-import json
 import sys
 
 import torch
 from accelerate import Accelerator
+from two_processes import write_rows
 
 from tunebench.config import build_config
 from tunebench.data import generate as generation
@@ -46,10 +46,7 @@ def main(model_path: str, out: str) -> None:
             )
             rows.append({"size": size, "batch_size": batch_size, "metrics": metrics, "outputs": outputs.tolist()})
             rows[-1]["choice_correct"] = choices
-    if accelerator.is_main_process:
-        with open(out, "w") as handle:
-            json.dump({"world_size": accelerator.num_processes, "rows": rows}, handle)
-    accelerator.end_training()
+    write_rows(accelerator, out, rows)
 
 
 if __name__ == "__main__":

@@ -4,17 +4,16 @@ the README's command as written, and a failure on one rank."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from eval_grid import EVAL_BATCH_SIZES, SPLIT_SIZES, VARIANTS
 from fixtures.rank1_fails import ERROR
+from two_processes import TORCHRUN, cpu_env, one_and_two_processes
 
 from tunebench.config import build_config
 from tunebench.data.tasks import get_task, load_task
@@ -22,27 +21,11 @@ from tunebench.harness import _exit_cause, _record_crash, load_suite
 from tunebench.results import SCHEMA_VERSION, rank_failure_path, read_result, write_json_atomic
 
 REPO = Path(__file__).resolve().parent.parent
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]  # what the `torchrun` script runs
-
-
-def cpu_env(**extra: str) -> dict:
-    """The CPU (gloo) path on any machine: the child processes see no GPU, so a CUDA machine runs what this CPU runs."""
-    return {**os.environ, "ACCELERATE_USE_CPU": "1", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", **extra}
 
 
 def test_two_processes_predict_what_one_does_at_any_split_and_batch_size(decoder_folder, tmp_path):
     # A random 2-layer Llama keeps 2 x 5 variants x 15 evaluations fast; the code path is every method's.
-    launches = {}
-    for processes in (1, 2):  # side by side: the one-process run leaves a core free
-        command = [*TORCHRUN, "--standalone", f"--nproc_per_node={processes}", str(REPO / "tests" / "eval_grid.py")]
-        command += [decoder_folder, str(tmp_path / f"{processes}.json")]
-        launches[processes] = subprocess.Popen(command, env=cpu_env(), stderr=subprocess.PIPE, text=True)
-    runs = {}
-    for processes, launch in launches.items():
-        _, stderr = launch.communicate(timeout=600)
-        assert launch.returncode == 0, stderr[-3000:]
-        runs[processes] = json.loads((tmp_path / f"{processes}.json").read_text())
-    assert [runs[n]["world_size"] for n in (1, 2)] == [1, 2]
+    runs = one_and_two_processes(REPO / "tests" / "eval_grid.py", [decoder_folder], tmp_path)
     task = load_task(get_task("rotten_tomatoes"), build_config("full", "rotten_tomatoes")["data"])
     labels = np.array(task.splits["test"]["label"])
     one, two = runs[1]["rows"], runs[2]["rows"]
